@@ -1,0 +1,187 @@
+//! Every failure, mapped to an HTTP status and an RFC 9457
+//! `application/problem+json` body, in this one place.
+//!
+//! Callers get a clear, safe `detail`; causes (SQL errors, connection
+//! errors) go to the log with their chain, never to the caller.
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde_json::json;
+use tokio_postgres::error::SqlState;
+
+use crate::db::{DbError, error_chain};
+use crate::token::AuthError;
+use crate::users::InvalidInput;
+
+pub const PROBLEM_JSON: &str = "application/problem+json";
+const REALM: &str = "tenant-users";
+
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    kind: &'static str,
+    detail: String,
+    www_authenticate: Option<String>,
+    retry_after_seconds: Option<u32>,
+}
+
+impl ApiError {
+    fn new(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
+        Self {
+            status,
+            kind,
+            detail: detail.into(),
+            www_authenticate: None,
+            retry_after_seconds: None,
+        }
+    }
+
+    pub fn bad_request(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "bad-request", detail)
+    }
+
+    pub fn malformed_json(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::BAD_REQUEST, "malformed-json", detail)
+    }
+
+    pub fn invalid(error: InvalidInput) -> Self {
+        Self::new(StatusCode::UNPROCESSABLE_ENTITY, "invalid-input", error.0)
+    }
+
+    pub fn not_found(detail: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, "not-found", detail)
+    }
+
+    pub fn method_not_allowed() -> Self {
+        Self::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method-not-allowed",
+            "this route does not support that method",
+        )
+    }
+
+    pub fn payload_too_large(limit: usize) -> Self {
+        Self::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "payload-too-large",
+            format!("request body is larger than {} KiB", limit / 1024),
+        )
+    }
+
+    pub fn unsupported_media_type() -> Self {
+        Self::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "unsupported-media-type",
+            "request body must be JSON (Content-Type: application/json)",
+        )
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.status
+    }
+
+    fn unavailable(kind: &'static str, detail: &str, retry_after: u32) -> Self {
+        let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, kind, detail);
+        e.retry_after_seconds = Some(retry_after);
+        e
+    }
+}
+
+impl From<AuthError> for ApiError {
+    fn from(error: AuthError) -> Self {
+        // RFC 6750 §3: no error code when credentials are simply missing.
+        let challenge = match &error {
+            AuthError::Missing => format!("Bearer realm=\"{REALM}\""),
+            AuthError::Malformed(_) => {
+                format!("Bearer realm=\"{REALM}\", error=\"invalid_request\"")
+            }
+            AuthError::Invalid(_) => format!("Bearer realm=\"{REALM}\", error=\"invalid_token\""),
+            AuthError::KeysUnavailable => {
+                tracing::error!("rejecting request: token verification keys are unavailable");
+                return Self::unavailable(
+                    "auth-unavailable",
+                    "token verification is temporarily unavailable",
+                    5,
+                );
+            }
+        };
+        tracing::info!(reason = %error, "request not authenticated");
+        let mut e = Self::new(StatusCode::UNAUTHORIZED, "unauthorized", error.to_string());
+        e.www_authenticate = Some(challenge);
+        e
+    }
+}
+
+impl From<InvalidInput> for ApiError {
+    fn from(error: InvalidInput) -> Self {
+        Self::invalid(error)
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(error: DbError) -> Self {
+        if error.code() == Some(&SqlState::UNIQUE_VIOLATION) {
+            return Self::new(
+                StatusCode::CONFLICT,
+                "duplicate-email",
+                "a user with this email already exists in your tenant",
+            );
+        }
+        let chain = error_chain(&error);
+        match error {
+            DbError::Unavailable(_) => {
+                tracing::error!(error = %chain, "database unavailable");
+                Self::unavailable(
+                    "database-unavailable",
+                    "the database is unavailable; retry shortly",
+                    1,
+                )
+            }
+            DbError::Misconfigured(_) => {
+                tracing::error!(error = %chain, "refusing to serve");
+                Self::unavailable(
+                    "misconfigured",
+                    "the deployment is misconfigured: tenant isolation could not be verified",
+                    30,
+                )
+            }
+            DbError::Timeout(_) => {
+                tracing::error!(error = %chain, "statement timed out");
+                Self::unavailable("timeout", "the request took too long; retry shortly", 1)
+            }
+            DbError::Query(_) => {
+                tracing::error!(error = %chain, "database error");
+                Self::new(
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    "internal",
+                    "an internal error occurred",
+                )
+            }
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let body = json!({
+            "type": format!("/problems/{}", self.kind),
+            "title": title,
+            "status": self.status.as_u16(),
+            "detail": self.detail,
+        });
+        let mut response = (self.status, body.to_string()).into_response();
+        let headers = response.headers_mut();
+        headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));
+        if let Some(challenge) = self
+            .www_authenticate
+            .and_then(|c| HeaderValue::from_str(&c).ok())
+        {
+            headers.insert(header::WWW_AUTHENTICATE, challenge);
+        }
+        if let Some(seconds) = self.retry_after_seconds {
+            headers.insert(header::RETRY_AFTER, HeaderValue::from(seconds));
+        }
+        response
+    }
+}
