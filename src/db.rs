@@ -222,6 +222,26 @@ impl Database {
         Ok(client)
     }
 
+    /// Diagnostics: `app.current_tenant` and `statement_timeout` as the
+    /// shared connection's *session* sees them between transactions. Reads
+    /// settings only, no table; tests use it to show that no tenant state
+    /// outlives a transaction.
+    pub async fn session_settings(&self) -> Result<(String, String), DbError> {
+        let mut slot = self.conn.lock().await;
+        let client = self.ensure_open(&mut slot).await?;
+        let rows = client
+            .query_typed(
+                "SELECT coalesce(current_setting('app.current_tenant', true), ''), current_setting('statement_timeout')",
+                &[],
+            )
+            .await
+            .map_err(DbError::classify)?;
+        let row = rows
+            .first()
+            .ok_or_else(|| DbError::Misconfigured("no row".into()))?;
+        Ok((row.get(0), row.get(1)))
+    }
+
     pub fn statement_timeout(&self) -> Duration {
         self.config.statement_timeout
     }

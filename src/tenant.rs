@@ -123,7 +123,8 @@ mod tests {
     proptest! {
         #[test]
         fn valid_ids_round_trip(raw in "[A-Za-z0-9._-]{1,64}") {
-            prop_assert_eq!(TenantId::parse(&raw).unwrap().as_str(), raw.as_str());
+            let id = TenantId::parse(&raw).unwrap();
+            prop_assert_eq!(id.as_str(), raw.as_str());
         }
 
         #[test]

@@ -236,6 +236,12 @@ fn decode(
     jsonwebtoken::decode::<Map<String, Value>>(token, key, validation)
         .map(|data| data.claims)
         .map_err(|e| {
+            if let ErrorKind::MissingRequiredClaim(claim) = e.kind() {
+                return AuthError::Invalid(format!("token lacks the required claim {claim:?}"));
+            }
+            if let ErrorKind::InvalidClaimFormat(claim) = e.kind() {
+                return AuthError::Invalid(format!("token claim {claim:?} has the wrong type"));
+            }
             AuthError::Invalid(
                 match e.kind() {
                     ErrorKind::ExpiredSignature => "token has expired",

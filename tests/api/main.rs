@@ -1,0 +1,10 @@
+//! Black-box tests of the service against real PostgreSQL.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod audit;
+mod auth;
+mod events;
+mod isolation;
+mod routes;

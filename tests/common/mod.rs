@@ -1,0 +1,344 @@
+//! Shared set-up for the black-box tests: a fresh database per test (real
+//! PostgreSQL, migrated by our own `migrate`), the app built as in Lambda
+//! and connected as the application role, tokens signed at test time.
+#![allow(dead_code)]
+
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::{Body, Bytes};
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use http_body_util::BodyExt;
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde_json::{Value, json};
+use tenant_users::app::App;
+use tenant_users::config::{Config, DbConfig, token_config};
+use tenant_users::migrate::{self, AppRole};
+use tokio_postgres::{Client, NoTls};
+use tower::ServiceExt;
+
+pub const SECRET: &str = "test-only-secret-0123456789abcdef0123456789";
+pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+pub fn admin_base() -> tokio_postgres::Config {
+    std::env::var("TEST_DATABASE_ADMIN_URL")
+        .unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
+        .parse()
+        .expect("TEST_DATABASE_ADMIN_URL is a PostgreSQL URL")
+}
+
+pub async fn connect(config: &tokio_postgres::Config) -> Client {
+    let (client, connection) = config
+        .connect(NoTls)
+        .await
+        .expect("connect to test PostgreSQL");
+    tokio::spawn(connection);
+    client
+}
+
+/// A database of its own for one test, with its own application role;
+/// dropped (with the role) when the test ends, pass or fail.
+pub struct TestDb {
+    pub name: String,
+    pub app_user: String,
+    pub app_password: String,
+}
+
+impl TestDb {
+    pub async fn create() -> Self {
+        let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
+        let db = TestDb {
+            name: format!("tu_test_{suffix}"),
+            app_user: format!("tu_app_{suffix}"),
+            app_password: format!("pw-{suffix}"),
+        };
+        let base = connect(&admin_base()).await;
+        base.batch_execute(&format!("CREATE DATABASE {}", db.name))
+            .await
+            .expect("create test database");
+        let role = AppRole {
+            name: db.app_user.clone(),
+            password: Some(db.app_password.clone()),
+        };
+        migrate::run(&db.admin_config(), &role)
+            .await
+            .expect("migrate");
+        db
+    }
+
+    /// Superuser connection settings for this test's database.
+    pub fn admin_config(&self) -> tokio_postgres::Config {
+        let mut c = admin_base();
+        c.dbname(&self.name);
+        c
+    }
+
+    /// Application-role connection settings for this test's database.
+    pub fn app_config(&self) -> tokio_postgres::Config {
+        let mut c = self.admin_config();
+        c.user(&self.app_user).password(self.app_password.as_str());
+        c
+    }
+
+    pub async fn admin(&self) -> Client {
+        connect(&self.admin_config()).await
+    }
+
+    pub async fn app_client(&self) -> Client {
+        connect(&self.app_config()).await
+    }
+}
+
+impl Drop for TestDb {
+    fn drop(&mut self) {
+        let (name, user) = (self.name.clone(), self.app_user.clone());
+        // Drop runs outside async context; clean up on a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let client = connect(&admin_base()).await;
+                let _ = client
+                    .batch_execute(&format!(
+                        "DROP DATABASE IF EXISTS {name} WITH (FORCE); DROP ROLE IF EXISTS {user}"
+                    ))
+                    .await;
+            });
+        })
+        .join();
+    }
+}
+
+/// The service under test, wired exactly as `main` wires it.
+pub struct TestApp {
+    pub db: TestDb,
+    pub app: Arc<App>,
+    pub router: Router,
+}
+
+impl TestApp {
+    pub async fn spawn() -> Self {
+        Self::spawn_with(&[]).await
+    }
+
+    /// Extra token settings (`JWT_ISSUER`, `TENANT_CLAIM`, ...) on top of
+    /// the HS256 test secret.
+    pub async fn spawn_with(vars: &[(&str, &str)]) -> Self {
+        let db = TestDb::create().await;
+        Self::on(db, vars).await
+    }
+
+    pub async fn on(db: TestDb, vars: &[(&str, &str)]) -> Self {
+        let vars: Vec<(String, String)> = vars
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        let get = |key: &str| {
+            vars.iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .or_else(|| (key == "JWT_HS256_SECRET").then(|| SECRET.to_owned()))
+        };
+        let config = Config {
+            token: token_config(&get).expect("token config"),
+            db: DbConfig {
+                pg: db.app_config(),
+                statement_timeout: std::time::Duration::from_secs(5),
+            },
+        };
+        let app = App::build(config).await;
+        let router = tenant_users::http::router(app.clone());
+        TestApp { db, app, router }
+    }
+
+    /// A valid HS256 token for `tenant`.
+    pub fn token(&self, tenant: &str) -> String {
+        sign_hs256(&claims_for(tenant))
+    }
+
+    pub async fn send(&self, request: Request<Body>) -> TestResponse {
+        let response = self
+            .router
+            .clone()
+            .oneshot(request)
+            .await
+            .expect("router is infallible");
+        let status = response.status();
+        let headers = response.headers().clone();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .expect("body")
+            .to_bytes();
+        TestResponse {
+            status,
+            headers,
+            body,
+        }
+    }
+
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        token: Option<&str>,
+        body: Option<Value>,
+    ) -> TestResponse {
+        let mut builder = Request::builder().method(method).uri(path);
+        if let Some(token) = token {
+            builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+        }
+        let body = match body {
+            Some(v) => {
+                builder = builder.header(header::CONTENT_TYPE, "application/json");
+                Body::from(v.to_string())
+            }
+            None => Body::empty(),
+        };
+        self.send(builder.body(body).unwrap()).await
+    }
+
+    pub async fn get(&self, path: &str, token: &str) -> TestResponse {
+        self.request(Method::GET, path, Some(token), None).await
+    }
+
+    pub async fn post(&self, path: &str, token: &str, body: Value) -> TestResponse {
+        self.request(Method::POST, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn patch(&self, path: &str, token: &str, body: Value) -> TestResponse {
+        self.request(Method::PATCH, path, Some(token), Some(body))
+            .await
+    }
+
+    pub async fn delete(&self, path: &str, token: &str) -> TestResponse {
+        self.request(Method::DELETE, path, Some(token), None).await
+    }
+
+    /// Creates a user through the API and returns its id.
+    pub async fn create_user(&self, tenant: &str, email: &str, name: &str) -> String {
+        let r = self
+            .post(
+                "/users",
+                &self.token(tenant),
+                json!({"email": email, "name": name}),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+        r.json()["user_id"].as_str().unwrap().to_owned()
+    }
+
+    /// Every row in `users`, seen by the superuser (RLS does not apply):
+    /// (tenant_id, email, name), sorted.
+    pub async fn all_rows(&self) -> Vec<(String, String, String)> {
+        let admin = self.db.admin().await;
+        admin
+            .query(
+                "SELECT tenant_id, email, name FROM users ORDER BY 1, 2",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2)))
+            .collect()
+    }
+
+    /// The app role's backends and when each last changed state: a request
+    /// that runs any SQL moves `state_change`.
+    pub async fn app_activity(&self) -> Vec<(i32, SystemTime)> {
+        let admin = self.db.admin().await;
+        admin
+            .query(
+                "SELECT pid, state_change FROM pg_stat_activity WHERE usename = $1 ORDER BY pid",
+                &[&self.db.app_user],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| (r.get(0), r.get(1)))
+            .collect()
+    }
+}
+
+pub struct TestResponse {
+    pub status: StatusCode,
+    pub headers: HeaderMap,
+    pub body: Bytes,
+}
+
+impl TestResponse {
+    pub fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.text()))
+    }
+
+    pub fn text(&self) -> String {
+        String::from_utf8_lossy(&self.body).into_owned()
+    }
+
+    pub fn header(&self, name: &str) -> Option<&str> {
+        self.headers.get(name).and_then(|v| v.to_str().ok())
+    }
+
+    /// Asserts an RFC 9457 problem with this status, and returns its detail.
+    pub fn assert_problem(&self, status: StatusCode) -> String {
+        assert_eq!(self.status, status, "body: {}", self.text());
+        assert_eq!(
+            self.header("content-type"),
+            Some("application/problem+json")
+        );
+        let body = self.json();
+        assert_eq!(body["status"], status.as_u16(), "{body}");
+        assert!(
+            body["type"].is_string() && body["title"].is_string(),
+            "{body}"
+        );
+        body["detail"].as_str().expect("detail").to_owned()
+    }
+}
+
+pub fn now() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_secs()
+}
+
+/// Standard claims for a tenant, valid for an hour.
+pub fn claims_for(tenant: &str) -> Value {
+    json!({"sub": format!("user@{tenant}"), "custom:tenant_id": tenant, "iat": now(), "exp": now() + 3600})
+}
+
+pub fn sign_hs256(claims: &Value) -> String {
+    sign_with(Algorithm::HS256, claims, SECRET.as_bytes())
+}
+
+pub fn sign_with(alg: Algorithm, claims: &Value, secret: &[u8]) -> String {
+    jsonwebtoken::encode(&Header::new(alg), claims, &EncodingKey::from_secret(secret)).unwrap()
+}
+
+/// Builds a JWT from raw parts, signature computed with the test secret
+/// (HS256) over whatever header and payload text we give: for tokens no
+/// well-behaved library would produce.
+pub fn raw_hs256(header_json: &str, payload_json: &str) -> String {
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use hmac::{Hmac, Mac};
+    let signing_input = format!(
+        "{}.{}",
+        URL_SAFE_NO_PAD.encode(header_json),
+        URL_SAFE_NO_PAD.encode(payload_json)
+    );
+    let mut mac = Hmac::<sha2::Sha256>::new_from_slice(SECRET.as_bytes()).unwrap();
+    mac.update(signing_input.as_bytes());
+    format!(
+        "{signing_input}.{}",
+        URL_SAFE_NO_PAD.encode(mac.finalize().into_bytes())
+    )
+}
