@@ -1,0 +1,65 @@
+//! The one connection per execution environment: reused across requests,
+//! reopened when it is found closed, and a 503 (never a hang or a panic)
+//! while the database cannot be reached.
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::common::{TestApp, TestDb};
+
+#[tokio::test]
+async fn requests_reuse_one_connection() {
+    let app = TestApp::spawn().await;
+    let token = app.token("acme");
+    for i in 0..5 {
+        app.post("/users", &token, json!({"email": format!("u{i}@acme.test"), "name": "U"})).await;
+        app.get("/users", &token).await;
+    }
+    assert_eq!(app.app_activity().await.len(), 1);
+}
+
+#[tokio::test]
+async fn a_terminated_backend_is_replaced_on_the_next_request() {
+    let app = TestApp::spawn().await;
+    let token = app.token("acme");
+    assert_eq!(app.get("/users", &token).await.status, StatusCode::OK);
+    let before = app.app_activity().await;
+    let admin = app.db.admin().await;
+    admin
+        .execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", &[&app.db.app_user])
+        .await
+        .unwrap();
+    // Let the client side see the connection drop, as a thawed Lambda would.
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+
+    let r = app.post("/users", &token, json!({"email": "after@acme.test", "name": "After"})).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert_eq!(app.get("/users", &token).await.status, StatusCode::OK);
+    let after = app.app_activity().await;
+    assert_eq!(after.len(), 1);
+    assert_ne!(after[0].0, before[0].0, "a new backend serves now");
+    assert_eq!(app.all_rows().await.len(), 1);
+}
+
+#[tokio::test]
+async fn an_unreachable_database_is_503_with_retry_after() {
+    let db = TestDb::create().await;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = listener.local_addr().unwrap().port();
+    drop(listener);
+    let mut app = TestApp::on(db, &[]).await;
+    // Rebuild the app against a port nothing listens on.
+    let mut pg = app.db.app_config();
+    pg.port(port);
+    let config = tenant_users::config::Config {
+        token: tenant_users::config::token_config(&|k| (k == "JWT_HS256_SECRET").then(|| crate::common::SECRET.to_owned()))
+            .unwrap(),
+        db: tenant_users::config::DbConfig { pg, statement_timeout: std::time::Duration::from_secs(5) },
+    };
+    app.app = tenant_users::app::App::build(config).await;
+    app.router = tenant_users::http::router(app.app.clone());
+    let r = app.get("/users", &app.token("acme")).await;
+    let detail = r.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(detail.contains("database"), "{detail}");
+    assert!(r.header("retry-after").is_some());
+}
