@@ -81,7 +81,7 @@ done
 "${as_owner[@]}" "$bindir/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -o \
   "-p $port -k $dir -c listen_addresses=127.0.0.1 -c fsync=off -c max_connections=200" start >/dev/null \
   || { cat "$dir/server.log" >&2; exit 1; }
-echo "with-postgres: throwaway PostgreSQL ($("$bindir/postgres" --version | awk '{print $NF}')) on 127.0.0.1:$port, data in $dir" >&2
+echo "with-postgres: throwaway PostgreSQL ($("$bindir/postgres" --version | sed "s/.*) //")) on 127.0.0.1:$port, data in $dir" >&2
 
 export "$var=postgres://postgres@127.0.0.1:$port/postgres"
 "$@"

@@ -116,7 +116,7 @@ pub async fn run() -> Result<(), BoxError> {
             12 * 3600,
         )?;
         let var = format!("TOKEN_{}", tenant.to_ascii_uppercase());
-        println!("{var}={jwt}");
+        println!("export {var}={jwt}");
         println!("  curl -s {base}/users -H \"Authorization: Bearer ${var}\"");
     }
     println!(

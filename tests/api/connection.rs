@@ -12,7 +12,12 @@ async fn requests_reuse_one_connection() {
     let app = TestApp::spawn().await;
     let token = app.token("acme");
     for i in 0..5 {
-        app.post("/users", &token, json!({"email": format!("u{i}@acme.test"), "name": "U"})).await;
+        app.post(
+            "/users",
+            &token,
+            json!({"email": format!("u{i}@acme.test"), "name": "U"}),
+        )
+        .await;
         app.get("/users", &token).await;
     }
     assert_eq!(app.app_activity().await.len(), 1);
@@ -26,13 +31,22 @@ async fn a_terminated_backend_is_replaced_on_the_next_request() {
     let before = app.app_activity().await;
     let admin = app.db.admin().await;
     admin
-        .execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1", &[&app.db.app_user])
+        .execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = $1",
+            &[&app.db.app_user],
+        )
         .await
         .unwrap();
     // Let the client side see the connection drop, as a thawed Lambda would.
     tokio::time::sleep(std::time::Duration::from_millis(200)).await;
 
-    let r = app.post("/users", &token, json!({"email": "after@acme.test", "name": "After"})).await;
+    let r = app
+        .post(
+            "/users",
+            &token,
+            json!({"email": "after@acme.test", "name": "After"}),
+        )
+        .await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     assert_eq!(app.get("/users", &token).await.status, StatusCode::OK);
     let after = app.app_activity().await;
@@ -52,9 +66,14 @@ async fn an_unreachable_database_is_503_with_retry_after() {
     let mut pg = app.db.app_config();
     pg.port(port);
     let config = tenant_users::config::Config {
-        token: tenant_users::config::token_config(&|k| (k == "JWT_HS256_SECRET").then(|| crate::common::SECRET.to_owned()))
-            .unwrap(),
-        db: tenant_users::config::DbConfig { pg, statement_timeout: std::time::Duration::from_secs(5) },
+        token: tenant_users::config::token_config(&|k| {
+            (k == "JWT_HS256_SECRET").then(|| crate::common::SECRET.to_owned())
+        })
+        .unwrap(),
+        db: tenant_users::config::DbConfig {
+            pg,
+            statement_timeout: std::time::Duration::from_secs(5),
+        },
     };
     app.app = tenant_users::app::App::build(config).await;
     app.router = tenant_users::http::router(app.app.clone());
