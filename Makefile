@@ -11,7 +11,7 @@ dev:
 	scripts/with-postgres.sh dev cargo run --quiet -- dev
 
 test:
-	scripts/with-postgres.sh test cargo test --locked
+	scripts/with-postgres.sh test cargo test --locked --all-targets
 
 check:
 	cargo fmt --all -- --check
