@@ -11,7 +11,7 @@ dev:
 	scripts/with-postgres.sh dev cargo run --quiet -- dev
 
 test:
-	scripts/with-postgres.sh test cargo test --locked --all-targets
+	scripts/with-postgres.sh test cargo test --locked --lib --tests
 
 check:
 	cargo fmt --all -- --check

@@ -233,6 +233,18 @@ impl TestApp {
         r.json()["user_id"].as_str().unwrap().to_owned()
     }
 
+    /// The emails `tenant` sees through `GET /users`, in order.
+    pub async fn emails_seen_by(&self, tenant: &str) -> Vec<String> {
+        let r = self.get("/users", &self.token(tenant)).await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+        r.json()["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| u["email"].as_str().unwrap().to_owned())
+            .collect()
+    }
+
     /// Every row in `users`, seen by the superuser (RLS does not apply):
     /// (tenant_id, email, name), sorted.
     pub async fn all_rows(&self) -> Vec<(String, String, String)> {
