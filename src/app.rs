@@ -12,10 +12,11 @@ pub struct App {
 }
 
 impl App {
-    /// Loads the token keys and opens the database connection concurrently;
-    /// neither failure is fatal (requests get 503 until it recovers).
+    /// Loads the token keys and, concurrently, fetches the database secret
+    /// and opens the connection; no failure is fatal (requests get 503
+    /// until it recovers).
     pub async fn build(config: Config) -> Arc<Self> {
-        let db = Database::new(config.db);
+        let db = Database::new(config.db).await;
         let (tokens, ()) = tokio::join!(TokenManager::new(config.token), db.warm());
         Arc::new(Self { tokens, db })
     }

@@ -47,12 +47,124 @@ impl std::fmt::Debug for TokenConfig {
     }
 }
 
+/// Where the application role's credentials come from.
+#[derive(Clone, Debug)]
+pub enum DbSource {
+    /// `DATABASE_URL`: fixed credentials (local use, tests).
+    Url(tokio_postgres::Config),
+    /// `DB_SECRET_ARN`: fetched from Secrets Manager at cold start, under an
+    /// assumed role, and again when the database rejects the password.
+    Secret(SecretConfig),
+}
+
+/// How to reach Secrets Manager, and what completes the secret.
+#[derive(Clone, Debug)]
+pub struct SecretConfig {
+    pub secret_id: String,
+    /// Role to assume for reading the secret; without it the function's own
+    /// credentials are used.
+    pub role_arn: Option<String>,
+    pub session_name: String,
+    /// `DB_HOST` (the RDS Proxy endpoint), `DB_PORT`, `DB_NAME`: override or
+    /// complete the secret (RDS-managed master secrets hold only username
+    /// and password).
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub dbname: Option<String>,
+    pub aws: AwsConfig,
+    /// Least time between two password-triggered refetches.
+    pub refresh_interval: Duration,
+}
+
+/// AWS SDK settings taken from the same lookup as everything else, so
+/// tests can point one instance at moto without touching the process
+/// environment. Unset fields fall back to the SDK's own defaults.
+#[derive(Clone, Default)]
+pub struct AwsConfig {
+    pub region: Option<String>,
+    pub endpoint_url: Option<String>,
+    pub access_key_id: Option<String>,
+    pub secret_access_key: Option<String>,
+    pub session_token: Option<String>,
+}
+
+impl std::fmt::Debug for AwsConfig {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AwsConfig")
+            .field("region", &self.region)
+            .field("endpoint_url", &self.endpoint_url)
+            .field("access_key_id", &self.access_key_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// `DB_SSLMODE`, as libpq names the modes we support.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SslMode {
+    Disable,
+    /// Encrypted, certificate not checked.
+    Require,
+    /// Encrypted, chain and host name checked (system roots plus `DB_CA_FILE`).
+    VerifyFull,
+}
+
+#[derive(Clone, Debug)]
+pub struct TlsConfig {
+    pub mode: SslMode,
+    pub ca_file: Option<std::path::PathBuf>,
+}
+
+impl TlsConfig {
+    pub const DISABLED: TlsConfig = TlsConfig {
+        mode: SslMode::Disable,
+        ca_file: None,
+    };
+
+    /// `DB_SSLMODE` (default `disable`) and `DB_CA_FILE`, for the admin
+    /// connection of `migrate`.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        let get = |k: &str| std::env::var(k).ok().filter(|v| !v.trim().is_empty());
+        Ok(TlsConfig {
+            mode: get("DB_SSLMODE")
+                .map(|m| parse_ssl_mode(&m))
+                .transpose()?
+                .unwrap_or(SslMode::Disable),
+            ca_file: get("DB_CA_FILE").map(Into::into),
+        })
+    }
+}
+
+fn parse_ssl_mode(raw: &str) -> Result<SslMode, ConfigError> {
+    match raw.trim() {
+        "disable" => Ok(SslMode::Disable),
+        "require" => Ok(SslMode::Require),
+        "verify-full" => Ok(SslMode::VerifyFull),
+        other => Err(ConfigError(format!(
+            "DB_SSLMODE must be disable, require or verify-full, got {other:?}"
+        ))),
+    }
+}
+
 /// How the application role reaches the database.
 #[derive(Clone, Debug)]
 pub struct DbConfig {
-    pub pg: tokio_postgres::Config,
+    pub source: DbSource,
+    pub tls: TlsConfig,
+    pub connect_timeout: Duration,
     /// Bounds every transaction (set in the same scope as the tenant).
     pub statement_timeout: Duration,
+}
+
+impl DbConfig {
+    /// Fixed credentials, no TLS, default timeouts: local use and tests.
+    pub fn plain(pg: tokio_postgres::Config) -> Self {
+        Self {
+            source: DbSource::Url(pg),
+            tls: TlsConfig::DISABLED,
+            connect_timeout: Duration::from_secs(5),
+            statement_timeout: Duration::from_secs(5),
+        }
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -71,24 +183,90 @@ impl Config {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
         let get = |key: &str| get(key).filter(|v| !v.trim().is_empty());
         let token = token_config(&get)?;
-        let url = get("DATABASE_URL").ok_or_else(|| {
-            ConfigError(
-                "DATABASE_URL is required (postgres://app_user:password@host:port/db)".into(),
-            )
-        })?;
-        let mut pg: tokio_postgres::Config = url
-            .parse()
-            .map_err(|e| ConfigError(format!("DATABASE_URL is not a valid PostgreSQL URL: {e}")))?;
-        if pg.get_connect_timeout().is_none() {
-            pg.connect_timeout(millis(&get, "DB_CONNECT_TIMEOUT_MS", 5_000)?);
-        }
-        pg.application_name("tenant-users");
-        let db = DbConfig {
-            pg,
-            statement_timeout: millis(&get, "DB_STATEMENT_TIMEOUT_MS", 5_000)?,
-        };
-        Ok(Config { token, db })
+        Ok(Config {
+            token,
+            db: db_config(&get)?,
+        })
     }
+}
+
+pub fn db_config(get: &impl Fn(&str) -> Option<String>) -> Result<DbConfig, ConfigError> {
+    let connect_timeout = millis(get, "DB_CONNECT_TIMEOUT_MS", 5_000)?;
+    let statement_timeout = millis(get, "DB_STATEMENT_TIMEOUT_MS", 5_000)?;
+    let explicit_mode = get("DB_SSLMODE").map(|m| parse_ssl_mode(&m)).transpose()?;
+    let (source, default_mode) = match (get("DATABASE_URL"), get("DB_SECRET_ARN")) {
+        (Some(url), _) => {
+            let pg: tokio_postgres::Config = url.parse().map_err(|e| {
+                ConfigError(format!("DATABASE_URL is not a valid PostgreSQL URL: {e}"))
+            })?;
+            // The URL's own sslmode=require is honoured; anything stricter
+            // is DB_SSLMODE's job (tokio-postgres does not parse verify-full).
+            let mode = match pg.get_ssl_mode() {
+                tokio_postgres::config::SslMode::Require => SslMode::Require,
+                _ => SslMode::Disable,
+            };
+            (DbSource::Url(pg), mode)
+        }
+        (None, Some(secret_id)) => {
+            let port = get("DB_PORT")
+                .map(|p| p.trim().parse::<u16>())
+                .transpose()
+                .map_err(|_| ConfigError("DB_PORT must be a port number".into()))?;
+            let function = get("AWS_LAMBDA_FUNCTION_NAME").unwrap_or_else(|| "local".into());
+            let secret = SecretConfig {
+                secret_id,
+                role_arn: get("DB_SECRET_ROLE_ARN"),
+                session_name: session_name(&function),
+                host: get("DB_HOST"),
+                port,
+                dbname: get("DB_NAME"),
+                aws: AwsConfig {
+                    region: get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")),
+                    endpoint_url: get("AWS_ENDPOINT_URL"),
+                    access_key_id: get("AWS_ACCESS_KEY_ID"),
+                    secret_access_key: get("AWS_SECRET_ACCESS_KEY"),
+                    session_token: get("AWS_SESSION_TOKEN"),
+                },
+                refresh_interval: Duration::from_secs(number(
+                    get,
+                    "DB_SECRET_REFRESH_SECONDS",
+                    60,
+                )?),
+            };
+            (DbSource::Secret(secret), SslMode::VerifyFull)
+        }
+        (None, None) => {
+            return Err(ConfigError(
+                "set DATABASE_URL (postgres://app_user:password@host:port/db) or DB_SECRET_ARN"
+                    .into(),
+            ));
+        }
+    };
+    Ok(DbConfig {
+        source,
+        tls: TlsConfig {
+            mode: explicit_mode.unwrap_or(default_mode),
+            ca_file: get("DB_CA_FILE").map(Into::into),
+        },
+        connect_timeout,
+        statement_timeout,
+    })
+}
+
+/// An STS session name that names the function: `[\w+=,.@-]`, 2 to 64 chars.
+fn session_name(function: &str) -> String {
+    let clean: String = format!("tenant-users-{function}")
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "_+=,.@-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(64)
+        .collect();
+    clean
 }
 
 pub fn token_config(get: &impl Fn(&str) -> Option<String>) -> Result<TokenConfig, ConfigError> {
@@ -229,13 +407,47 @@ mod tests {
             config(&[URL, SECRET, ("JWT_ALGORITHMS", "none")]).is_err(),
             "alg none"
         );
-        assert!(config(&[SECRET]).is_err(), "no DATABASE_URL");
+        assert!(
+            config(&[SECRET]).is_err(),
+            "no DATABASE_URL nor DB_SECRET_ARN"
+        );
+        assert!(config(&[URL, SECRET, ("DB_SSLMODE", "prefer")]).is_err());
         assert!(config(&[("DATABASE_URL", "not a url"), SECRET]).is_err());
+    }
+
+    #[test]
+    fn a_secret_source_defaults_to_verify_full_and_names_the_function() {
+        let c = config(&[
+            SECRET,
+            (
+                "DB_SECRET_ARN",
+                "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db",
+            ),
+            ("DB_PORT", "6432"),
+            ("AWS_LAMBDA_FUNCTION_NAME", "stack-TenantUsers/Fn x"),
+        ])
+        .unwrap();
+        assert_eq!(c.db.tls.mode, SslMode::VerifyFull);
+        let DbSource::Secret(s) = c.db.source else {
+            panic!("secret source")
+        };
+        assert_eq!(s.port, Some(6432));
+        assert_eq!(s.session_name, "tenant-users-stack-TenantUsers-Fn-x");
+        assert_eq!(s.refresh_interval, Duration::from_secs(60));
+        let c = config(&[URL, SECRET]).unwrap();
+        assert_eq!(c.db.tls.mode, SslMode::Disable, "a plain URL stays plain");
+        let c = config(&[("DATABASE_URL", "postgres://a@h/d?sslmode=require"), SECRET]).unwrap();
+        assert_eq!(c.db.tls.mode, SslMode::Require);
     }
 
     #[test]
     fn secret_is_not_printed() {
         let c = config(&[URL, SECRET]).unwrap();
         assert!(!format!("{:?}", c.token).contains("0123456789abcdef"));
+        let aws = AwsConfig {
+            secret_access_key: Some("hunter2".into()),
+            ..Default::default()
+        };
+        assert!(!format!("{aws:?}").contains("hunter2"));
     }
 }

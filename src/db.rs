@@ -16,14 +16,16 @@
 //! that would pin a pooled RDS Proxy connection), and nothing outlives the
 //! transaction: the next tenant on this connection starts clean.
 
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
+use postgres_native_tls::MakeTlsConnector;
 use tokio::sync::Mutex;
 use tokio_postgres::types::{ToSql, Type};
-use tokio_postgres::{Client, NoTls, Row, error::SqlState};
+use tokio_postgres::{Client, Row, error::SqlState};
 
 use crate::audit;
-use crate::config::DbConfig;
+use crate::config::{DbConfig, DbSource, SslMode, TlsConfig};
+use crate::secret::{DbCredentials, SecretError, SecretSource};
 use crate::tenant::TenantContext;
 
 const SET_TENANT_SCOPE: &str = "SELECT set_config('app.current_tenant', $1, true), \
@@ -34,9 +36,13 @@ pub enum DbError {
     /// The database could not be reached, or the connection broke.
     #[error("database unavailable: {0}")]
     Unavailable(#[source] tokio_postgres::Error),
-    /// The connected role or schema fails the isolation self-audit.
+    /// The connected role or schema fails the isolation self-audit, or the
+    /// connection settings cannot work (e.g. an unreadable CA file).
     #[error("deployment is misconfigured: {0}")]
     Misconfigured(String),
+    /// The credentials could not be had from Secrets Manager.
+    #[error(transparent)]
+    Credentials(#[from] SecretError),
     /// The statement ran into `statement_timeout`.
     #[error("statement timed out")]
     Timeout(#[source] tokio_postgres::Error),
@@ -48,7 +54,7 @@ impl DbError {
     pub fn code(&self) -> Option<&SqlState> {
         match self {
             DbError::Query(e) | DbError::Timeout(e) | DbError::Unavailable(e) => e.code(),
-            DbError::Misconfigured(_) => None,
+            DbError::Misconfigured(_) | DbError::Credentials(_) => None,
         }
     }
 
@@ -104,14 +110,27 @@ impl<'a> TenantQuery<'a> {
 /// at cold start) and reopened when found closed.
 pub struct Database {
     config: DbConfig,
+    tls: Result<MakeTlsConnector, String>,
+    secret: Option<SecretSource>,
+    credentials: std::sync::Mutex<Option<DbCredentials>>,
+    /// When the secret was last refetched because the password was refused.
+    last_refresh: std::sync::Mutex<Option<Instant>>,
     statement_timeout_ms: String,
     conn: Mutex<Option<Client>>,
 }
 
 impl Database {
-    pub fn new(config: DbConfig) -> Self {
+    pub async fn new(config: DbConfig) -> Self {
+        let secret = match &config.source {
+            DbSource::Secret(secret) => Some(SecretSource::new(secret.clone()).await),
+            DbSource::Url(_) => None,
+        };
         Self {
             statement_timeout_ms: config.statement_timeout.as_millis().to_string(),
+            tls: tls_connector(&config.tls),
+            secret,
+            credentials: std::sync::Mutex::new(None),
+            last_refresh: std::sync::Mutex::new(None),
             config,
             conn: Mutex::new(None),
         }
@@ -200,17 +219,24 @@ impl Database {
     }
 
     async fn open(&self) -> Result<Client, DbError> {
-        let (client, connection) = self
-            .config
-            .pg
-            .connect(NoTls)
-            .await
-            .map_err(DbError::Unavailable)?;
-        tokio::spawn(async move {
-            if let Err(error) = connection.await {
-                tracing::warn!(%error, "database connection closed");
+        let tls = self
+            .tls
+            .as_ref()
+            .map_err(|e| DbError::Misconfigured(e.clone()))?;
+        let pg = self.connect_config(false).await?;
+        let client = match connect(&pg, tls).await {
+            Err(error) if self.secret.is_some() && password_refused(&error) => {
+                // Rotation: the secret has a new password the cached copy
+                // lacks. Refetch, at most once per interval, and retry.
+                if !self.may_refresh() {
+                    return Err(DbError::Unavailable(error));
+                }
+                tracing::warn!("database refused the password; fetching the secret again");
+                let pg = self.connect_config(true).await?;
+                connect(&pg, tls).await.map_err(DbError::Unavailable)?
             }
-        });
+            other => other.map_err(DbError::Unavailable)?,
+        };
         let findings = audit::check(&client).await.map_err(DbError::classify)?;
         if !findings.is_empty() {
             for finding in &findings {
@@ -220,6 +246,64 @@ impl Database {
         }
         tracing::info!("database connection open; isolation self-audit passed");
         Ok(client)
+    }
+
+    /// Connection settings: the URL's, or the secret's (fetched when not
+    /// cached yet, or when `refresh` asks for a fresh copy).
+    async fn connect_config(&self, refresh: bool) -> Result<tokio_postgres::Config, DbError> {
+        let mut pg = match (&self.config.source, &self.secret) {
+            (DbSource::Url(pg), _) => pg.clone(),
+            (DbSource::Secret(_), Some(source)) => {
+                let cached = self.credentials.lock().map(|c| c.clone()).unwrap_or(None);
+                let creds = match cached {
+                    Some(creds) if !refresh => creds,
+                    _ => {
+                        let creds = source.fetch().await.inspect_err(|error| {
+                            tracing::error!(%error, "database credentials unavailable");
+                        })?;
+                        tracing::info!(user = %creds.username, "database credentials loaded from Secrets Manager");
+                        if let Ok(mut slot) = self.credentials.lock() {
+                            *slot = Some(creds.clone());
+                        }
+                        creds
+                    }
+                };
+                pg_config(&creds)
+            }
+            (DbSource::Secret(_), None) => {
+                return Err(DbError::Misconfigured(
+                    "secret source not initialised".into(),
+                ));
+            }
+        };
+        if pg.get_connect_timeout().is_none() {
+            pg.connect_timeout(self.config.connect_timeout);
+        }
+        pg.application_name("tenant-users");
+        pg.ssl_mode(match self.config.tls.mode {
+            SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+            SslMode::Require | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+        });
+        Ok(pg)
+    }
+
+    fn may_refresh(&self) -> bool {
+        let interval = self
+            .secret
+            .as_ref()
+            .map(SecretSource::refresh_interval)
+            .unwrap_or_default();
+        let Ok(mut last) = self.last_refresh.lock() else {
+            return false;
+        };
+        if last.is_some_and(|at| at.elapsed() < interval) {
+            tracing::warn!(
+                "password refused again within the refresh interval; not refetching the secret yet"
+            );
+            return false;
+        }
+        *last = Some(Instant::now());
+        true
     }
 
     /// Diagnostics: `app.current_tenant` and `statement_timeout` as the
@@ -245,6 +329,86 @@ impl Database {
     pub fn statement_timeout(&self) -> Duration {
         self.config.statement_timeout
     }
+}
+
+async fn connect(
+    pg: &tokio_postgres::Config,
+    tls: &MakeTlsConnector,
+) -> Result<Client, tokio_postgres::Error> {
+    let (client, connection) = pg.connect(tls.clone()).await?;
+    tokio::spawn(async move {
+        if let Err(error) = connection.await {
+            tracing::warn!(%error, "database connection closed");
+        }
+    });
+    Ok(client)
+}
+
+/// 28P01 (wrong password) or 28000 (e.g. a rotated-away user name).
+fn password_refused(error: &tokio_postgres::Error) -> bool {
+    matches!(error.code(), Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+}
+
+fn pg_config(creds: &DbCredentials) -> tokio_postgres::Config {
+    let mut pg = tokio_postgres::Config::new();
+    pg.host(creds.host.as_deref().unwrap_or("localhost"))
+        .port(creds.port.unwrap_or(5432))
+        .user(&creds.username)
+        .password(creds.password())
+        .dbname(creds.dbname.as_deref().unwrap_or("postgres"));
+    pg
+}
+
+/// The TLS connector for `DB_SSLMODE`: `require` encrypts without checking
+/// the certificate (as libpq's `require`); `verify-full` checks the chain
+/// against the system roots plus `DB_CA_FILE`, and the host name.
+pub fn tls_connector(config: &TlsConfig) -> Result<MakeTlsConnector, String> {
+    let mut builder = native_tls::TlsConnector::builder();
+    builder.min_protocol_version(Some(native_tls::Protocol::Tlsv12));
+    match config.mode {
+        SslMode::Disable | SslMode::VerifyFull => {}
+        SslMode::Require => {
+            builder
+                .danger_accept_invalid_certs(true)
+                .danger_accept_invalid_hostnames(true);
+        }
+    }
+    if let Some(path) = &config.ca_file {
+        let pem = std::fs::read(path).map_err(|e| format!("DB_CA_FILE {}: {e}", path.display()))?;
+        let certs = pem_certificates(&pem).map_err(|e| {
+            format!(
+                "DB_CA_FILE {}: not a PEM certificate bundle: {e}",
+                path.display()
+            )
+        })?;
+        for cert in certs {
+            builder.add_root_certificate(cert);
+        }
+    }
+    let connector = builder
+        .build()
+        .map_err(|e| format!("TLS set-up failed: {e}"))?;
+    Ok(MakeTlsConnector::new(connector))
+}
+
+/// Every certificate in a PEM bundle (the RDS bundle holds many).
+fn pem_certificates(pem: &[u8]) -> Result<Vec<native_tls::Certificate>, String> {
+    const END: &str = "-----END CERTIFICATE-----";
+    let text = std::str::from_utf8(pem).map_err(|e| e.to_string())?;
+    let mut certs = Vec::new();
+    let mut rest = text;
+    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
+        let end = rest[start..].find(END).ok_or("unterminated certificate")? + start + END.len();
+        certs.push(
+            native_tls::Certificate::from_pem(&rest.as_bytes()[start..end])
+                .map_err(|e| e.to_string())?,
+        );
+        rest = &rest[end..];
+    }
+    if certs.is_empty() {
+        return Err("no certificate found".into());
+    }
+    Ok(certs)
 }
 
 /// Formats an error with its sources, for logs.

@@ -48,7 +48,7 @@ pub async fn run() -> Result<(), BoxError> {
         name: env("APP_DB_USER").unwrap_or_else(|| migrate::DEFAULT_APP_USER.to_owned()),
         password: Some(env("APP_DB_PASSWORD").unwrap_or_else(random_secret)),
     };
-    migrate::run(&admin, &role).await?;
+    migrate::run(&admin, &crate::config::TlsConfig::from_env()?, &role).await?;
 
     let secret = env("JWT_HS256_SECRET").unwrap_or_else(random_secret);
     let token = token_config(&|k| {
@@ -69,13 +69,9 @@ pub async fn run() -> Result<(), BoxError> {
         pg.password(password.as_str());
     }
     pg.application_name("tenant-users-dev");
-    let statement_timeout = std::time::Duration::from_millis(5_000);
     let config = Config {
         token: token.clone(),
-        db: DbConfig {
-            pg,
-            statement_timeout,
-        },
+        db: DbConfig::plain(pg),
     };
     let app = App::build(config).await;
 

@@ -16,6 +16,7 @@ pub mod dev;
 pub mod http;
 pub mod migrate;
 pub mod problem;
+pub mod secret;
 pub mod tenant;
 pub mod token;
 pub mod users;

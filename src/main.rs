@@ -78,7 +78,7 @@ async fn run_migrate() -> Result<(), BoxError> {
             .ok()
             .filter(|p| !p.is_empty()),
     };
-    migrate::run(&admin, &role).await?;
+    migrate::run(&admin, &tenant_users::config::TlsConfig::from_env()?, &role).await?;
     Ok(())
 }
 

@@ -6,7 +6,9 @@
 //! its name and password are deployment settings: it gets LOGIN, no
 //! superuser, no BYPASSRLS, and only the DML it needs on tenant tables.
 
-use tokio_postgres::{Client, NoTls};
+use tokio_postgres::Client;
+
+use crate::config::{SslMode, TlsConfig};
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -35,8 +37,31 @@ pub struct AppRole {
 }
 
 /// Applies pending migrations, then creates or updates the application role.
-pub async fn run(admin: &tokio_postgres::Config, role: &AppRole) -> Result<(), MigrateError> {
-    let (mut client, connection) = admin.connect(NoTls).await.map_err(MigrateError::Connect)?;
+pub async fn run(
+    admin: &tokio_postgres::Config,
+    tls: &TlsConfig,
+    role: &AppRole,
+) -> Result<(), MigrateError> {
+    // DB_SSLMODE decides; without it, the URL's own sslmode=require is
+    // honoured (encrypted, unverified) and anything else means plain.
+    let url_requires = admin.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+    let tls = match tls.mode {
+        SslMode::Disable if url_requires => &TlsConfig {
+            mode: SslMode::Require,
+            ca_file: tls.ca_file.clone(),
+        },
+        _ => tls,
+    };
+    let connector = crate::db::tls_connector(tls).map_err(MigrateError::Refused)?;
+    let mut admin = admin.clone();
+    admin.ssl_mode(match tls.mode {
+        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
+        SslMode::Require | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
+    });
+    let (mut client, connection) = admin
+        .connect(connector)
+        .await
+        .map_err(MigrateError::Connect)?;
     let task = tokio::spawn(connection);
     let report = embedded::migrations::runner()
         .run_async(&mut client)

@@ -145,6 +145,14 @@ impl From<DbError> for ApiError {
                     30,
                 )
             }
+            DbError::Credentials(_) => {
+                tracing::error!(error = %chain, "database credentials unavailable");
+                Self::unavailable(
+                    "credentials-unavailable",
+                    "the database credentials are unavailable; retry shortly",
+                    5,
+                )
+            }
             DbError::Timeout(_) => {
                 tracing::error!(error = %chain, "statement timed out");
                 Self::unavailable("timeout", "the request took too long; retry shortly", 1)

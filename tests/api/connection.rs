@@ -70,10 +70,7 @@ async fn an_unreachable_database_is_503_with_retry_after() {
             (k == "JWT_HS256_SECRET").then(|| crate::common::SECRET.to_owned())
         })
         .unwrap(),
-        db: tenant_users::config::DbConfig {
-            pg,
-            statement_timeout: std::time::Duration::from_secs(5),
-        },
+        db: tenant_users::config::DbConfig::plain(pg),
     };
     app.app = tenant_users::app::App::build(config).await;
     app.router = tenant_users::http::router(app.app.clone());

@@ -13,7 +13,7 @@ use http_body_util::BodyExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tenant_users::app::App;
-use tenant_users::config::{Config, DbConfig, token_config};
+use tenant_users::config::{Config, DbConfig, TlsConfig, token_config};
 use tenant_users::migrate::{self, AppRole};
 use tokio_postgres::{Client, NoTls};
 use tower::ServiceExt;
@@ -61,7 +61,7 @@ impl TestDb {
             name: db.app_user.clone(),
             password: Some(db.app_password.clone()),
         };
-        migrate::run(&db.admin_config(), &role)
+        migrate::run(&db.admin_config(), &TlsConfig::DISABLED, &role)
             .await
             .expect("migrate");
         db
@@ -144,10 +144,7 @@ impl TestApp {
         };
         let config = Config {
             token: token_config(&get).expect("token config"),
-            db: DbConfig {
-                pg: db.app_config(),
-                statement_timeout: std::time::Duration::from_secs(5),
-            },
+            db: DbConfig::plain(db.app_config()),
         };
         let app = App::build(config).await;
         let router = tenant_users::http::router(app.clone());

@@ -1,0 +1,240 @@
+//! Database credentials from AWS Secrets Manager, read under an assumed role.
+//!
+//! At cold start the function assumes `DB_SECRET_ROLE_ARN` (STS), reads
+//! `DB_SECRET_ARN` with those temporary credentials, and caches the result
+//! for the life of the execution environment. `db` asks for a fresh copy when
+//! the database rejects the password (rotation). The password never appears
+//! in logs: `DbCredentials` redacts it from `Debug`, and errors carry only
+//! what AWS said.
+
+use std::time::Duration;
+
+use aws_config::BehaviorVersion;
+use aws_config::sts::AssumeRoleProvider;
+use aws_config::timeout::TimeoutConfig;
+use aws_credential_types::Credentials;
+use aws_sdk_secretsmanager::error::DisplayErrorContext;
+use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use aws_types::region::Region;
+use serde_json::Value;
+
+use crate::config::SecretConfig;
+
+#[derive(Debug, thiserror::Error)]
+pub enum SecretError {
+    /// Secrets Manager or STS could not be reached or refused the call.
+    #[error("could not read the database secret: {0}")]
+    Fetch(String),
+    /// The secret exists but is not usable as database credentials.
+    #[error("the database secret is malformed: {0}")]
+    Malformed(String),
+}
+
+/// What the secret (completed by `DB_HOST`/`DB_PORT`/`DB_NAME`) says.
+#[derive(Clone, PartialEq, Eq)]
+pub struct DbCredentials {
+    pub username: String,
+    password: String,
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub dbname: Option<String>,
+}
+
+impl DbCredentials {
+    pub fn password(&self) -> &str {
+        &self.password
+    }
+}
+
+impl std::fmt::Debug for DbCredentials {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DbCredentials")
+            .field("username", &self.username)
+            .field("password", &"<redacted>")
+            .field("host", &self.host)
+            .field("port", &self.port)
+            .field("dbname", &self.dbname)
+            .finish()
+    }
+}
+
+pub struct SecretSource {
+    client: aws_sdk_secretsmanager::Client,
+    config: SecretConfig,
+}
+
+impl SecretSource {
+    /// Builds the clients; makes no call yet.
+    pub async fn new(config: SecretConfig) -> Self {
+        // rustls with ring: pure-Rust TLS that cross-compiles for arm64
+        // with no C toolchain beyond what cargo-lambda brings.
+        let http = aws_smithy_http_client::Builder::new()
+            .tls_provider(Provider::Rustls(CryptoMode::Ring))
+            .build_https();
+        let timeouts = TimeoutConfig::builder()
+            .connect_timeout(Duration::from_secs(2))
+            .operation_attempt_timeout(Duration::from_secs(3))
+            .operation_timeout(Duration::from_secs(8))
+            .build();
+        let aws = &config.aws;
+        let mut loader = aws_config::defaults(BehaviorVersion::latest())
+            .http_client(http)
+            .timeout_config(timeouts);
+        if let Some(region) = &aws.region {
+            loader = loader.region(Region::new(region.clone()));
+        }
+        if let Some(url) = &aws.endpoint_url {
+            loader = loader.endpoint_url(url.clone());
+        }
+        if let (Some(id), Some(secret)) = (&aws.access_key_id, &aws.secret_access_key) {
+            loader = loader.credentials_provider(Credentials::new(
+                id.clone(),
+                secret.clone(),
+                aws.session_token.clone(),
+                None,
+                "environment",
+            ));
+        }
+        let base = loader.load().await;
+        let mut sm = aws_sdk_secretsmanager::config::Builder::from(&base);
+        if let Some(role) = &config.role_arn {
+            let provider = AssumeRoleProvider::builder(role.clone())
+                .session_name(config.session_name.clone())
+                .configure(&base)
+                .build()
+                .await;
+            sm = sm.credentials_provider(provider);
+        }
+        Self {
+            client: aws_sdk_secretsmanager::Client::from_conf(sm.build()),
+            config,
+        }
+    }
+
+    /// Assumes the role (when configured), reads the secret and parses it.
+    pub async fn fetch(&self) -> Result<DbCredentials, SecretError> {
+        let output = self
+            .client
+            .get_secret_value()
+            .secret_id(&self.config.secret_id)
+            .send()
+            .await
+            .map_err(|e| SecretError::Fetch(DisplayErrorContext(e).to_string()))?;
+        let text = output
+            .secret_string()
+            .ok_or_else(|| SecretError::Malformed("it has no SecretString".into()))?;
+        let mut creds = parse_secret(text)?;
+        if let Some(host) = &self.config.host {
+            creds.host = Some(host.clone());
+        }
+        if let Some(port) = self.config.port {
+            creds.port = Some(port);
+        }
+        if let Some(dbname) = &self.config.dbname {
+            creds.dbname = Some(dbname.clone());
+        }
+        if creds.host.is_none() {
+            return Err(SecretError::Malformed(
+                "it names no host; set DB_HOST to the RDS Proxy endpoint".into(),
+            ));
+        }
+        Ok(creds)
+    }
+
+    pub fn refresh_interval(&self) -> Duration {
+        self.config.refresh_interval
+    }
+}
+
+/// Parses the standard RDS secret JSON: `username` and `password` required;
+/// `host`, `port` (number or string), `dbname` optional; `engine`, when
+/// present, must be PostgreSQL.
+pub fn parse_secret(text: &str) -> Result<DbCredentials, SecretError> {
+    let bad = |what: &str| SecretError::Malformed(what.to_owned());
+    let value: Value = serde_json::from_str(text).map_err(|_| bad("it is not a JSON object"))?;
+    let object = value
+        .as_object()
+        .ok_or_else(|| bad("it is not a JSON object"))?;
+    let text_field = |key: &str| -> Result<Option<String>, SecretError> {
+        match object.get(key) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) if !s.is_empty() => Ok(Some(s.clone())),
+            Some(_) => Err(bad(&format!("{key} must be a non-empty string"))),
+        }
+    };
+    if let Some(engine) = text_field("engine")?
+        && !matches!(
+            engine.as_str(),
+            "postgres" | "postgresql" | "aurora-postgresql"
+        )
+    {
+        return Err(bad(&format!("engine is {engine:?}, not PostgreSQL")));
+    }
+    let port = match object.get("port") {
+        None | Some(Value::Null) => None,
+        Some(Value::Number(n)) => Some(
+            n.as_u64()
+                .and_then(|p| u16::try_from(p).ok())
+                .ok_or_else(|| bad("port is out of range"))?,
+        ),
+        Some(Value::String(s)) => Some(s.parse().map_err(|_| bad("port is not a number"))?),
+        Some(_) => return Err(bad("port must be a number")),
+    };
+    Ok(DbCredentials {
+        username: text_field("username")?.ok_or_else(|| bad("username is missing"))?,
+        password: text_field("password")?.ok_or_else(|| bad("password is missing"))?,
+        host: text_field("host")?,
+        port,
+        dbname: text_field("dbname")?,
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn parses_the_rds_secret_shapes() {
+        let full = parse_secret(
+            r#"{"engine":"postgres","host":"proxy.example","port":5432,"username":"app","password":"p@ss","dbname":"users","dbInstanceIdentifier":"x"}"#,
+        )
+        .unwrap();
+        assert_eq!(full.username, "app");
+        assert_eq!(full.password(), "p@ss");
+        assert_eq!(full.port, Some(5432));
+        assert_eq!(full.dbname.as_deref(), Some("users"));
+        // RDS-managed master secrets: only username and password.
+        let managed = parse_secret(r#"{"username":"app","password":"x"}"#).unwrap();
+        assert_eq!(managed.host, None);
+        assert_eq!(
+            parse_secret(r#"{"username":"a","password":"b","port":"6432"}"#)
+                .unwrap()
+                .port,
+            Some(6432)
+        );
+    }
+
+    #[test]
+    fn refuses_unusable_secrets() {
+        for bad in [
+            "not json",
+            "[]",
+            r#"{"password":"x"}"#,
+            r#"{"username":"a"}"#,
+            r#"{"username":"a","password":""}"#,
+            r#"{"username":"a","password":7}"#,
+            r#"{"username":"a","password":"b","port":70000}"#,
+            r#"{"username":"a","password":"b","engine":"mysql"}"#,
+        ] {
+            assert!(parse_secret(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn the_password_is_never_printed() {
+        let c = parse_secret(r#"{"username":"app","password":"hunter2-secret"}"#).unwrap();
+        assert!(!format!("{c:?}").contains("hunter2"));
+        let e = parse_secret(r#"{"username":"app","password":"hunter2","port":"x"}"#).unwrap_err();
+        assert!(!e.to_string().contains("hunter2"));
+    }
+}
