@@ -6,8 +6,8 @@
 //!
 //! ```sql
 //! BEGIN;
-//! SELECT set_config('app.current_tenant', $tenant, true),   -- SET LOCAL
-//!        set_config('statement_timeout', $ms, true);
+//! SELECT public.app_set_tenant($tenant, $ms);  -- set_config(.., true) = SET LOCAL
+//!                                             -- for the tenant and statement_timeout
 //! <the statement, which also says WHERE tenant_id = $1>;
 //! COMMIT;   -- becomes ROLLBACK if anything above failed
 //! ```
@@ -28,8 +28,10 @@ use crate::config::{DbConfig, DbSource, SslMode, TlsConfig};
 use crate::secret::{DbCredentials, SecretError, SecretSource};
 use crate::tenant::TenantContext;
 
-const SET_TENANT_SCOPE: &str = "SELECT set_config('app.current_tenant', $1, true), \
-                                set_config('statement_timeout', $2, true)";
+/// Sets `app.current_tenant` and `statement_timeout` with
+/// `set_config(..., true)` inside a function (migrations/V2), so the
+/// statement text holds no SET that would pin an RDS Proxy connection.
+const SET_TENANT_SCOPE: &str = "SELECT public.app_set_tenant($1, $2)";
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -115,7 +117,7 @@ pub struct Database {
     credentials: std::sync::Mutex<Option<DbCredentials>>,
     /// When the secret was last refetched because the password was refused.
     last_refresh: std::sync::Mutex<Option<Instant>>,
-    statement_timeout_ms: String,
+    statement_timeout_ms: i32,
     conn: Mutex<Option<Client>>,
 }
 
@@ -126,7 +128,8 @@ impl Database {
             DbSource::Url(_) => None,
         };
         Self {
-            statement_timeout_ms: config.statement_timeout.as_millis().to_string(),
+            statement_timeout_ms: i32::try_from(config.statement_timeout.as_millis())
+                .unwrap_or(i32::MAX),
             tls: tls_connector(&config.tls),
             secret,
             credentials: std::sync::Mutex::new(None),
@@ -193,9 +196,9 @@ impl Database {
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, tokio_postgres::Error> {
-        let timeout = self.statement_timeout_ms.as_str();
+        let timeout = self.statement_timeout_ms;
         let scope_params: [(&(dyn ToSql + Sync), Type); 2] =
-            [(&tenant, Type::TEXT), (&timeout, Type::TEXT)];
+            [(&tenant, Type::TEXT), (&timeout, Type::INT4)];
         let (begin, scope, rows, commit) = tokio::join!(
             client.execute_typed("BEGIN", &[]),
             client.execute_typed(SET_TENANT_SCOPE, &scope_params),
@@ -344,9 +347,18 @@ async fn connect(
     Ok(client)
 }
 
-/// 28P01 (wrong password) or 28000 (e.g. a rotated-away user name).
+/// The database (or the proxy in front of it) refused our credentials:
+/// 28P01 (wrong password), 28000 (e.g. a rotated-away user name), or a
+/// pooler's own login failure, which PgBouncer reports as 08P01 with
+/// "password authentication failed".
 fn password_refused(error: &tokio_postgres::Error) -> bool {
-    matches!(error.code(), Some(c) if *c == SqlState::INVALID_PASSWORD || *c == SqlState::INVALID_AUTHORIZATION_SPECIFICATION)
+    let Some(db) = error.as_db_error() else {
+        return false;
+    };
+    let code = db.code();
+    *code == SqlState::INVALID_PASSWORD
+        || *code == SqlState::INVALID_AUTHORIZATION_SPECIFICATION
+        || (*code == SqlState::PROTOCOL_VIOLATION && db.message().contains("authentication failed"))
 }
 
 fn pg_config(creds: &DbCredentials) -> tokio_postgres::Config {

@@ -117,6 +117,16 @@ async fn ensure_app_role(client: &Client, role: &AppRole) -> Result<(), MigrateE
                 .get(0),
         );
     }
+    statements.push(
+        client
+            .query_one(
+                "SELECT format('GRANT EXECUTE ON FUNCTION public.app_set_tenant(text, integer) TO %I', $1::text)",
+                &[&role.name],
+            )
+            .await
+            .map_err(MigrateError::Role)?
+            .get(0),
+    );
     for table in TENANT_TABLES {
         statements.push(
             client

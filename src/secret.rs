@@ -66,11 +66,7 @@ pub struct SecretSource {
 impl SecretSource {
     /// Builds the clients; makes no call yet.
     pub async fn new(config: SecretConfig) -> Self {
-        // rustls with ring: pure-Rust TLS that cross-compiles for arm64
-        // with no C toolchain beyond what cargo-lambda brings.
-        let http = aws_smithy_http_client::Builder::new()
-            .tls_provider(Provider::Rustls(CryptoMode::Ring))
-            .build_https();
+        let http = http_client();
         let timeouts = TimeoutConfig::builder()
             .connect_timeout(Duration::from_secs(2))
             .operation_attempt_timeout(Duration::from_secs(3))
@@ -144,6 +140,15 @@ impl SecretSource {
     pub fn refresh_interval(&self) -> Duration {
         self.config.refresh_interval
     }
+}
+
+/// The HTTP client for AWS calls: rustls with ring, which cross-compiles
+/// for arm64 with nothing beyond what cargo-lambda brings (the SDK's default
+/// aws-lc needs a C/cmake toolchain for the target).
+pub fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
+    aws_smithy_http_client::Builder::new()
+        .tls_provider(Provider::Rustls(CryptoMode::Ring))
+        .build_https()
 }
 
 /// Parses the standard RDS secret JSON: `username` and `password` required;

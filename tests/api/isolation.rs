@@ -235,3 +235,46 @@ async fn set_local_does_not_outlive_the_transaction() {
         0
     );
 }
+
+#[tokio::test]
+async fn the_scope_function_checks_the_tenant_and_sets_only_the_transaction() {
+    let app = TestApp::spawn().await;
+    let sql = app.db.app_client().await;
+    for bad in ["", "x'; DROP TABLE users; --", &"a".repeat(65), "a b"] {
+        let err = sql
+            .query("SELECT public.app_set_tenant($1, 1000)", &[&bad])
+            .await
+            .unwrap_err();
+        assert_eq!(
+            err.code(),
+            Some(&SqlState::INVALID_PARAMETER_VALUE),
+            "{bad:?}: {err}"
+        );
+    }
+    sql.batch_execute("BEGIN; SELECT public.app_set_tenant('acme', 1234)")
+        .await
+        .unwrap();
+    let row = sql
+        .query_one(
+            "SELECT current_setting('app.current_tenant'), current_setting('statement_timeout')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        ("acme".into(), "1234ms".into())
+    );
+    sql.batch_execute("COMMIT").await.unwrap();
+    let row = sql
+        .query_one(
+            "SELECT coalesce(current_setting('app.current_tenant', true), ''), current_setting('statement_timeout')",
+            &[],
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        (row.get::<_, String>(0), row.get::<_, String>(1)),
+        ("".into(), "0".into())
+    );
+}

@@ -5,7 +5,9 @@ mod common;
 
 mod audit;
 mod auth;
+mod aws;
 mod connection;
 mod events;
 mod isolation;
+mod proxy;
 mod routes;

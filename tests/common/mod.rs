@@ -3,6 +3,9 @@
 //! and connected as the application role, tokens signed at test time.
 #![allow(dead_code)]
 
+pub mod moto;
+pub mod pgbouncer;
+
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -114,7 +117,8 @@ impl Drop for TestDb {
 
 /// The service under test, wired exactly as `main` wires it.
 pub struct TestApp {
-    pub db: TestDb,
+    /// Shared by every app a test builds on the same database.
+    pub db: Arc<TestDb>,
     pub app: Arc<App>,
     pub router: Router,
 }
@@ -146,6 +150,31 @@ impl TestApp {
             token: token_config(&get).expect("token config"),
             db: DbConfig::plain(db.app_config()),
         };
+        let app = App::build(config).await;
+        let router = tenant_users::http::router(app.clone());
+        TestApp {
+            db: Arc::new(db),
+            app,
+            router,
+        }
+    }
+
+    /// The app configured from an environment (`DB_SECRET_ARN`,
+    /// `DATABASE_URL`, `DB_SSLMODE`, ...) exactly as `main` reads it, plus
+    /// the HS256 test secret.
+    pub async fn from_env(db: TestDb, env: Vec<(String, String)>) -> Self {
+        Self::from_env_shared(Arc::new(db), env).await
+    }
+
+    /// Another execution environment on the same database.
+    pub async fn from_env_shared(db: Arc<TestDb>, env: Vec<(String, String)>) -> Self {
+        let config = Config::from_lookup(|key| {
+            env.iter()
+                .find(|(k, _)| k == key)
+                .map(|(_, v)| v.clone())
+                .or_else(|| (key == "JWT_HS256_SECRET").then(|| SECRET.to_owned()))
+        })
+        .expect("config");
         let app = App::build(config).await;
         let router = tenant_users::http::router(app.clone());
         TestApp { db, app, router }

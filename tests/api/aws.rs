@@ -1,0 +1,270 @@
+//! The AWS path end to end, with real stand-ins: moto (STS, IAM, Secrets
+//! Manager, IAM enforced) and PgBouncer with TLS (RDS Proxy). Cold start
+//! assumes the reader role, reads the secret, connects with verify-full TLS
+//! through the proxy and serves; every failure is a 503 that heals.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::common::moto::{Moto, OTHER_ROLE, free_port};
+use crate::common::pgbouncer::PgBouncer;
+use crate::common::{TestApp, TestDb};
+
+fn secret_json(db: &TestDb, bouncer: &PgBouncer, password: &str) -> String {
+    json!({
+        "engine": "postgres",
+        "host": "localhost",
+        "port": bouncer.port,
+        "username": db.app_user,
+        "password": password,
+        "dbname": db.name,
+    })
+    .to_string()
+}
+
+fn with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    env
+}
+
+async fn assert_serves(app: &TestApp) {
+    let token = app.token("acme");
+    let email = format!("{}@acme.test", uuid::Uuid::new_v4().simple());
+    let r = app
+        .post(
+            "/users",
+            &token,
+            json!({"email": email, "name": "Via Proxy"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    assert!(app.emails_seen_by("acme").await.contains(&email));
+}
+
+async fn assert_unavailable(app: &TestApp) -> String {
+    let r = app.get("/users", &app.token("acme")).await;
+    let detail = r.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(r.header("retry-after").is_some());
+    detail
+}
+
+#[tokio::test]
+async fn cold_start_reads_the_secret_as_the_assumed_role_and_serves_through_the_proxy_with_tls() {
+    let db = TestDb::create().await;
+    let bouncer = PgBouncer::start(&[(&db.app_user, "pw-1")], 2);
+    let moto = Moto::start().await;
+    let arn = moto
+        .create_secret("tenant-users/db", &secret_json(&db, &bouncer, "pw-1"))
+        .await;
+    let ca = bouncer.certs.ca_file().display().to_string();
+    // Default DB_SSLMODE with a secret is verify-full.
+    let app = TestApp::from_env(db, with(moto.function_env(&arn), &[("DB_CA_FILE", &ca)])).await;
+    assert_serves(&app).await;
+    assert_eq!(
+        app.app.db.session_settings().await.unwrap().0,
+        "",
+        "no tenant left in the session"
+    );
+}
+
+#[tokio::test]
+async fn tls_is_verified_and_required() {
+    let db = TestDb::create().await;
+    let bouncer = PgBouncer::start(&[(&db.app_user, "pw-1")], 2);
+    let url = format!(
+        "postgres://{}:pw-1@localhost:{}/{}",
+        db.app_user, bouncer.port, db.name
+    );
+    let env = |extra: &[(&str, &str)]| with(vec![("DATABASE_URL".to_owned(), url.clone())], extra);
+    let ca = bouncer.certs.ca_file().display().to_string();
+
+    // The proxy's certificate is not from a CA we trust: refused.
+    let untrusted = TestApp::from_env(
+        TestDb::create().await,
+        env(&[("DB_SSLMODE", "verify-full")]),
+    )
+    .await;
+    assert_unavailable(&untrusted).await;
+    // Without TLS the proxy refuses us.
+    let plain = TestApp::from_env(TestDb::create().await, env(&[("DB_SSLMODE", "disable")])).await;
+    assert_unavailable(&plain).await;
+    // Encrypted but unverified, as libpq's `require`.
+    let require =
+        TestApp::from_env(TestDb::create().await, env(&[("DB_SSLMODE", "require")])).await;
+    assert_eq!(
+        require.get("/users", &require.token("acme")).await.status,
+        StatusCode::OK
+    );
+    // Verified against the right CA, by host name.
+    let verified = TestApp::from_env(
+        db,
+        env(&[("DB_SSLMODE", "verify-full"), ("DB_CA_FILE", &ca)]),
+    )
+    .await;
+    assert_serves(&verified).await;
+    // A CA file that is not a certificate is a misconfiguration, not a crash.
+    let junk = bouncer.dir.join("junk.pem");
+    std::fs::write(&junk, "not a certificate").unwrap();
+    let bad_ca = TestApp::from_env(
+        TestDb::create().await,
+        env(&[
+            ("DB_SSLMODE", "verify-full"),
+            ("DB_CA_FILE", &junk.display().to_string()),
+        ]),
+    )
+    .await;
+    assert!(assert_unavailable(&bad_ca).await.contains("misconfigured"));
+}
+
+#[tokio::test]
+async fn only_the_reader_role_can_read_the_secret() {
+    let db = TestDb::create().await;
+    let bouncer = PgBouncer::start(&[(&db.app_user, "pw-1")], 2);
+    let moto = Moto::start().await;
+    let arn = moto
+        .create_secret("tenant-users/db", &secret_json(&db, &bouncer, "pw-1"))
+        .await;
+    let ca = bouncer.certs.ca_file().display().to_string();
+    let base = with(moto.function_env(&arn), &[("DB_CA_FILE", &ca)]);
+
+    // A role the function may not assume: AccessDenied from STS.
+    let other = TestApp::from_env(
+        TestDb::create().await,
+        with(base.clone(), &[("DB_SECRET_ROLE_ARN", OTHER_ROLE)]),
+    )
+    .await;
+    assert!(assert_unavailable(&other).await.contains("credentials"));
+    // No role at all: the function's own identity may not read the secret.
+    let direct: Vec<_> = base
+        .iter()
+        .filter(|(k, _)| k != "DB_SECRET_ROLE_ARN")
+        .cloned()
+        .collect();
+    let direct = TestApp::from_env(TestDb::create().await, direct).await;
+    assert!(assert_unavailable(&direct).await.contains("credentials"));
+    // The configured reader role: served.
+    let app = TestApp::from_env(db, base).await;
+    assert_serves(&app).await;
+}
+
+#[tokio::test]
+async fn a_missing_or_malformed_secret_is_503_until_it_is_fixed() {
+    let db = TestDb::create().await;
+    let bouncer = PgBouncer::start(&[(&db.app_user, "pw-1")], 2);
+    let moto = Moto::start().await;
+    let ca = bouncer.certs.ca_file().display().to_string();
+    let name = "tenant-users/later";
+    let app = TestApp::from_env(db, with(moto.function_env(name), &[("DB_CA_FILE", &ca)])).await;
+
+    assert!(
+        assert_unavailable(&app).await.contains("credentials"),
+        "secret missing"
+    );
+    moto.create_secret(name, r#"{"username": "app", "password": }"#)
+        .await;
+    assert!(
+        assert_unavailable(&app).await.contains("credentials"),
+        "secret malformed"
+    );
+    moto.put_secret(name, r#"{"username": "app"}"#).await;
+    assert!(
+        assert_unavailable(&app).await.contains("credentials"),
+        "no password"
+    );
+    moto.put_secret(name, &secret_json(&app.db, &bouncer, "pw-1"))
+        .await;
+    assert_serves(&app).await;
+}
+
+/// A TCP relay to moto that can be switched off: Secrets Manager and STS
+/// unreachable, then back, without losing moto's state.
+async fn relay_to(target: u16, up: Arc<AtomicBool>) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            if !up.load(Ordering::SeqCst) {
+                drop(inbound);
+                continue;
+            }
+            tokio::spawn(async move {
+                if let Ok(mut outbound) =
+                    tokio::net::TcpStream::connect(("127.0.0.1", target)).await
+                {
+                    let _ = tokio::io::copy_bidirectional(&mut inbound, &mut outbound).await;
+                }
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test]
+async fn unreachable_secrets_manager_is_503_and_recovers() {
+    let db = TestDb::create().await;
+    let bouncer = PgBouncer::start(&[(&db.app_user, "pw-1")], 2);
+    let moto = Moto::start().await;
+    let arn = moto
+        .create_secret("tenant-users/db", &secret_json(&db, &bouncer, "pw-1"))
+        .await;
+    let up = Arc::new(AtomicBool::new(false));
+    let relay = relay_to(moto.port, up.clone()).await;
+    let ca = bouncer.certs.ca_file().display().to_string();
+    let endpoint = format!("http://127.0.0.1:{relay}");
+    let env = with(
+        moto.function_env(&arn),
+        &[("DB_CA_FILE", &ca), ("AWS_ENDPOINT_URL", &endpoint)],
+    );
+    let app = TestApp::from_env(db, env).await;
+    assert!(assert_unavailable(&app).await.contains("credentials"));
+    up.store(true, Ordering::SeqCst);
+    assert_serves(&app).await;
+    let _ = free_port();
+}
+
+#[tokio::test]
+async fn a_rotated_password_is_picked_up_and_refetches_are_rate_limited() {
+    let db = TestDb::create().await;
+    let user = db.app_user.clone();
+    let mut bouncer = PgBouncer::start(&[(&user, "pw-1")], 2);
+    let moto = Moto::start().await;
+    let arn = moto
+        .create_secret("tenant-users/db", &secret_json(&db, &bouncer, "pw-1"))
+        .await;
+    let ca = bouncer.certs.ca_file().display().to_string();
+    let env = with(
+        moto.function_env(&arn),
+        &[("DB_CA_FILE", &ca), ("DB_SECRET_REFRESH_SECONDS", "2")],
+    );
+    let app = TestApp::from_env(db, env).await;
+    assert_serves(&app).await;
+
+    // Rotation: new password in the secret and at the proxy; the proxy
+    // drops its clients, so the function must log in again.
+    moto.put_secret(&arn, &secret_json(&app.db, &bouncer, "pw-2"))
+        .await;
+    bouncer.restart_with_users(&[(&user, "pw-2")]);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_serves(&app).await;
+
+    // Rotated again at once: the refused password does not trigger a
+    // second refetch within the interval ...
+    moto.put_secret(&arn, &secret_json(&app.db, &bouncer, "pw-3"))
+        .await;
+    bouncer.restart_with_users(&[(&user, "pw-3")]);
+    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    assert_unavailable(&app).await;
+    // ... and once the interval has passed, it does.
+    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    assert_serves(&app).await;
+    assert!(
+        bouncer.log().contains("password authentication failed"),
+        "the stale password was tried and refused"
+    );
+}

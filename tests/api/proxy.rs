@@ -1,0 +1,128 @@
+//! Through the RDS Proxy stand-in (PgBouncer, transaction pooling, TLS
+//! verify-full): many execution environments, each with its one connection,
+//! share a server pool smaller than their number and interleave tenants.
+//! Server connections are handed from tenant to tenant at every
+//! transaction boundary, so any session state would leak here.
+
+use std::sync::Arc;
+
+use axum::http::StatusCode;
+use serde_json::json;
+
+use crate::common::pgbouncer::PgBouncer;
+use crate::common::{TestApp, TestDb};
+
+const ENVIRONMENTS: usize = 12;
+const STEPS: usize = 12;
+const TENANTS: [&str; 4] = ["t-red", "t-green", "t-blue", "t-gold"];
+const POOL: u32 = 3;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_environments_through_a_small_pool_never_cross_tenants() {
+    let db = Arc::new(TestDb::create().await);
+    let bouncer = PgBouncer::start(&[(&db.app_user, "pw")], POOL);
+    let env = vec![
+        (
+            "DATABASE_URL".to_owned(),
+            format!(
+                "postgres://{}:pw@localhost:{}/{}",
+                db.app_user, bouncer.port, db.name
+            ),
+        ),
+        ("DB_SSLMODE".to_owned(), "verify-full".to_owned()),
+        (
+            "DB_CA_FILE".to_owned(),
+            bouncer.certs.ca_file().display().to_string(),
+        ),
+    ];
+    let mut tasks = Vec::new();
+    for e in 0..ENVIRONMENTS {
+        let app = TestApp::from_env_shared(db.clone(), env.clone()).await;
+        tasks.push(tokio::spawn(async move {
+            let mut errors = Vec::new();
+            let mut created = Vec::new();
+            for step in 0..STEPS {
+                let tenant = TENANTS[(e + step) % TENANTS.len()];
+                let other = TENANTS[(e + step + 1) % TENANTS.len()];
+                let email = format!("e{e}s{step}@{tenant}.test");
+                let r = app
+                    .post(
+                        "/users",
+                        &app.token(tenant),
+                        json!({"email": email, "name": "N"}),
+                    )
+                    .await;
+                if r.status != StatusCode::CREATED {
+                    errors.push(format!("create {email}: {} {}", r.status, r.text()));
+                    continue;
+                }
+                created.push((tenant.to_owned(), email.clone()));
+                let id = r.json()["user_id"].as_str().unwrap().to_owned();
+                let list = app.get("/users?limit=100", &app.token(tenant)).await;
+                for u in list.json()["users"].as_array().into_iter().flatten() {
+                    let seen = u["email"].as_str().unwrap_or_default();
+                    if !seen.ends_with(&format!("@{tenant}.test")) {
+                        errors.push(format!("{tenant} saw {seen}"));
+                    }
+                }
+                if app
+                    .get(&format!("/users/{id}"), &app.token(tenant))
+                    .await
+                    .status
+                    != StatusCode::OK
+                {
+                    errors.push(format!("{tenant} lost its own {id}"));
+                }
+                if app
+                    .get(&format!("/users/{id}"), &app.token(other))
+                    .await
+                    .status
+                    != StatusCode::NOT_FOUND
+                {
+                    errors.push(format!("{other} reached {tenant}'s {id}"));
+                }
+            }
+            (errors, created, app.app_activity().await.len())
+        }));
+    }
+    let mut all_created = Vec::new();
+    for task in tasks {
+        let (errors, created, _) = task.await.unwrap();
+        assert!(errors.is_empty(), "{errors:#?}");
+        all_created.extend(created);
+    }
+    assert_eq!(all_created.len(), ENVIRONMENTS * STEPS);
+
+    // Nothing lost, nothing misfiled: each row sits in its tenant.
+    let admin = db.admin().await;
+    for row in admin
+        .query("SELECT tenant_id, email FROM users", &[])
+        .await
+        .unwrap()
+    {
+        let (tenant, email): (String, String) = (row.get(0), row.get(1));
+        assert!(
+            email.ends_with(&format!("@{tenant}.test")),
+            "{email} filed under {tenant}"
+        );
+    }
+    let count: i64 = admin
+        .query_one("SELECT count(*) FROM users", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(count as usize, all_created.len());
+    // The proxy really multiplexed: at most POOL server connections.
+    let servers: i64 = admin
+        .query_one(
+            "SELECT count(*) FROM pg_stat_activity WHERE usename = $1",
+            &[&db.app_user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(
+        servers as u32 <= POOL,
+        "{servers} server connections for {ENVIRONMENTS} environments"
+    );
+}

@@ -1,0 +1,248 @@
+//! A real moto server (STS, IAM, Secrets Manager) on a loopback port, with
+//! IAM enforcement on: after the set-up actions below, every call is
+//! authenticated and authorised against the policies, as in AWS.
+//!
+//! Set-up (done unauthenticated, exactly `SETUP_ACTIONS` calls):
+//! - user `function` (stands for the Lambda execution role) may only
+//!   `sts:AssumeRole` the role `secret-reader`;
+//! - role `secret-reader` may only `secretsmanager:GetSecretValue`;
+//! - user `admin` may do anything (the test's own hand, for secrets).
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
+
+pub const ACCOUNT: &str = "123456789012";
+pub const READER_ROLE: &str = "arn:aws:iam::123456789012:role/secret-reader";
+pub const OTHER_ROLE: &str = "arn:aws:iam::123456789012:role/some-other-role";
+const SETUP_ACTIONS: usize = 8;
+
+pub struct Moto {
+    pub endpoint: String,
+    pub port: u16,
+    /// Keys of the `function` user: what the Lambda would run with.
+    pub function_key: (String, String),
+    admin_key: (String, String),
+    child: Child,
+}
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+impl Moto {
+    pub async fn start() -> Self {
+        Self::start_on(free_port()).await
+    }
+
+    pub async fn start_on(port: u16) -> Self {
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .env("INITIAL_NO_AUTH_ACTION_COUNT", SETUP_ACTIONS.to_string())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("moto_server on PATH (pip install 'moto[server]')");
+        let endpoint = format!("http://127.0.0.1:{port}");
+        wait_for_port(port, Duration::from_secs(20));
+        let mut moto = Moto {
+            endpoint,
+            port,
+            function_key: (String::new(), String::new()),
+            admin_key: (String::new(), String::new()),
+            child,
+        };
+        moto.set_up_iam().await;
+        moto
+    }
+
+    async fn set_up_iam(&mut self) {
+        let allow = |action: &str, resource: &str| {
+            format!(
+                r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":"{action}","Resource":"{resource}"}}]}}"#
+            )
+        };
+        let trust = format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Principal":{{"AWS":"arn:aws:iam::{ACCOUNT}:user/function"}},"Action":"sts:AssumeRole"}}]}}"#
+        );
+        self.iam(&[("Action", "CreateUser"), ("UserName", "function")])
+            .await;
+        self.function_key = access_key(
+            &self
+                .iam(&[("Action", "CreateAccessKey"), ("UserName", "function")])
+                .await,
+        );
+        self.iam(&[
+            ("Action", "PutUserPolicy"),
+            ("UserName", "function"),
+            ("PolicyName", "assume-secret-reader"),
+            ("PolicyDocument", &allow("sts:AssumeRole", READER_ROLE)),
+        ])
+        .await;
+        self.iam(&[
+            ("Action", "CreateRole"),
+            ("RoleName", "secret-reader"),
+            ("AssumeRolePolicyDocument", &trust),
+        ])
+        .await;
+        self.iam(&[
+            ("Action", "PutRolePolicy"),
+            ("RoleName", "secret-reader"),
+            ("PolicyName", "read-db-secret"),
+            (
+                "PolicyDocument",
+                &allow("secretsmanager:GetSecretValue", "*"),
+            ),
+        ])
+        .await;
+        self.iam(&[("Action", "CreateUser"), ("UserName", "admin")])
+            .await;
+        self.admin_key = access_key(
+            &self
+                .iam(&[("Action", "CreateAccessKey"), ("UserName", "admin")])
+                .await,
+        );
+        self.iam(&[
+            ("Action", "PutUserPolicy"),
+            ("UserName", "admin"),
+            ("PolicyName", "all"),
+            ("PolicyDocument", &allow("*", "*")),
+        ])
+        .await;
+    }
+
+    /// One IAM Query API call, during the unauthenticated set-up.
+    async fn iam(&self, params: &[(&str, &str)]) -> String {
+        let mut form: Vec<(&str, &str)> = vec![("Version", "2010-05-08")];
+        form.extend_from_slice(params);
+        let body = form
+            .iter()
+            .map(|(k, v)| format!("{k}={}", urlencode(v)))
+            .collect::<Vec<_>>()
+            .join("&");
+        let response = reqwest::Client::new()
+            .post(&self.endpoint)
+            .header("content-type", "application/x-www-form-urlencoded")
+            .header(
+                "authorization",
+                "AWS4-HMAC-SHA256 Credential=setup/20260101/us-east-1/iam/aws4_request, SignedHeaders=host, Signature=0",
+            )
+            .body(body)
+            .send()
+            .await
+            .expect("moto answers");
+        let status = response.status();
+        let text = response.text().await.unwrap();
+        assert!(status.is_success(), "IAM {params:?}: {status} {text}");
+        text
+    }
+
+    /// The environment the function would see: its own keys, moto's
+    /// endpoint, and the secret to read through the reader role.
+    pub fn function_env(&self, secret_arn: &str) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID".into(), self.function_key.0.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.function_key.1.clone()),
+            ("DB_SECRET_ARN".into(), secret_arn.into()),
+            ("DB_SECRET_ROLE_ARN".into(), READER_ROLE.into()),
+            (
+                "AWS_LAMBDA_FUNCTION_NAME".into(),
+                "tenant-users-test".into(),
+            ),
+        ]
+    }
+
+    /// A Secrets Manager client with the admin's keys (the test's hand).
+    pub fn secrets(&self) -> aws_sdk_secretsmanager::Client {
+        let config = aws_sdk_secretsmanager::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .http_client(tenant_users::secret::http_client())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(Credentials::new(
+                &self.admin_key.0,
+                &self.admin_key.1,
+                None,
+                None,
+                "test",
+            ))
+            .build();
+        aws_sdk_secretsmanager::Client::from_conf(config)
+    }
+
+    /// Creates a secret and returns its ARN.
+    pub async fn create_secret(&self, name: &str, value: &str) -> String {
+        self.secrets()
+            .create_secret()
+            .name(name)
+            .secret_string(value)
+            .send()
+            .await
+            .expect("create secret")
+            .arn()
+            .unwrap()
+            .to_owned()
+    }
+
+    pub async fn put_secret(&self, id: &str, value: &str) {
+        self.secrets()
+            .put_secret_value()
+            .secret_id(id)
+            .secret_string(value)
+            .send()
+            .await
+            .expect("put secret value");
+    }
+
+    pub fn arn_of(name: &str) -> String {
+        format!("arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:{name}")
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn wait_for_port(port: u16, limit: Duration) {
+    let started = Instant::now();
+    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+        assert!(
+            started.elapsed() < limit,
+            "nothing listened on port {port} within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+fn access_key(xml: &str) -> (String, String) {
+    let field = |name: &str| {
+        let open = format!("<{name}>");
+        let start = xml.find(&open).unwrap_or_else(|| panic!("{name} in {xml}")) + open.len();
+        let end = xml[start..].find('<').unwrap() + start;
+        xml[start..end].to_owned()
+    };
+    (field("AccessKeyId"), field("SecretAccessKey"))
+}
+
+fn urlencode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}

@@ -1,0 +1,223 @@
+//! PgBouncer in transaction pooling mode, TLS on its client side: our
+//! stand-in for RDS Proxy. It authenticates clients with SCRAM against its
+//! own user list (so a wrong password is a real 28P01) and forwards to the
+//! test PostgreSQL. Certificates come from a throwaway CA made per test
+//! with the `openssl` command.
+
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::Duration;
+
+use super::moto::{free_port, wait_for_port};
+
+/// A CA and a server certificate for `localhost` and `127.0.0.1`.
+pub struct Certs {
+    pub dir: PathBuf,
+}
+
+impl Certs {
+    pub fn ca_file(&self) -> PathBuf {
+        self.dir.join("ca.crt")
+    }
+
+    pub fn make(dir: &Path) -> Self {
+        let run = |args: &[&str]| {
+            let out = Command::new("openssl")
+                .args(args)
+                .current_dir(dir)
+                .output()
+                .expect("openssl command");
+            assert!(
+                out.status.success(),
+                "openssl {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        run(&[
+            "req",
+            "-x509",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "ca.key",
+            "-out",
+            "ca.crt",
+            "-days",
+            "2",
+            "-subj",
+            "/CN=tenant-users test CA",
+            "-addext",
+            "basicConstraints=critical,CA:TRUE",
+            "-addext",
+            "keyUsage=critical,keyCertSign,cRLSign",
+        ]);
+        run(&[
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:prime256v1",
+            "-nodes",
+            "-keyout",
+            "server.key",
+            "-out",
+            "server.csr",
+            "-subj",
+            "/CN=localhost",
+        ]);
+        std::fs::write(
+            dir.join("server.ext"),
+            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
+             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+        )
+        .unwrap();
+        run(&[
+            "x509",
+            "-req",
+            "-in",
+            "server.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "server.crt",
+            "-days",
+            "2",
+            "-extfile",
+            "server.ext",
+        ]);
+        Certs {
+            dir: dir.to_owned(),
+        }
+    }
+}
+
+pub struct PgBouncer {
+    pub port: u16,
+    pub dir: PathBuf,
+    pub certs: Certs,
+    pool_size: u32,
+    child: Option<Child>,
+}
+
+fn is_root() -> bool {
+    Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+impl PgBouncer {
+    /// Starts PgBouncer for `users` (name, password) with at most
+    /// `pool_size` server connections per database and user.
+    pub fn start(users: &[(&str, &str)], pool_size: u32) -> Self {
+        let dir =
+            std::env::temp_dir().join(format!("tu-bouncer-{}", uuid::Uuid::new_v4().simple()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let certs = Certs::make(&dir);
+        let mut bouncer = PgBouncer {
+            port: free_port(),
+            dir,
+            certs,
+            pool_size,
+            child: None,
+        };
+        bouncer.write_users(users);
+        bouncer.launch();
+        bouncer
+    }
+
+    fn write_users(&self, users: &[(&str, &str)]) {
+        let list: String = users
+            .iter()
+            .map(|(u, p)| format!("\"{u}\" \"{p}\"\n"))
+            .collect();
+        std::fs::write(self.dir.join("userlist.txt"), list).unwrap();
+    }
+
+    fn launch(&mut self) {
+        let admin = super::admin_base();
+        let host = match admin.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => "127.0.0.1".into(),
+        };
+        let port = admin.get_ports().first().copied().unwrap_or(5432);
+        let d = self.dir.display();
+        let ini = format!(
+            "[databases]\n* = host={host} port={port}\n\n[pgbouncer]\n\
+             listen_addr = 127.0.0.1\nlisten_port = {}\nunix_socket_dir =\n\
+             auth_type = scram-sha-256\nauth_file = {d}/userlist.txt\n\
+             pool_mode = transaction\ndefault_pool_size = {}\nmax_client_conn = 500\n\
+             client_tls_sslmode = require\nclient_tls_key_file = {d}/server.key\nclient_tls_cert_file = {d}/server.crt\n\
+             server_tls_sslmode = disable\nignore_startup_parameters = extra_float_digits\n\
+             logfile = {d}/pgbouncer.log\npidfile = {d}/pgbouncer.pid\n",
+            self.port, self.pool_size
+        );
+        std::fs::write(self.dir.join("pgbouncer.ini"), ini).unwrap();
+        let ini_path = self.dir.join("pgbouncer.ini");
+        let mut command = if is_root() {
+            // PgBouncer, like PostgreSQL, will not run as root.
+            Command::new("chown")
+                .args(["-R", "postgres"])
+                .arg(&self.dir)
+                .status()
+                .unwrap();
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--", "pgbouncer"]).arg(&ini_path);
+            c
+        } else {
+            let mut c = Command::new("pgbouncer");
+            c.arg(&ini_path);
+            c
+        };
+        let child = command
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("pgbouncer installed (apt-get install pgbouncer)");
+        self.child = Some(child);
+        wait_for_port(self.port, Duration::from_secs(10));
+    }
+
+    /// Replaces the user list and restarts on the same port: every client
+    /// is disconnected, as in a proxy failover, and must log in again.
+    pub fn restart_with_users(&mut self, users: &[(&str, &str)]) {
+        self.stop();
+        self.write_users(users);
+        self.launch();
+    }
+
+    fn stop(&mut self) {
+        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {
+            let _ = Command::new("kill").args(["-TERM", pid.trim()]).status();
+        }
+        if let Some(mut child) = self.child.take() {
+            let _ = child.wait();
+        }
+        let _ = std::fs::remove_file(self.dir.join("pgbouncer.pid"));
+        // Wait until the port is free again.
+        for _ in 0..100 {
+            if std::net::TcpStream::connect(("127.0.0.1", self.port)).is_err() {
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("pgbouncer.log")).unwrap_or_default()
+    }
+}
+
+impl Drop for PgBouncer {
+    fn drop(&mut self) {
+        self.stop();
+        let _ = std::fs::remove_dir_all(&self.dir);
+    }
+}
