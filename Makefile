@@ -1,21 +1,32 @@
-# One command to run it locally, one to test it.
+# One command to run it locally, one to test it, one to build it for Lambda.
 #   make dev     local HTTP server on 127.0.0.1:$PORT (default 3000), migrated,
 #                seeded, with tokens printed; throwaway PostgreSQL unless
 #                DATABASE_ADMIN_URL is set
-#   make test    the test suite against real PostgreSQL
-#   make check   formatting and lints, as CI runs them
+#   make test    the test suite against real PostgreSQL, PgBouncer and moto,
+#                then every event fixture through `cargo lambda watch`
+#   make check   formatting, lints, and the SAM template lints
+#   make lambda  release arm64 bootstrap for provided.al2023
 
-.PHONY: dev test check migrate serve
+.PHONY: dev test check lambda sam-build migrate serve
 
 dev:
 	scripts/with-postgres.sh dev cargo run --quiet -- dev
 
 test:
-	scripts/with-postgres.sh test cargo test --locked --lib --tests
+	scripts/with-postgres.sh test sh -c 'cargo test --locked --lib --tests && scripts/lambda-fixtures.sh'
 
 check:
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
+	cfn-lint template.yaml
+	SAM_CLI_TELEMETRY=0 sam validate --lint --region us-east-1
+
+lambda:
+	cargo lambda build --release --arm64 --locked
+	@ls -l target/lambda/tenant-users/bootstrap
+
+sam-build:
+	SAM_CLI_TELEMETRY=0 sam build --beta-features
 
 migrate:
 	cargo run --quiet -- migrate

@@ -9,11 +9,7 @@ use serde_json::Value;
 use crate::common::{TestApp, TestDb};
 
 /// Users the fixtures refer to, by fixed id.
-const SEED: &str = "INSERT INTO users (tenant_id, user_id, email, name) VALUES
-    ('acme', '6f1c2a3e-8d4b-4c5a-9e7f-0a1b2c3d4e5f', 'ada@acme.test', 'Ada Lovelace'),
-    ('acme', '7a2d3b4f-9e5c-4d6b-8f80-1b2c3d4e5f60', 'alan@acme.test', 'Alan Turing'),
-    ('acme', '9c4f5d61-b07e-4f8d-a1a2-3d4e5f607182', 'grace@acme.test', 'Grace Hopper'),
-    ('globex', '8b3e4c50-af6d-4e7c-9091-2c3d4e5f6071', 'hank@globex.test', 'Hank Scorpio')";
+const SEED: &str = include_str!("../../events/seed.sql");
 
 fn events_dir() -> std::path::PathBuf {
     std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("events")
