@@ -38,24 +38,50 @@ SELECT n.nspname || '.' || c.relname,
                 WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)
  ORDER BY 1";
 
-/// Returns the findings: empty when the connection is fit to serve.
-pub async fn check(client: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
+/// One check of the audit, passed or failed.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Check {
+    /// What was checked: `role NAME` or `table SCHEMA.NAME`.
+    pub subject: String,
+    /// The requirement, phrased as what must hold.
+    pub requirement: String,
+    pub passed: bool,
+}
+
+impl std::fmt::Display for Check {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let verdict = if self.passed { "PASS" } else { "FAIL" };
+        write!(f, "{verdict}  {}: {}", self.subject, self.requirement)
+    }
+}
+
+/// Every check, for the `audit` command's report.
+pub async fn report(client: &Client) -> Result<Vec<Check>, tokio_postgres::Error> {
     use tokio_postgres::types::Type;
-    let mut findings = Vec::new();
+    let mut checks = Vec::new();
+    let mut check = |subject: &str, requirement: String, passed: bool| {
+        checks.push(Check {
+            subject: subject.to_owned(),
+            requirement,
+            passed,
+        })
+    };
 
     let role = client.query_typed(ROLE_CHECK, &[]).await?;
     match role.first() {
-        None => findings.push("the connected role is not in pg_roles".to_owned()),
+        None => check("role", "the connected role is in pg_roles".into(), false),
         Some(row) => {
-            let name: String = row.get(0);
-            if row.get::<_, bool>(1) {
-                findings.push(format!(
-                    "role {name} is a superuser (superusers bypass RLS)"
-                ));
-            }
-            if row.get::<_, bool>(2) {
-                findings.push(format!("role {name} has BYPASSRLS"));
-            }
+            let subject = format!("role {}", row.get::<_, String>(0));
+            check(
+                &subject,
+                "is not a superuser (superusers bypass RLS)".into(),
+                !row.get::<_, bool>(1),
+            );
+            check(
+                &subject,
+                "does not have BYPASSRLS".into(),
+                !row.get::<_, bool>(2),
+            );
         }
     }
 
@@ -65,34 +91,46 @@ pub async fn check(client: &Client) -> Result<Vec<String>, tokio_postgres::Error
             &[(&POLICY_NAME, Type::TEXT), (&TENANT_SETTING, Type::TEXT)],
         )
         .await?;
-    if tables.is_empty() {
-        findings.push(
-            "no table with a tenant_id column is visible (wrong database or schema?)".to_owned(),
+    check(
+        "schema",
+        "at least one table with a tenant_id column is visible (right database and schema)".into(),
+        !tables.is_empty(),
+    );
+    for row in tables {
+        let subject = format!("table {}", row.get::<_, String>(0));
+        check(&subject, "row level security is enabled".into(), row.get(1));
+        check(&subject, "row level security is forced".into(), row.get(2));
+        check(
+            &subject,
+            "is not owned by the connected role (owners can disable RLS)".into(),
+            !row.get::<_, bool>(3),
+        );
+        check(
+            &subject,
+            format!(
+                "has policy {POLICY_NAME} FOR ALL with USING and WITH CHECK on {TENANT_SETTING}"
+            ),
+            row.get(4),
+        );
+        let others: Option<String> = row.get(5);
+        check(
+            &subject,
+            format!(
+                "has no other permissive policy that would widen {POLICY_NAME}{}",
+                others.map(|o| format!(" (found: {o})")).unwrap_or_default()
+            ),
+            row.get::<_, Option<String>>(5).is_none(),
         );
     }
-    for row in tables {
-        let table: String = row.get(0);
-        if !row.get::<_, bool>(1) {
-            findings.push(format!("table {table}: row level security is not enabled"));
-        }
-        if !row.get::<_, bool>(2) {
-            findings.push(format!("table {table}: row level security is not forced"));
-        }
-        if row.get::<_, bool>(3) {
-            findings.push(format!(
-                "table {table}: the connected role owns it (owners can disable RLS)"
-            ));
-        }
-        if !row.get::<_, bool>(4) {
-            findings.push(format!(
-                "table {table}: no policy {POLICY_NAME} FOR ALL with USING and WITH CHECK on {TENANT_SETTING}"
-            ));
-        }
-        if let Some(others) = row.get::<_, Option<String>>(5) {
-            findings.push(format!(
-                "table {table}: other permissive policies ({others}) would widen {POLICY_NAME}"
-            ));
-        }
-    }
-    Ok(findings)
+    Ok(checks)
+}
+
+/// The failed checks: empty when the connection is fit to serve.
+pub async fn check(client: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(report(client)
+        .await?
+        .into_iter()
+        .filter(|c| !c.passed)
+        .map(|c| format!("{}: {}", c.subject, c.requirement))
+        .collect())
 }

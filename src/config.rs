@@ -28,6 +28,8 @@ pub struct TokenConfig {
     pub audience: Vec<String>,
     pub tenant_claim: String,
     pub leeway_seconds: u64,
+    /// Least time between two on-demand JWKS refetches (unknown `kid`).
+    pub jwks_refetch: Duration,
 }
 
 impl std::fmt::Debug for TokenConfig {
@@ -43,6 +45,7 @@ impl std::fmt::Debug for TokenConfig {
             .field("audience", &self.audience)
             .field("tenant_claim", &self.tenant_claim)
             .field("leeway_seconds", &self.leeway_seconds)
+            .field("jwks_refetch", &self.jwks_refetch)
             .finish()
     }
 }
@@ -331,6 +334,7 @@ pub fn token_config(get: &impl Fn(&str) -> Option<String>) -> Result<TokenConfig
         audience,
         tenant_claim: get("TENANT_CLAIM").unwrap_or_else(|| DEFAULT_TENANT_CLAIM.to_owned()),
         leeway_seconds: number(get, "JWT_LEEWAY_SECONDS", 30)?,
+        jwks_refetch: Duration::from_secs(number(get, "JWT_JWKS_REFETCH_SECONDS", 300)?),
     })
 }
 

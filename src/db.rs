@@ -309,6 +309,19 @@ impl Database {
         true
     }
 
+    /// Runs the isolation self-audit on a fresh connection, made exactly as
+    /// the service makes one (secret, TLS), and returns every check, passed
+    /// or failed: the `audit` command's report.
+    pub async fn audit_report(&self) -> Result<Vec<audit::Check>, DbError> {
+        let tls = self
+            .tls
+            .as_ref()
+            .map_err(|e| DbError::Misconfigured(e.clone()))?;
+        let pg = self.connect_config(false).await?;
+        let client = connect(&pg, tls).await.map_err(DbError::Unavailable)?;
+        audit::report(&client).await.map_err(DbError::classify)
+    }
+
     /// Diagnostics: `app.current_tenant` and `statement_timeout` as the
     /// shared connection's *session* sees them between transactions. Reads
     /// settings only, no table; tests use it to show that no tenant state

@@ -11,6 +11,7 @@ const USAGE: &str =
   (no argument)  run as a Lambda function (needs AWS_LAMBDA_RUNTIME_API)
   serve          serve the API on 127.0.0.1:$PORT (default 3000)
   migrate        apply migrations and the app role with DATABASE_ADMIN_URL
+  audit          check, as the app role, that the database enforces isolation
   dev            migrate, seed demo tenants, print tokens, serve (see make dev)
   token          print an HS256 token for a tenant, signed with JWT_HS256_SECRET";
 
@@ -25,6 +26,7 @@ async fn main() -> ExitCode {
         [] | ["lambda"] => lambda().await,
         ["serve"] => serve().await,
         ["migrate"] => run_migrate().await,
+        ["audit"] => audit().await,
         ["dev"] => dev::run().await,
         ["token", rest @ ..] => token(rest),
         ["-h" | "--help" | "help"] => {
@@ -64,6 +66,23 @@ async fn serve() -> Result<(), BoxError> {
     };
     let app = App::build(Config::from_env()?).await;
     http::serve(app, SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    Ok(())
+}
+
+/// Prints the isolation self-audit for the configured connection; fails
+/// (exit 1) when any check fails.
+async fn audit() -> Result<(), BoxError> {
+    let config = Config::from_env()?;
+    let db = tenant_users::db::Database::new(config.db).await;
+    let checks = db.audit_report().await?;
+    for check in &checks {
+        println!("{check}");
+    }
+    let failed = checks.iter().filter(|c| !c.passed).count();
+    println!("{} checks, {failed} failed", checks.len());
+    if failed > 0 {
+        return Err("the database does not enforce tenant isolation on its own; the service will refuse to serve".into());
+    }
     Ok(())
 }
 

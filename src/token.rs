@@ -2,7 +2,8 @@
 //!
 //! Algorithms are pinned by configuration and each one has exactly one key
 //! source: HS256 the shared secret, RS256/ES256 the JWKS (fetched at cold
-//! start, cached, refetched at most once per [`JWKS_REFETCH_INTERVAL`] when a
+//! start, cached, refetched at most once per `JWT_JWKS_REFETCH_SECONDS`
+//! (default [`DEFAULT_JWKS_REFETCH`]) when a
 //! token names a key we do not know). Nothing here touches the database.
 
 use std::collections::HashMap;
@@ -19,7 +20,10 @@ use crate::tenant::{TenantContext, TenantId};
 /// Tokens larger than this are refused before any parsing.
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Junk tokens naming unknown keys must not make us hammer the IdP.
-pub const JWKS_REFETCH_INTERVAL: Duration = Duration::from_secs(300);
+pub const DEFAULT_JWKS_REFETCH: Duration = Duration::from_secs(300);
+/// While we hold no keys at all (the IdP was down at cold start), retry
+/// sooner than that, so the function heals without a restart.
+const JWKS_RETRY_WITHOUT_KEYS: Duration = Duration::from_secs(10);
 const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 const MAX_JWKS_BYTES: usize = 1024 * 1024;
 
@@ -54,7 +58,9 @@ pub struct TokenManager {
     config: TokenConfig,
     hmac: Option<DecodingKey>,
     jwks: RwLock<Option<Jwks>>,
-    last_fetch: Mutex<Option<Instant>>,
+    /// When the keys were last refetched on demand (the cold-start fetch
+    /// does not count, so a rotation right after it is still picked up).
+    last_refetch: Mutex<Option<Instant>>,
     http: Option<reqwest::Client>,
 }
 
@@ -74,7 +80,7 @@ impl TokenManager {
             config,
             hmac,
             jwks: RwLock::new(None),
-            last_fetch: Mutex::new(None),
+            last_refetch: Mutex::new(None),
             http,
         };
         if manager.config.jwks_url.is_some() {
@@ -178,16 +184,22 @@ impl TokenManager {
         decode(token, &key.key, validation).map(Some)
     }
 
-    /// Fetches the JWKS unless one was fetched within the refetch interval
+    /// Fetches the JWKS unless it was refetched within the refetch interval
     /// (`force` skips that check, for cold start). Returns whether new keys
     /// were loaded.
     async fn refresh_jwks(&self, force: bool) -> bool {
         let (Some(url), Some(http)) = (&self.config.jwks_url, &self.http) else {
             return false;
         };
-        {
-            let mut last = self.last_fetch.lock().await;
-            if !force && last.is_some_and(|at| at.elapsed() < JWKS_REFETCH_INTERVAL) {
+        if !force {
+            let interval = if self.jwks.read().await.is_some() {
+                self.config.jwks_refetch
+            } else {
+                self.config.jwks_refetch.min(JWKS_RETRY_WITHOUT_KEYS)
+            };
+            let mut last = self.last_refetch.lock().await;
+            if last.is_some_and(|at| at.elapsed() < interval) {
+                tracing::info!("JWKS refetch skipped: rate-limited");
                 return false;
             }
             *last = Some(Instant::now());

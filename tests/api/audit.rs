@@ -3,7 +3,12 @@
 
 use axum::http::StatusCode;
 
-use crate::common::{TestApp, TestDb};
+use std::process::Command;
+
+use tenant_users::config::DbConfig;
+use tenant_users::db::Database;
+
+use crate::common::{SECRET, TestApp, TestDb};
 
 async fn misconfigured_by(sql: &str) {
     let db = TestDb::create().await;
@@ -59,4 +64,88 @@ async fn refuses_to_serve_a_tenant_table_without_the_policy() {
         "CREATE TABLE notes (tenant_id text, body text); GRANT SELECT ON notes TO {app}",
     )
     .await;
+}
+
+#[tokio::test]
+async fn refuses_to_serve_as_a_superuser() {
+    let db = TestDb::create().await;
+    let url = db.admin_url();
+    let app = TestApp::from_env(db, vec![("DATABASE_URL".into(), url)]).await;
+    let detail = app
+        .get("/users", &app.token("acme"))
+        .await
+        .assert_problem(axum::http::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(detail.contains("misconfigured"), "{detail}");
+}
+
+#[tokio::test]
+async fn the_audit_report_names_each_failed_check() {
+    let db = TestDb::create().await;
+    let report = Database::new(DbConfig::plain(db.app_config()))
+        .await
+        .audit_report()
+        .await
+        .unwrap();
+    assert!(report.iter().all(|c| c.passed), "{report:#?}");
+    assert_eq!(report.len(), 8, "role: 2 checks, schema: 1, users: 5");
+
+    db.admin()
+        .await
+        .batch_execute("ALTER TABLE users NO FORCE ROW LEVEL SECURITY")
+        .await
+        .unwrap();
+    let report = Database::new(DbConfig::plain(db.app_config()))
+        .await
+        .audit_report()
+        .await
+        .unwrap();
+    let failed: Vec<String> = report
+        .iter()
+        .filter(|c| !c.passed)
+        .map(ToString::to_string)
+        .collect();
+    assert_eq!(
+        failed,
+        vec!["FAIL  table public.users: row level security is forced"]
+    );
+}
+
+fn audit_command(db: &TestDb) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tenant-users"))
+        .arg("audit")
+        .env("DATABASE_URL", db.app_url())
+        .env("JWT_HS256_SECRET", SECRET)
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    (
+        out.status.success(),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+    )
+}
+
+#[tokio::test]
+async fn the_audit_command_reports_and_fails_on_a_broken_deployment() {
+    let db = TestDb::create().await;
+    let (ok, report) = audit_command(&db);
+    assert!(ok, "{report}");
+    assert!(
+        report.contains("PASS  role ") && report.contains("8 checks, 0 failed"),
+        "{report}"
+    );
+
+    db.admin()
+        .await
+        .batch_execute(&format!("ALTER ROLE {} BYPASSRLS", db.app_user))
+        .await
+        .unwrap();
+    let (ok, report) = audit_command(&db);
+    assert!(!ok);
+    assert!(
+        report.contains(&format!(
+            "FAIL  role {}: does not have BYPASSRLS",
+            db.app_user
+        )),
+        "{report}"
+    );
 }

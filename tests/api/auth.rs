@@ -2,9 +2,12 @@
 //! WWW-Authenticate challenge, and never reach the database.
 
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
+use axum::response::IntoResponse;
 use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
@@ -277,19 +280,61 @@ async fn issuer_audience_and_tenant_claim_are_configurable() {
     assert!(detail.contains("\"org\""), "{detail}");
 }
 
-/// A JWKS document served over real HTTP on a loopback port.
-async fn serve_jwks(doc: Value) -> SocketAddr {
+/// A JWKS endpoint over real HTTP on a loopback port, whose document can
+/// be swapped (key rotation) or withheld (IdP down), and which counts hits.
+#[derive(Clone)]
+struct Jwks {
+    doc: Arc<Mutex<Value>>,
+    up: Arc<AtomicBool>,
+    hits: Arc<AtomicUsize>,
+    url: String,
+}
+
+impl Jwks {
+    fn set(&self, doc: Value) {
+        *self.doc.lock().unwrap() = doc;
+    }
+
+    fn hits(&self) -> usize {
+        self.hits.load(Ordering::SeqCst)
+    }
+}
+
+async fn jwks_server(doc: Value) -> Jwks {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
+    let jwks = Jwks {
+        doc: Arc::new(Mutex::new(doc)),
+        up: Arc::new(AtomicBool::new(true)),
+        hits: Arc::new(AtomicUsize::new(0)),
+        url: format!("http://{addr}/.well-known/jwks.json"),
+    };
+    let state = jwks.clone();
     let router = axum::Router::new().route(
         "/.well-known/jwks.json",
         axum::routing::get(move || {
-            let doc = doc.clone();
-            async move { axum::Json(doc) }
+            let state = state.clone();
+            async move {
+                state.hits.fetch_add(1, Ordering::SeqCst);
+                if !state.up.load(Ordering::SeqCst) {
+                    return StatusCode::SERVICE_UNAVAILABLE.into_response();
+                }
+                let doc = state.doc.lock().unwrap().clone();
+                axum::Json(doc).into_response()
+            }
         }),
     );
     tokio::spawn(async move { axum::serve(listener, router).await });
-    addr
+    jwks
+}
+
+async fn serve_jwks(doc: Value) -> SocketAddr {
+    let jwks = jwks_server(doc).await;
+    jwks.url
+        .trim_start_matches("http://")
+        .trim_end_matches("/.well-known/jwks.json")
+        .parse()
+        .unwrap()
 }
 
 struct RsaKey {
@@ -403,4 +448,87 @@ async fn an_unreachable_jwks_is_503_not_401() {
     let r = app.get("/users", &token).await;
     r.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.header("retry-after").is_some());
+}
+
+#[tokio::test]
+async fn unknown_kids_refetch_the_jwks_at_most_once_per_interval_and_run_no_sql() {
+    let rsa = rsa_key("rsa-1");
+    let jwks = jwks_server(json!({"keys": [rsa.jwk]})).await;
+    let app =
+        TestApp::spawn_with(&[("JWT_JWKS_URL", &jwks.url), ("JWT_ALGORITHMS", "RS256")]).await;
+    let claims = claims_for("acme");
+    let good = sign_kid(Algorithm::RS256, "rsa-1", &rsa.encoding, &claims);
+    assert_eq!(app.get("/users", &good).await.status, StatusCode::OK);
+    assert_eq!(jwks.hits(), 1, "fetched once at cold start");
+    let before = app.app_activity().await;
+
+    // Junk kids, including path and SQL characters: one refetch, then none.
+    for kid in [
+        "nope",
+        "../../../etc/passwd",
+        "' OR 1=1 --",
+        "%00",
+        &"k".repeat(300),
+    ] {
+        for _ in 0..5 {
+            let junk = sign_kid(Algorithm::RS256, kid, &rsa.encoding, &claims);
+            let (detail, _) = assert_unauthorized(&app, Some(&bearer(&junk))).await;
+            assert!(detail.contains("unknown"), "{kid}: {detail}");
+        }
+    }
+    assert_eq!(jwks.hits(), 2, "25 junk tokens caused one refetch");
+    assert_eq!(
+        app.app_activity().await,
+        before,
+        "no SQL for rejected tokens"
+    );
+    assert_eq!(app.get("/users", &good).await.status, StatusCode::OK);
+}
+
+#[tokio::test]
+async fn a_rotated_jwks_is_picked_up_and_the_removed_key_stops_working() {
+    let old = rsa_key("key-old");
+    let new = rsa_key("key-new");
+    let jwks = jwks_server(json!({"keys": [old.jwk]})).await;
+    let app =
+        TestApp::spawn_with(&[("JWT_JWKS_URL", &jwks.url), ("JWT_ALGORITHMS", "RS256")]).await;
+    let claims = claims_for("acme");
+    let by_old = sign_kid(Algorithm::RS256, "key-old", &old.encoding, &claims);
+    let by_new = sign_kid(Algorithm::RS256, "key-new", &new.encoding, &claims);
+    assert_eq!(app.get("/users", &by_old).await.status, StatusCode::OK);
+
+    // The IdP adds the new key and removes the old one.
+    jwks.set(json!({"keys": [new.jwk]}));
+    assert_eq!(
+        app.get("/users", &by_new).await.status,
+        StatusCode::OK,
+        "new key picked up"
+    );
+    assert_unauthorized(&app, Some(&bearer(&by_old))).await;
+    assert_eq!(jwks.hits(), 2);
+}
+
+#[tokio::test]
+async fn an_idp_down_at_cold_start_is_503_and_heals_without_a_restart() {
+    let rsa = rsa_key("rsa-1");
+    let jwks = jwks_server(json!({"keys": [rsa.jwk]})).await;
+    jwks.up.store(false, Ordering::SeqCst);
+    let app = TestApp::spawn_with(&[
+        ("JWT_JWKS_URL", &jwks.url),
+        ("JWT_ALGORITHMS", "RS256"),
+        ("JWT_JWKS_REFETCH_SECONDS", "1"),
+    ])
+    .await;
+    let token = sign_kid(
+        Algorithm::RS256,
+        "rsa-1",
+        &rsa.encoding,
+        &claims_for("acme"),
+    );
+    app.get("/users", &token)
+        .await
+        .assert_problem(StatusCode::SERVICE_UNAVAILABLE);
+    jwks.up.store(true, Ordering::SeqCst);
+    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    assert_eq!(app.get("/users", &token).await.status, StatusCode::OK);
 }

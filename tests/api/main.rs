@@ -8,6 +8,7 @@ mod auth;
 mod aws;
 mod connection;
 mod events;
+mod faults;
 mod isolation;
 mod proxy;
 mod routes;

@@ -3,6 +3,7 @@
 //! and connected as the application role, tokens signed at test time.
 #![allow(dead_code)]
 
+pub mod cluster;
 pub mod moto;
 pub mod pgbouncer;
 
@@ -46,17 +47,25 @@ pub struct TestDb {
     pub name: String,
     pub app_user: String,
     pub app_password: String,
+    /// The server's admin connection settings (database `postgres`).
+    pub base: tokio_postgres::Config,
 }
 
 impl TestDb {
     pub async fn create() -> Self {
+        Self::create_on(admin_base()).await
+    }
+
+    /// A test database on another server (e.g. a cluster of the test's own).
+    pub async fn create_on(server: tokio_postgres::Config) -> Self {
         let suffix = uuid::Uuid::new_v4().simple().to_string()[..12].to_owned();
         let db = TestDb {
             name: format!("tu_test_{suffix}"),
             app_user: format!("tu_app_{suffix}"),
             app_password: format!("pw-{suffix}"),
+            base: server,
         };
-        let base = connect(&admin_base()).await;
+        let base = connect(&db.base).await;
         base.batch_execute(&format!("CREATE DATABASE {}", db.name))
             .await
             .expect("create test database");
@@ -72,9 +81,30 @@ impl TestDb {
 
     /// Superuser connection settings for this test's database.
     pub fn admin_config(&self) -> tokio_postgres::Config {
-        let mut c = admin_base();
+        let mut c = self.base.clone();
         c.dbname(&self.name);
         c
+    }
+
+    /// The superuser's `postgres://` URL for this database.
+    pub fn admin_url(&self) -> String {
+        self.app_url().replace(
+            &format!("{}:{}@", self.app_user, self.app_password),
+            &format!("{}@", self.base.get_user().unwrap_or("postgres")),
+        )
+    }
+
+    /// The application role's `postgres://` URL, for `DATABASE_URL`.
+    pub fn app_url(&self) -> String {
+        let host = match self.base.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => "127.0.0.1".into(),
+        };
+        let port = self.base.get_ports().first().copied().unwrap_or(5432);
+        format!(
+            "postgres://{}:{}@{host}:{port}/{}",
+            self.app_user, self.app_password, self.name
+        )
     }
 
     /// Application-role connection settings for this test's database.
@@ -95,7 +125,7 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let (name, user) = (self.name.clone(), self.app_user.clone());
+        let (name, user, base) = (self.name.clone(), self.app_user.clone(), self.base.clone());
         // Drop runs outside async context; clean up on a runtime of its own.
         let _ = std::thread::spawn(move || {
             let rt = tokio::runtime::Builder::new_current_thread()
@@ -103,7 +133,10 @@ impl Drop for TestDb {
                 .build()
                 .unwrap();
             rt.block_on(async {
-                let client = connect(&admin_base()).await;
+                let Ok((client, connection)) = base.connect(NoTls).await else {
+                    return;
+                };
+                tokio::spawn(connection);
                 let _ = client
                     .batch_execute(&format!(
                         "DROP DATABASE IF EXISTS {name} WITH (FORCE); DROP ROLE IF EXISTS {user}"
