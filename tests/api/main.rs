@@ -9,6 +9,8 @@ mod aws;
 mod connection;
 mod events;
 mod faults;
+mod hostile;
 mod isolation;
+mod model;
 mod proxy;
 mod routes;
