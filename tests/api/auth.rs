@@ -141,6 +141,33 @@ async fn bad_tokens_are_401_and_issue_no_query() {
             bearer(&"a".repeat(9 * 1024)),
             "too large",
         ),
+        (
+            "header not base64url",
+            bearer(&format!("!!!.{}", good.split_once('.').unwrap().1)),
+            "well-formed",
+        ),
+        (
+            "payload not base64url",
+            bearer(&format!(
+                "{}.%%%.{}",
+                good.split('.').next().unwrap(),
+                good.rsplit('.').next().unwrap()
+            )),
+            "signature",
+        ),
+        (
+            "payload not JSON",
+            bearer(&raw_hs256(r#"{"alg":"HS256"}"#, "not json")),
+            "well-formed",
+        ),
+        (
+            "kid with path characters",
+            bearer(&raw_hs256(
+                r#"{"alg":"HS256","kid":"../../etc/passwd"}"#,
+                &format!(r#"{{"exp":{}}}"#, now() + 60),
+            )),
+            "custom:tenant_id",
+        ),
     ];
     for (name, value, expected) in &cases {
         let (detail, _) = assert_unauthorized(&app, Some(value)).await;
