@@ -4,11 +4,13 @@ use std::sync::Arc;
 
 use crate::config::Config;
 use crate::db::Database;
+use crate::telemetry::Metrics;
 use crate::token::TokenManager;
 
 pub struct App {
     pub tokens: TokenManager,
     pub db: Database,
+    pub metrics: Metrics,
 }
 
 impl App {
@@ -18,6 +20,10 @@ impl App {
     pub async fn build(config: Config) -> Arc<Self> {
         let db = Database::new(config.db).await;
         let (tokens, ()) = tokio::join!(TokenManager::new(config.token), db.warm());
-        Arc::new(Self { tokens, db })
+        Arc::new(Self {
+            tokens,
+            db,
+            metrics: config.metrics,
+        })
     }
 }

@@ -170,10 +170,11 @@ impl DbConfig {
     }
 }
 
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Config {
     pub token: TokenConfig,
     pub db: DbConfig,
+    pub metrics: crate::telemetry::Metrics,
 }
 
 impl Config {
@@ -189,6 +190,7 @@ impl Config {
         Ok(Config {
             token,
             db: db_config(&get)?,
+            metrics: crate::telemetry::Metrics::from_lookup(get),
         })
     }
 }

@@ -36,7 +36,7 @@ const SET_TENANT_SCOPE: &str = "SELECT public.app_set_tenant($1, $2)";
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
     /// The database could not be reached, or the connection broke.
-    #[error("database unavailable: {0}")]
+    #[error("database unavailable")]
     Unavailable(#[source] tokio_postgres::Error),
     /// The connected role or schema fails the isolation self-audit, or the
     /// connection settings cannot work (e.g. an unreadable CA file).
@@ -48,7 +48,7 @@ pub enum DbError {
     /// The statement ran into `statement_timeout`.
     #[error("statement timed out")]
     Timeout(#[source] tokio_postgres::Error),
-    #[error("database error: {0}")]
+    #[error("database error")]
     Query(#[source] tokio_postgres::Error),
 }
 
@@ -160,12 +160,24 @@ impl Database {
         params.push((&tenant, Type::TEXT));
         params.extend(query.params.iter().cloned());
 
+        let started = std::time::Instant::now();
+        let result = self.run_scoped(tenant, &query, &params).await;
+        crate::telemetry::record_db_time(started.elapsed());
+        result
+    }
+
+    async fn run_scoped(
+        &self,
+        tenant: &str,
+        query: &TenantQuery<'_>,
+        params: &[(&(dyn ToSql + Sync), Type)],
+    ) -> Result<Vec<Row>, DbError> {
         let mut slot = self.conn.lock().await;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let client = self.ensure_open(&mut slot).await?;
-            match self.scoped(client, tenant, query.sql, &params).await {
+            match self.scoped(client, tenant, query.sql, params).await {
                 Ok(rows) => return Ok(rows),
                 Err(error) => {
                     let error = DbError::classify(error);
@@ -354,7 +366,7 @@ async fn connect(
     let (client, connection) = pg.connect(tls.clone()).await?;
     tokio::spawn(async move {
         if let Err(error) = connection.await {
-            tracing::warn!(%error, "database connection closed");
+            tracing::warn!(error = %error_chain(&error), "database connection closed");
         }
     });
     Ok(client)
@@ -436,12 +448,26 @@ fn pem_certificates(pem: &[u8]) -> Result<Vec<native_tls::Certificate>, String> 
     Ok(certs)
 }
 
-/// Formats an error with its sources, for logs.
-pub fn error_chain(error: &dyn std::error::Error) -> String {
-    let mut out = error.to_string();
+/// Formats an error with its sources, for logs. A database error shows
+/// only its SQLSTATE and message: its DETAIL can quote row values (emails),
+/// which must not reach the logs.
+pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
+    let describe = |e: &(dyn std::error::Error + 'static)| {
+        let db = e
+            .downcast_ref::<tokio_postgres::error::DbError>()
+            .or_else(|| {
+                e.downcast_ref::<tokio_postgres::Error>()
+                    .and_then(|pg| pg.as_db_error())
+            });
+        match db {
+            Some(db) => format!("SQLSTATE {}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        }
+    };
+    let mut out = describe(error);
     let mut source = error.source();
     while let Some(cause) = source {
-        let text = cause.to_string();
+        let text = describe(cause);
         if !out.contains(&text) {
             out.push_str(": ");
             out.push_str(&text);

@@ -72,6 +72,7 @@ pub async fn run() -> Result<(), BoxError> {
     let config = Config {
         token: token.clone(),
         db: DbConfig::plain(pg),
+        metrics: crate::telemetry::Metrics::from_lookup(env),
     };
     let app = App::build(config).await;
 

@@ -4,16 +4,15 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Instant;
 
 use axum::Json;
 use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, MatchedPath, Path, Query, Request, State};
+use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
-use axum::middleware::{self, Next};
+use axum::middleware;
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use serde::Deserialize;
@@ -21,6 +20,7 @@ use serde_json::{Map, Value};
 
 use crate::app::App;
 use crate::problem::ApiError;
+use crate::telemetry;
 use crate::tenant::TenantContext;
 use crate::token::AuthError;
 use crate::users::{self, Cursor, InvalidInput, NewUser, UserPatch};
@@ -40,7 +40,10 @@ pub fn router(app: AppState) -> Router {
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
-        .layer(middleware::from_fn(log_request))
+        .layer(middleware::from_fn_with_state(
+            app.clone(),
+            telemetry::observe,
+        ))
         .with_state(app)
 }
 
@@ -68,7 +71,9 @@ impl FromRequestParts<AppState> for Caller {
 
     async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
         let token = bearer_token(&parts.headers)?;
-        Ok(Caller(app.tokens.verify(token).await?))
+        let caller = app.tokens.verify(token).await?;
+        telemetry::record_tenant(caller.tenant().as_str());
+        Ok(Caller(caller))
     }
 }
 
@@ -238,24 +243,4 @@ fn json_object(
             "request body is not valid JSON: {e}"
         ))),
     }
-}
-
-/// One log line per request: method, route, status, latency.
-async fn log_request(request: Request, next: Next) -> Response {
-    let started = Instant::now();
-    let method = request.method().clone();
-    let route = request
-        .extensions()
-        .get::<MatchedPath>()
-        .map(|p| p.as_str().to_owned())
-        .unwrap_or_else(|| "unmatched".to_owned());
-    let response = next.run(request).await;
-    tracing::info!(
-        %method,
-        route,
-        status = response.status().as_u16(),
-        latency_ms = started.elapsed().as_secs_f64() * 1000.0,
-        "request"
-    );
-    response
 }

@@ -17,6 +17,7 @@ pub mod http;
 pub mod migrate;
 pub mod problem;
 pub mod secret;
+pub mod telemetry;
 pub mod tenant;
 pub mod token;
 pub mod users;

@@ -71,6 +71,7 @@ async fn an_unreachable_database_is_503_with_retry_after() {
         })
         .unwrap(),
         db: tenant_users::config::DbConfig::plain(pg),
+        metrics: tenant_users::telemetry::Metrics::disabled(),
     };
     app.app = tenant_users::app::App::build(config).await;
     app.router = tenant_users::http::router(app.app.clone());

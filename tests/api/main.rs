@@ -14,3 +14,4 @@ mod isolation;
 mod model;
 mod proxy;
 mod routes;
+mod telemetry;

@@ -19,6 +19,7 @@ use serde_json::{Value, json};
 use tenant_users::app::App;
 use tenant_users::config::{Config, DbConfig, TlsConfig, token_config};
 use tenant_users::migrate::{self, AppRole};
+use tenant_users::telemetry::Metrics;
 use tokio_postgres::{Client, NoTls};
 use tower::ServiceExt;
 
@@ -154,6 +155,32 @@ pub struct TestApp {
     pub db: Arc<TestDb>,
     pub app: Arc<App>,
     pub router: Router,
+    /// The EMF metric records the app wrote, one JSON object a line.
+    pub emf: Buffer,
+}
+
+/// A shared in-memory writer (EMF records, captured logs).
+#[derive(Clone, Default)]
+pub struct Buffer(pub Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl Buffer {
+    pub fn lines(&self) -> Vec<String> {
+        String::from_utf8_lossy(&self.0.lock().unwrap())
+            .lines()
+            .map(str::to_owned)
+            .collect()
+    }
+}
+
+impl std::io::Write for Buffer {
+    fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(data);
+        Ok(data.len())
+    }
+
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
 }
 
 impl TestApp {
@@ -179,14 +206,17 @@ impl TestApp {
                 .map(|(_, v)| v.clone())
                 .or_else(|| (key == "JWT_HS256_SECRET").then(|| SECRET.to_owned()))
         };
+        let emf = Buffer::default();
         let config = Config {
             token: token_config(&get).expect("token config"),
             db: DbConfig::plain(db.app_config()),
+            metrics: Metrics::to_writer("TenantUsersTest", Box::new(emf.clone())),
         };
         let app = App::build(config).await;
         let router = tenant_users::http::router(app.clone());
         TestApp {
             db: Arc::new(db),
+            emf,
             app,
             router,
         }
@@ -201,16 +231,23 @@ impl TestApp {
 
     /// Another execution environment on the same database.
     pub async fn from_env_shared(db: Arc<TestDb>, env: Vec<(String, String)>) -> Self {
-        let config = Config::from_lookup(|key| {
+        let mut config = Config::from_lookup(|key| {
             env.iter()
                 .find(|(k, _)| k == key)
                 .map(|(_, v)| v.clone())
                 .or_else(|| (key == "JWT_HS256_SECRET").then(|| SECRET.to_owned()))
         })
         .expect("config");
+        let emf = Buffer::default();
+        config.metrics = Metrics::to_writer("TenantUsersTest", Box::new(emf.clone()));
         let app = App::build(config).await;
         let router = tenant_users::http::router(app.clone());
-        TestApp { db, app, router }
+        TestApp {
+            db,
+            emf,
+            app,
+            router,
+        }
     }
 
     /// A valid HS256 token for `tenant`.
