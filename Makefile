@@ -3,7 +3,8 @@
 #                seeded, with tokens printed; throwaway PostgreSQL unless
 #                DATABASE_ADMIN_URL is set
 #   make test    the test suite against real PostgreSQL, PgBouncer and moto,
-#                then every event fixture through `cargo lambda watch`
+#                then every event fixture through `cargo lambda watch`, then
+#                schemathesis against openapi.yaml
 #   make check   formatting, lints, and the SAM template lints
 #   make lambda  release arm64 bootstrap for provided.al2023
 
@@ -13,7 +14,7 @@ dev:
 	scripts/with-postgres.sh dev cargo run --quiet -- dev
 
 test:
-	scripts/with-postgres.sh test sh -c 'cargo test --locked --lib --tests && scripts/lambda-fixtures.sh'
+	scripts/with-postgres.sh test sh -c 'cargo test --locked --lib --tests && scripts/lambda-fixtures.sh && scripts/schemathesis.sh'
 
 check:
 	cargo fmt --all -- --check

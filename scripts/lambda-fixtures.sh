@@ -6,52 +6,20 @@
 # Needs TEST_DATABASE_ADMIN_URL (make test provides it) and cargo-lambda.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-
-: "${TEST_DATABASE_ADMIN_URL:?run through scripts/with-postgres.sh test}"
 command -v cargo-lambda >/dev/null || { echo "cargo-lambda is required: pip install cargo-lambda" >&2; exit 1; }
+. scripts/lib/testdb.sh
 
-suffix="$$_$RANDOM"
-db="tu_lambda_$suffix"
-role="tu_lambda_app_$suffix"
-password="pw-$suffix"
-port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-db_url=$(python3 - "$TEST_DATABASE_ADMIN_URL" "$db" <<'PY'
-import sys, urllib.parse
-u = urllib.parse.urlsplit(sys.argv[1])
-print(urllib.parse.urlunsplit(u._replace(path="/" + sys.argv[2])))
-PY
-)
-app_url=$(python3 - "$db_url" "$role" "$password" <<'PY'
-import sys, urllib.parse
-u = urllib.parse.urlsplit(sys.argv[1])
-host = u.hostname + (f":{u.port}" if u.port else "")
-print(urllib.parse.urlunsplit(u._replace(netloc=f"{sys.argv[2]}:{sys.argv[3]}@{host}")))
-PY
-)
+testdb_create
+psql "$TESTDB_ADMIN_URL" -Xq -f events/seed.sql >/dev/null
+
+port=$(free_port)
 log=$(mktemp)
-watch_pid=""
-cleanup() {
-  if [ -n "$watch_pid" ]; then kill "$watch_pid" 2>/dev/null || true; wait "$watch_pid" 2>/dev/null || true; fi
-  psql "$TEST_DATABASE_ADMIN_URL" -Xqc "DROP DATABASE IF EXISTS $db WITH (FORCE)" >/dev/null 2>&1 || true
-  psql "$TEST_DATABASE_ADMIN_URL" -Xqc "DROP ROLE IF EXISTS $role" >/dev/null 2>&1 || true
-  rm -f "$log"
-}
-trap cleanup EXIT
-
-psql "$TEST_DATABASE_ADMIN_URL" -Xqc "CREATE DATABASE $db" >/dev/null
-cargo build --quiet --locked
-DATABASE_ADMIN_URL="$db_url" APP_DB_USER="$role" APP_DB_PASSWORD="$password" DB_SSLMODE=disable \
-  target/debug/tenant-users migrate >/dev/null
-psql "$db_url" -Xq -f events/seed.sql >/dev/null
-
+testdb_cleanups+=("rm -f $log")
 secret=$(python3 -c 'import json; print(json.load(open("events/env.json"))["TenantUsersFunction"]["JWT_HS256_SECRET"])')
-DATABASE_URL="$app_url" JWT_HS256_SECRET="$secret" RUST_LOG=warn \
+DATABASE_URL="$TESTDB_APP_URL" JWT_HS256_SECRET="$secret" RUST_LOG=warn \
   cargo lambda watch --quiet --invoke-address 127.0.0.1 --invoke-port "$port" >"$log" 2>&1 &
-watch_pid=$!
-for _ in $(seq 1 300); do
-  (exec 3<>"/dev/tcp/127.0.0.1/$port") 2>/dev/null && break
-  sleep 0.2
-done
+testdb_cleanups+=("kill $! 2>/dev/null; wait $! 2>/dev/null")
+wait_for_port "$port"
 
 passed=0
 failed=0

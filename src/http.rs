@@ -10,11 +10,12 @@ use axum::Router;
 use axum::body::Bytes;
 use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
 use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
+use axum::http::Method;
 use axum::http::request::Parts;
 use axum::http::{HeaderMap, StatusCode, header};
 use axum::middleware;
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{MethodRouter, delete, get, patch, post};
 use serde::Deserialize;
 use serde_json::{Map, Value};
 
@@ -30,13 +31,32 @@ pub const MAX_BODY_BYTES: usize = 64 * 1024;
 
 type AppState = Arc<App>;
 
+/// Every operation the API serves, as (method, path, handler). The router
+/// is built from this table, and a test holds it equal to `openapi.yaml`.
+fn operations() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
+    vec![
+        (Method::GET, "/users", get(list_users)),
+        (Method::POST, "/users", post(create_user)),
+        (Method::GET, "/users/{user_id}", get(get_user)),
+        (Method::PATCH, "/users/{user_id}", patch(update_user)),
+        (Method::DELETE, "/users/{user_id}", delete(delete_user)),
+    ]
+}
+
+/// The (method, path) pairs the router serves.
+pub fn route_table() -> Vec<(Method, &'static str)> {
+    operations()
+        .into_iter()
+        .map(|(method, path, _)| (method, path))
+        .collect()
+}
+
 pub fn router(app: AppState) -> Router {
-    Router::new()
-        .route("/users", get(list_users).post(create_user))
-        .route(
-            "/users/{user_id}",
-            get(get_user).patch(update_user).delete(delete_user),
-        )
+    let mut router = Router::new();
+    for (_, path, handler) in operations() {
+        router = router.route(path, handler);
+    }
+    router
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))

@@ -12,6 +12,7 @@ mod faults;
 mod hostile;
 mod isolation;
 mod model;
+mod openapi;
 mod proxy;
 mod routes;
 mod telemetry;

@@ -1,0 +1,150 @@
+//! `openapi.yaml` and the router describe the same API: every operation in
+//! one is in the other (a route added without a spec entry fails here), and
+//! every documented operation answers as documented for its basic cases.
+
+use std::collections::BTreeSet;
+
+use axum::http::{Method, StatusCode};
+use serde_json::{Value, json};
+
+use crate::common::TestApp;
+
+fn spec() -> Value {
+    let text =
+        std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/openapi.yaml")).unwrap();
+    serde_norway::from_str(&text).expect("openapi.yaml is YAML")
+}
+
+fn spec_operations(spec: &Value) -> BTreeSet<(String, String)> {
+    let mut ops = BTreeSet::new();
+    for (path, item) in spec["paths"].as_object().expect("paths") {
+        for method in [
+            "get", "put", "post", "delete", "options", "head", "patch", "trace",
+        ] {
+            if item.get(method).is_some() {
+                ops.insert((method.to_uppercase(), path.clone()));
+            }
+        }
+    }
+    ops
+}
+
+#[test]
+fn the_spec_and_the_router_list_the_same_operations() {
+    let spec = spec();
+    assert_eq!(
+        spec["openapi"].as_str().map(|v| v.starts_with("3.1")),
+        Some(true)
+    );
+    let router: BTreeSet<(String, String)> = tenant_users::http::route_table()
+        .into_iter()
+        .map(|(method, path)| (method.to_string(), path.to_owned()))
+        .collect();
+    assert_eq!(spec_operations(&spec), router);
+}
+
+#[test]
+fn every_operation_documents_auth_and_problem_errors() {
+    let spec = spec();
+    assert_eq!(
+        spec["components"]["securitySchemes"]["bearerAuth"]["scheme"],
+        "bearer"
+    );
+    assert_eq!(spec["security"][0]["bearerAuth"], json!([]));
+    for (path, item) in spec["paths"].as_object().unwrap() {
+        for (method, op) in item
+            .as_object()
+            .unwrap()
+            .iter()
+            .filter(|(k, _)| *k != "parameters")
+        {
+            let responses = op["responses"].as_object().unwrap();
+            for status in ["401", "503"] {
+                assert!(
+                    responses.contains_key(status),
+                    "{method} {path} documents {status}"
+                );
+            }
+            for (status, response) in responses {
+                if status.starts_with('4') || status.starts_with('5') {
+                    let name = response["$ref"]
+                        .as_str()
+                        .unwrap()
+                        .rsplit('/')
+                        .next()
+                        .unwrap();
+                    let content = &spec["components"]["responses"][name]["content"];
+                    assert!(
+                        content.get("application/problem+json").is_some(),
+                        "{method} {path} {status}"
+                    );
+                }
+            }
+        }
+    }
+}
+
+/// The basic cases of each operation give a documented status.
+#[tokio::test]
+async fn responses_use_documented_statuses() {
+    let spec = spec();
+    let app = TestApp::spawn().await;
+    let token = app.token("acme");
+    let id = app.create_user("acme", "ada@acme.test", "Ada").await;
+    let documented = |method: &str, path: &str| -> BTreeSet<u16> {
+        spec["paths"][path][method.to_lowercase()]["responses"]
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|s| s.parse().unwrap())
+            .collect()
+    };
+    let user = format!("/users/{id}");
+    let cases: Vec<(Method, &str, String, Option<Value>)> = vec![
+        (Method::GET, "/users", "/users?limit=1".into(), None),
+        (Method::GET, "/users", "/users?limit=0".into(), None),
+        (
+            Method::POST,
+            "/users",
+            "/users".into(),
+            Some(json!({"email": "b@acme.test", "name": "B"})),
+        ),
+        (
+            Method::POST,
+            "/users",
+            "/users".into(),
+            Some(json!({"email": "b@acme.test", "name": "B"})),
+        ),
+        (
+            Method::POST,
+            "/users",
+            "/users".into(),
+            Some(json!({"email": "nope"})),
+        ),
+        (Method::GET, "/users/{user_id}", user.clone(), None),
+        (
+            Method::GET,
+            "/users/{user_id}",
+            "/users/not-a-uuid".into(),
+            None,
+        ),
+        (
+            Method::PATCH,
+            "/users/{user_id}",
+            user.clone(),
+            Some(json!({"name": "C"})),
+        ),
+        (Method::DELETE, "/users/{user_id}", user.clone(), None),
+        (Method::DELETE, "/users/{user_id}", user.clone(), None),
+    ];
+    for (method, template, path, body) in cases {
+        let r = app.request(method.clone(), &path, Some(&token), body).await;
+        assert!(
+            documented(method.as_str(), template).contains(&r.status.as_u16()),
+            "{method} {path}: {} is not documented",
+            r.status
+        );
+        let r = app.request(method.clone(), &path, None, None).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+}
