@@ -156,6 +156,8 @@ pub struct DbConfig {
     pub connect_timeout: Duration,
     /// Bounds every transaction (set in the same scope as the tenant).
     pub statement_timeout: Duration,
+    /// Connections held (1 in Lambda: one request at a time).
+    pub pool_size: usize,
 }
 
 impl DbConfig {
@@ -166,6 +168,7 @@ impl DbConfig {
             tls: TlsConfig::DISABLED,
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(5),
+            pool_size: 1,
         }
     }
 }
@@ -255,6 +258,14 @@ pub fn db_config(get: &impl Fn(&str) -> Option<String>) -> Result<DbConfig, Conf
         },
         connect_timeout,
         statement_timeout,
+        pool_size: match number(get, "DB_POOL_SIZE", 1)? {
+            n @ 1..=64 => n as usize,
+            n => {
+                return Err(ConfigError(format!(
+                    "DB_POOL_SIZE must be 1 to 64, got {n}"
+                )));
+            }
+        },
     })
 }
 

@@ -118,7 +118,10 @@ pub struct Database {
     /// When the secret was last refetched because the password was refused.
     last_refresh: std::sync::Mutex<Option<Instant>>,
     statement_timeout_ms: i32,
-    conn: Mutex<Option<Client>>,
+    /// One connection per execution environment (`DB_POOL_SIZE`, default
+    /// 1, is for the local server, which serves requests concurrently).
+    conns: Vec<Mutex<Option<Client>>>,
+    next: std::sync::atomic::AtomicUsize,
 }
 
 impl Database {
@@ -134,15 +137,30 @@ impl Database {
             secret,
             credentials: std::sync::Mutex::new(None),
             last_refresh: std::sync::Mutex::new(None),
+            conns: (0..config.pool_size.max(1))
+                .map(|_| Mutex::new(None))
+                .collect(),
             config,
-            conn: Mutex::new(None),
+            next: std::sync::atomic::AtomicUsize::new(0),
         }
+    }
+
+    /// A free connection slot if there is one, else the next in turn.
+    async fn acquire(&self) -> tokio::sync::MutexGuard<'_, Option<Client>> {
+        let n = self.conns.len();
+        let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        for i in 0..n {
+            if let Ok(slot) = self.conns[(start + i) % n].try_lock() {
+                return slot;
+            }
+        }
+        self.conns[start % n].lock().await
     }
 
     /// Opens the connection ahead of the first request (cold start). A
     /// failure is logged, not fatal: requests get 503 until it recovers.
     pub async fn warm(&self) {
-        let mut slot = self.conn.lock().await;
+        let mut slot = self.acquire().await;
         if let Err(error) = self.ensure_open(&mut slot).await {
             tracing::error!(error = %error_chain(&error), "database not ready at start-up");
         }
@@ -172,7 +190,7 @@ impl Database {
         query: &TenantQuery<'_>,
         params: &[(&(dyn ToSql + Sync), Type)],
     ) -> Result<Vec<Row>, DbError> {
-        let mut slot = self.conn.lock().await;
+        let mut slot = self.acquire().await;
         let mut attempt = 0;
         loop {
             attempt += 1;
@@ -339,7 +357,7 @@ impl Database {
     /// settings only, no table; tests use it to show that no tenant state
     /// outlives a transaction.
     pub async fn session_settings(&self) -> Result<(String, String), DbError> {
-        let mut slot = self.conn.lock().await;
+        let mut slot = self.acquire().await;
         let client = self.ensure_open(&mut slot).await?;
         let rows = client
             .query_typed(

@@ -80,3 +80,48 @@ async fn an_unreachable_database_is_503_with_retry_after() {
     assert!(detail.contains("database"), "{detail}");
     assert!(r.header("retry-after").is_some());
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_local_pool_spreads_concurrent_requests_over_its_connections() {
+    let db = TestDb::create().await;
+    let url = db.app_url();
+    let app = std::sync::Arc::new(
+        TestApp::from_env(
+            db,
+            vec![
+                ("DATABASE_URL".into(), url),
+                ("DB_POOL_SIZE".into(), "4".into()),
+            ],
+        )
+        .await,
+    );
+    let mut tasks = Vec::new();
+    for i in 0..32 {
+        let app = app.clone();
+        tasks.push(tokio::spawn(async move {
+            let tenant = format!("pool-{}", i % 4);
+            let email = format!("u{i}@{tenant}.test");
+            app.post(
+                "/users",
+                &app.token(&tenant),
+                json!({"email": email, "name": "P"}),
+            )
+            .await
+            .status
+        }));
+    }
+    for task in tasks {
+        assert_eq!(task.await.unwrap(), StatusCode::CREATED);
+    }
+    let backends = app.app_activity().await.len();
+    assert!((2..=4).contains(&backends), "{backends} connections");
+    for t in 0..4 {
+        let emails = app.emails_seen_by(&format!("pool-{t}")).await;
+        assert_eq!(emails.len(), 8);
+        assert!(
+            emails
+                .iter()
+                .all(|e| e.ends_with(&format!("@pool-{t}.test")))
+        );
+    }
+}
