@@ -7,8 +7,9 @@
 #                schemathesis against openapi.yaml
 #   make check   formatting, lints, and the SAM template lints
 #   make lambda  release arm64 bootstrap for provided.al2023
+#   make bench   benchmarks against the pgbench floor -> BENCHMARKS.md
 
-.PHONY: dev test check lambda sam-build migrate serve
+.PHONY: dev test check lambda sam-build bench migrate serve
 
 dev:
 	scripts/with-postgres.sh dev cargo run --quiet -- dev
@@ -21,6 +22,10 @@ check:
 	cargo clippy --locked --all-targets -- -D warnings
 	cfn-lint template.yaml
 	SAM_CLI_TELEMETRY=0 sam validate --lint --region us-east-1
+
+# Benchmarks (not part of make test): needs wrk and pgbench; writes BENCHMARKS.md.
+bench:
+	scripts/with-postgres.sh test sh -c 'cargo bench --locked --bench tokens && cargo bench --locked --bench service'
 
 lambda:
 	cargo lambda build --release --arm64 --locked

@@ -1,0 +1,832 @@
+//! `make bench`: the service against its floor, in one run, on this machine.
+//!
+//! Prints a markdown report and writes it to BENCHMARKS.md:
+//! round trips per request (a delay proxy between service and PostgreSQL),
+//! the pgbench floor (same transaction, unnamed statements, plain and
+//! pipelined), the service over HTTP (wrk) and in-process through the
+//! Lambda adapter, cold start with Secrets Manager (moto) and TLS through
+//! PgBouncer, peak RSS, the bootstrap's size, and GET /users at 10^5 and
+//! 10^7 rows. Figures are medians; the machine is shared and noisy, so
+//! ratios against the floor measured in the same run matter more than
+//! absolute values.
+
+#[path = "../tests/common/mod.rs"]
+#[allow(unused_imports)]
+mod common;
+
+use std::fmt::Write as _;
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use axum::http::StatusCode;
+use common::moto::{Moto, free_port};
+use common::pgbouncer::PgBouncer;
+use common::{SECRET, TestApp, TestDb};
+use lambda_http::lambda_runtime::{Context, LambdaEvent, Service};
+use lambda_http::request::LambdaRequest;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+/// Tenants "1000".."1099" (numeric, so pgbench can pick one with \set).
+const TENANTS: u32 = 100;
+const USERS_PER_TENANT: u32 = 60;
+const DELAY: Duration = Duration::from_millis(5);
+
+#[derive(Default)]
+struct Report {
+    text: String,
+}
+
+impl Report {
+    fn section(&mut self, title: &str) {
+        let _ = writeln!(self.text, "\n## {title}\n");
+        println!("\n## {title}\n");
+    }
+
+    fn line(&mut self, line: impl AsRef<str>) {
+        let _ = writeln!(self.text, "{}", line.as_ref());
+        println!("{}", line.as_ref());
+    }
+}
+
+fn median(mut xs: Vec<f64>) -> f64 {
+    xs.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    if xs.is_empty() {
+        f64::NAN
+    } else {
+        xs[xs.len() / 2]
+    }
+}
+
+fn ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+fn tenant(i: u32) -> String {
+    (1000 + i % TENANTS).to_string()
+}
+
+async fn seed(db: &TestDb, tenants: u32, per_tenant: u32, first: u32) {
+    db.admin()
+        .await
+        .batch_execute(&format!(
+            "INSERT INTO users (tenant_id, email, name)
+             SELECT (1000 + t)::text, 'u' || u || '@t' || t || '.test', 'User ' || u
+               FROM generate_series(0, {}) t, generate_series({first}, {}) u;
+             ANALYZE users;",
+            tenants - 1,
+            first + per_tenant - 1
+        ))
+        .await
+        .expect("seed");
+}
+
+fn main() {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let report = rt.block_on(run());
+    let mut out = String::from(
+        "# Benchmarks\n\nProduced by `make bench` (benches/service.rs, benches/tokens.rs) on the \
+         development machine (2 cores, shared). Medians unless said otherwise; ratios compare \
+         figures measured in the same run.\n",
+    );
+    out.push_str(&report.text);
+    std::fs::write(concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md"), out).unwrap();
+    println!("\nwritten to BENCHMARKS.md");
+}
+
+async fn run() -> Report {
+    let mut report = Report::default();
+    let db = Arc::new(TestDb::create().await);
+    seed(&db, TENANTS, USERS_PER_TENANT, 1).await;
+
+    round_trips(&mut report, &db).await;
+    let floor = pgbench_floor(&mut report, &db);
+    let service = service_over_http(&mut report, &db).await;
+    let in_process = in_process_handler(&mut report, &db).await;
+    ratios(&mut report, &floor, &service, &in_process);
+    token_costs(&mut report);
+    cold_start(&mut report).await;
+    bootstrap_size(&mut report);
+    scale(&mut report).await;
+    report
+}
+
+// --- round trips -------------------------------------------------------
+
+/// A TCP relay that delays every chunk, in each direction, by `delay` from
+/// the moment it arrived (a delay line, not a serialising sleep), like a
+/// network hop of `delay` one way.
+async fn delay_proxy(target: u16, delay: Duration) -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let outbound = tokio::net::TcpStream::connect(("127.0.0.1", target))
+                .await
+                .unwrap();
+            inbound.set_nodelay(true).unwrap();
+            outbound.set_nodelay(true).unwrap();
+            let (ri, wi) = inbound.into_split();
+            let (ro, wo) = outbound.into_split();
+            tokio::spawn(pipe(ri, wo, delay));
+            tokio::spawn(pipe(ro, wi, delay));
+        }
+    });
+    port
+}
+
+async fn pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+) {
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match from.read(&mut buf).await {
+                Ok(0) | Err(_) => break,
+                Ok(n) => {
+                    if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                        break;
+                    }
+                }
+            }
+        }
+    });
+    while let Some((arrived, chunk)) = rx.recv().await {
+        tokio::time::sleep_until((arrived + delay).into()).await;
+        if to.write_all(&chunk).await.is_err() {
+            break;
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+fn db_port(db: &TestDb) -> u16 {
+    db.base.get_ports().first().copied().unwrap_or(5432)
+}
+
+async fn app_through(db: &Arc<TestDb>, port: u16, extra: &[(&str, &str)]) -> TestApp {
+    let mut env = vec![(
+        "DATABASE_URL".to_owned(),
+        format!(
+            "postgres://{}:{}@127.0.0.1:{port}/{}",
+            db.app_user, db.app_password, db.name
+        ),
+    )];
+    env.extend(extra.iter().map(|(k, v)| (k.to_string(), v.to_string())));
+    TestApp::from_env_shared(db.clone(), env).await
+}
+
+async fn round_trips(report: &mut Report, db: &Arc<TestDb>) {
+    report.section("Database round trips per request");
+    report.line(format!(
+        "A relay between the service and PostgreSQL delays each direction by D = {} ms. Round trips = (latency at D − latency at 0) / (2·D), median of 25 requests each. Goal: at most 1.2 for every route.\n",
+        DELAY.as_millis()
+    ));
+    report.line("| route | p50 at D=0 (ms) | p50 at D (ms) | round trips |");
+    report.line("| --- | --- | --- | --- |");
+    let mut results: Vec<(String, Vec<f64>)> = Vec::new();
+    for delay in [Duration::ZERO, DELAY] {
+        let proxy = delay_proxy(db_port(db), delay).await;
+        let app = app_through(db, proxy, &[]).await;
+        let t = "1042";
+        let token = app.token(t);
+        // Warm the connection; make users to read, rename and delete.
+        app.get("/users", &token).await;
+        let mut ids = Vec::new();
+        for i in 0..25 {
+            ids.push(
+                app.create_user(t, &format!("rt{}-{i}@{}.test", delay.as_millis(), t), "R")
+                    .await,
+            );
+        }
+        let mut timed: Vec<(String, Vec<f64>)> = Vec::new();
+        let mut measure = |route: &str, xs: Vec<f64>| timed.push((route.to_owned(), xs));
+        let mut xs = Vec::new();
+        for _ in 0..25 {
+            let started = Instant::now();
+            assert_eq!(
+                app.get("/users?limit=50", &token).await.status,
+                StatusCode::OK
+            );
+            xs.push(ms(started.elapsed()));
+        }
+        measure("GET /users", xs);
+        let mut xs = Vec::new();
+        for id in &ids {
+            let started = Instant::now();
+            assert_eq!(
+                app.get(&format!("/users/{id}"), &token).await.status,
+                StatusCode::OK
+            );
+            xs.push(ms(started.elapsed()));
+        }
+        measure("GET /users/{id}", xs);
+        let mut xs = Vec::new();
+        for i in 0..25 {
+            let started = Instant::now();
+            let r = app
+                .post(
+                    "/users",
+                    &token,
+                    json!({"email": format!("new{}-{i}@x.test", delay.as_millis()), "name": "N"}),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::CREATED);
+            xs.push(ms(started.elapsed()));
+        }
+        measure("POST /users", xs);
+        let mut xs = Vec::new();
+        for id in &ids {
+            let started = Instant::now();
+            assert_eq!(
+                app.patch(&format!("/users/{id}"), &token, json!({"name": "S"}))
+                    .await
+                    .status,
+                StatusCode::OK
+            );
+            xs.push(ms(started.elapsed()));
+        }
+        measure("PATCH /users/{id}", xs);
+        let mut xs = Vec::new();
+        for id in &ids {
+            let started = Instant::now();
+            assert_eq!(
+                app.delete(&format!("/users/{id}"), &token).await.status,
+                StatusCode::NO_CONTENT
+            );
+            xs.push(ms(started.elapsed()));
+        }
+        measure("DELETE /users/{id}", xs);
+        for (route, xs) in timed {
+            match results.iter_mut().find(|(r, _)| *r == route) {
+                Some((_, medians)) => medians.push(median(xs)),
+                None => results.push((route, vec![median(xs)])),
+            }
+        }
+    }
+    for (route, medians) in results {
+        let trips = (medians[1] - medians[0]) / (2.0 * ms(DELAY));
+        report.line(format!(
+            "| {route} | {:.2} | {:.2} | {trips:.2} |",
+            medians[0], medians[1]
+        ));
+    }
+}
+
+// --- the floor: pgbench -----------------------------------------------
+
+struct Throughput {
+    p50_ms: f64,
+    per_sec: f64,
+}
+
+/// The service's list statement with literals for pgbench: pgbench takes
+/// every `:word` for a variable, even inside string literals, so the
+/// format's colons are spelled chr(58) (folded to the same constant).
+fn list_sql(tenant: &str) -> String {
+    tenant_users::users::LIST_FIRST
+        .replace("HH24:MI:SS", "HH24' || chr(58) || 'MI' || chr(58) || 'SS")
+        .replace("$1", tenant)
+        .replace("$2", "51")
+}
+
+fn pgbench_floor(report: &mut Report, db: &TestDb) -> Vec<(String, u32, Throughput)> {
+    report.section("Floor: pgbench, the same transaction");
+    report.line(
+        "`pgbench -M extended` (unnamed statements, as behind a proxy) as the application role, a random tenant per transaction: BEGIN; app_set_tenant; the GET /users query (LIMIT 51); COMMIT. 8 s per run.\n",
+    );
+    report.line("| form | clients | p50 (ms) | transactions/s |");
+    report.line("| --- | --- | --- | --- |");
+    let dir = std::env::temp_dir().join(format!("tu-pgbench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let body = format!(
+        "BEGIN;\nSELECT public.app_set_tenant(:t, 5000);\n{};\nCOMMIT;\n",
+        list_sql(":t")
+    );
+    let set = format!("\\set t random(1000, {})\n", 1000 + TENANTS - 1);
+    std::fs::write(dir.join("plain.sql"), format!("{set}{body}")).unwrap();
+    std::fs::write(
+        dir.join("pipeline.sql"),
+        format!("{set}\\startpipeline\n{body}\\endpipeline\n"),
+    )
+    .unwrap();
+    let url = db.app_url();
+    let mut out = Vec::new();
+    for form in ["pipeline", "plain"] {
+        for clients in [1u32, 8] {
+            let prefix = dir.join(format!("{form}-{clients}"));
+            let output = Command::new("pgbench")
+                .args([
+                    "-n",
+                    "-M",
+                    "extended",
+                    "-T",
+                    "8",
+                    "-c",
+                    &clients.to_string(),
+                    "-j",
+                    &clients.min(2).to_string(),
+                ])
+                .arg("-f")
+                .arg(dir.join(format!("{form}.sql")))
+                .arg("-l")
+                .arg(format!("--log-prefix={}", prefix.display()))
+                .arg(&url)
+                .current_dir(&dir)
+                .output()
+                .expect("pgbench (apt-get install postgresql-contrib or postgresql-client)");
+            let stdout = String::from_utf8_lossy(&output.stdout);
+            assert!(
+                output.status.success(),
+                "pgbench: {stdout}{}",
+                String::from_utf8_lossy(&output.stderr)
+            );
+            let tps: f64 = stdout
+                .lines()
+                .find(|l| l.starts_with("tps ="))
+                .and_then(|l| l.split_whitespace().nth(2))
+                .and_then(|v| v.parse().ok())
+                .unwrap_or(f64::NAN);
+            let mut latencies = Vec::new();
+            for entry in std::fs::read_dir(&dir).unwrap().flatten() {
+                let name = entry.file_name().to_string_lossy().into_owned();
+                if name.starts_with(&format!("{form}-{clients}.")) {
+                    for line in std::fs::read_to_string(entry.path()).unwrap().lines() {
+                        if let Some(us) = line
+                            .split_whitespace()
+                            .nth(2)
+                            .and_then(|v| v.parse::<f64>().ok())
+                        {
+                            latencies.push(us / 1000.0);
+                        }
+                    }
+                }
+            }
+            let t = Throughput {
+                p50_ms: median(latencies),
+                per_sec: tps,
+            };
+            report.line(format!(
+                "| {form} | {clients} | {:.3} | {:.0} |",
+                t.p50_ms, t.per_sec
+            ));
+            out.push((form.to_owned(), clients, t));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+// --- the service ---------------------------------------------------------
+
+fn tokens() -> Vec<String> {
+    (0..TENANTS)
+        .map(|i| common::sign_hs256(&common::claims_for(&tenant(i))))
+        .collect()
+}
+
+/// Peak resident set of a process, from /proc.
+fn peak_rss_kib(pid: u32) -> Option<u64> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()?
+        .lines()
+        .find(|l| l.starts_with("VmHWM:"))?
+        .split_whitespace()
+        .nth(1)?
+        .parse()
+        .ok()
+}
+
+async fn service_over_http(report: &mut Report, db: &TestDb) -> Vec<(u32, Throughput)> {
+    report.section("Service over HTTP (local server, wrk)");
+    let port = free_port();
+    let mut server = Command::new(env!("CARGO_BIN_EXE_tenant-users"))
+        .arg("serve")
+        .env("DATABASE_URL", db.app_url())
+        .env("JWT_HS256_SECRET", SECRET)
+        .env("PORT", port.to_string())
+        .env("DB_POOL_SIZE", "8")
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::moto::wait_for_port(port, Duration::from_secs(20));
+    let dir = std::env::temp_dir().join(format!("tu-wrk-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let lua = format!(
+        "local tokens = {{ {} }}\nrequest = function()\n  return wrk.format(\"GET\", \"/users?limit=50\", {{ [\"Authorization\"] = \"Bearer \" .. tokens[math.random(#tokens)] }})\nend\n",
+        tokens()
+            .iter()
+            .map(|t| format!("\"{t}\""))
+            .collect::<Vec<_>>()
+            .join(", ")
+    );
+    std::fs::write(dir.join("list.lua"), lua).unwrap();
+    report.line(
+        "Same transaction (GET /users?limit=50, random tenant), `DB_POOL_SIZE=8`, 8 s per run.\n",
+    );
+    report.line("| callers | p50 (ms) | requests/s |");
+    report.line("| --- | --- | --- |");
+    let mut out = Vec::new();
+    for callers in [1u32, 8] {
+        let output = Command::new("wrk")
+            .args([
+                "-t",
+                &callers.min(2).to_string(),
+                "-c",
+                &callers.to_string(),
+                "-d",
+                "8s",
+                "--latency",
+                "-s",
+            ])
+            .arg(dir.join("list.lua"))
+            .arg(format!("http://127.0.0.1:{port}"))
+            .output()
+            .expect("wrk (apt-get install wrk)");
+        let text = String::from_utf8_lossy(&output.stdout).into_owned();
+        let p50 = text
+            .lines()
+            .find(|l| l.trim_start().starts_with("50%"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .map(wrk_ms)
+            .unwrap_or(f64::NAN);
+        let rps = text
+            .lines()
+            .find(|l| l.starts_with("Requests/sec:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN);
+        assert!(!text.contains("Non-2xx"), "wrk saw errors: {text}");
+        report.line(format!("| {callers} | {p50:.3} | {rps:.0} |"));
+        out.push((
+            callers,
+            Throughput {
+                p50_ms: p50,
+                per_sec: rps,
+            },
+        ));
+    }
+    let rss = peak_rss_kib(server.id());
+    let _ = server.kill();
+    let _ = server.wait();
+    let _ = std::fs::remove_dir_all(&dir);
+    report.section("Memory");
+    report.line(format!(
+        "Peak RSS of the local server after the runs above (VmHWM): {} (goal: under 32 MiB).",
+        rss.map(|k| format!("{:.1} MiB", k as f64 / 1024.0))
+            .unwrap_or_else(|| "unknown".into())
+    ));
+    out
+}
+
+fn wrk_ms(value: &str) -> f64 {
+    let (number, factor) = if let Some(v) = value.strip_suffix("us") {
+        (v, 0.001)
+    } else if let Some(v) = value.strip_suffix("ms") {
+        (v, 1.0)
+    } else if let Some(v) = value.strip_suffix('s') {
+        (v, 1000.0)
+    } else {
+        (value, 1.0)
+    };
+    number
+        .parse::<f64>()
+        .map(|n| n * factor)
+        .unwrap_or(f64::NAN)
+}
+
+async fn in_process_handler(report: &mut Report, db: &Arc<TestDb>) -> Vec<(u32, Throughput)> {
+    report.section("Service in-process, through the Lambda adapter");
+    report.line("API Gateway v2 events (events/list-users.json with a random tenant's token) into lambda_http's adapter and the router; 2000 requests per run.\n");
+    report.line("| callers | p50 (ms) | requests/s |");
+    report.line("| --- | --- | --- |");
+    let template: Value = serde_json::from_str(
+        &std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/events/list-users.json"
+        ))
+        .unwrap(),
+    )
+    .unwrap();
+    let tokens = Arc::new(tokens());
+    let event = move |i: usize, tokens: &[String]| -> LambdaEvent<LambdaRequest> {
+        let mut e = template.clone();
+        e["headers"]["authorization"] = json!(format!("Bearer {}", tokens[i % tokens.len()]));
+        e["rawQueryString"] = json!("limit=50");
+        LambdaEvent::new(serde_json::from_value(e).unwrap(), Context::default())
+    };
+    let event = Arc::new(event);
+    let mut out = Vec::new();
+    for callers in [1usize, 8] {
+        let app = app_through(db, db_port(db), &[("DB_POOL_SIZE", &callers.to_string())]).await;
+        let router = app.router.clone();
+        // Warm every connection.
+        for i in 0..callers * 2 {
+            let mut adapter = lambda_http::Adapter::from(router.clone());
+            adapter.call(event(i, &tokens)).await.unwrap();
+        }
+        let per_caller = 2000 / callers;
+        let started = Instant::now();
+        let mut tasks = Vec::new();
+        for c in 0..callers {
+            let (router, event, tokens) = (router.clone(), event.clone(), tokens.clone());
+            tasks.push(tokio::spawn(async move {
+                let mut latencies = Vec::with_capacity(per_caller);
+                for i in 0..per_caller {
+                    let e = event(c * per_caller + i, &tokens);
+                    let t = Instant::now();
+                    let call = lambda_http::Adapter::from(router.clone()).call(e);
+                    let response = call.await.unwrap();
+                    latencies.push(ms(t.elapsed()));
+                    assert_eq!(serde_json::to_value(&response).unwrap()["statusCode"], 200);
+                }
+                latencies
+            }));
+        }
+        let mut latencies = Vec::new();
+        for task in tasks {
+            latencies.extend(task.await.unwrap());
+        }
+        let elapsed = started.elapsed().as_secs_f64();
+        let t = Throughput {
+            p50_ms: median(latencies),
+            per_sec: (per_caller * callers) as f64 / elapsed,
+        };
+        report.line(format!(
+            "| {callers} | {:.3} | {:.0} |",
+            t.p50_ms, t.per_sec
+        ));
+        out.push((callers as u32, t));
+    }
+    out
+}
+
+fn ratios(
+    report: &mut Report,
+    floor: &[(String, u32, Throughput)],
+    http: &[(u32, Throughput)],
+    in_process: &[(u32, Throughput)],
+) {
+    report.section("Ratios against the floor");
+    let pick = |form: &str, c: u32| {
+        floor
+            .iter()
+            .find(|(f, n, _)| f == form && *n == c)
+            .map(|(_, _, t)| t)
+    };
+    fn get(xs: &[(u32, Throughput)], c: u32) -> Option<&Throughput> {
+        xs.iter().find(|(n, _)| *n == c).map(|(_, t)| t)
+    }
+    let (Some(pipe1), Some(pipe8), Some(plain8)) =
+        (pick("pipeline", 1), pick("pipeline", 8), pick("plain", 8))
+    else {
+        return;
+    };
+    report.line("| comparison | ratio | goal |");
+    report.line("| --- | --- | --- |");
+    if let Some(t) = get(in_process, 1) {
+        report.line(format!(
+            "| in-process p50, 1 caller / pipelined pgbench p50, 1 client | {:.2} | ≤ 1.25 |",
+            t.p50_ms / pipe1.p50_ms
+        ));
+    }
+    if let Some(t) = get(http, 1) {
+        report.line(format!(
+            "| HTTP p50, 1 caller / pipelined pgbench p50, 1 client | {:.2} | (informative) |",
+            t.p50_ms / pipe1.p50_ms
+        ));
+    }
+    if let Some(t) = get(http, 8) {
+        report.line(format!(
+            "| HTTP throughput, 8 callers / pipelined pgbench, 8 clients | {:.2} | ≥ 0.7 |",
+            t.per_sec / pipe8.per_sec
+        ));
+        report.line(format!(
+            "| HTTP throughput, 8 callers / plain pgbench, 8 clients | {:.2} | (informative) |",
+            t.per_sec / plain8.per_sec
+        ));
+    }
+    if let Some(t) = get(in_process, 8) {
+        report.line(format!(
+            "| in-process throughput, 8 callers / pipelined pgbench, 8 clients | {:.2} | ≥ 0.7 |",
+            t.per_sec / pipe8.per_sec
+        ));
+    }
+}
+
+/// Criterion's medians from `cargo bench --bench tokens` (run first).
+fn token_costs(report: &mut Report) {
+    report.section("Token verification and non-database work (Criterion)");
+    report.line("| benchmark | median (µs) | goal |");
+    report.line("| --- | --- | --- |");
+    for (name, goal) in [
+        ("verify_hs256", ""),
+        ("verify_rs256", "< 50"),
+        ("verify_es256", ""),
+        ("handler_without_database", ""),
+    ] {
+        let path = format!(
+            "{}/target/criterion/{name}/new/estimates.json",
+            env!("CARGO_MANIFEST_DIR")
+        );
+        let median_us = std::fs::read_to_string(&path)
+            .ok()
+            .and_then(|t| serde_json::from_str::<Value>(&t).ok())
+            .and_then(|v| v["median"]["point_estimate"].as_f64())
+            .map(|ns| format!("{:.1}", ns / 1000.0))
+            .unwrap_or_else(|| "not run".into());
+        report.line(format!("| {name} | {median_us} | {goal} |"));
+    }
+}
+
+// --- cold start ------------------------------------------------------------
+
+async fn cold_start(report: &mut Report) {
+    report.section("Cold start");
+    let db = TestDb::create().await;
+    let bouncer = PgBouncer::start(&[(&db.app_user, "pw-cold")], 2);
+    let moto = Moto::start().await;
+    let secret = json!({
+        "engine": "postgres", "host": "localhost", "port": bouncer.port,
+        "username": db.app_user, "password": "pw-cold", "dbname": db.name,
+    })
+    .to_string();
+    let arn = moto.create_secret("bench/db", &secret).await;
+    let mut env = moto.function_env(&arn);
+    env.push((
+        "DB_CA_FILE".into(),
+        bouncer.certs.ca_file().display().to_string(),
+    ));
+    env.push(("JWT_HS256_SECRET".into(), SECRET.into()));
+    env.push(("METRICS".into(), "off".into()));
+    let token = common::sign_hs256(&common::claims_for("1000"));
+    let client = reqwest::Client::new();
+
+    let mut starts = Vec::new();
+    for _ in 0..7 {
+        let port = free_port();
+        let started = Instant::now();
+        let mut child = Command::new(env!("CARGO_BIN_EXE_tenant-users"))
+            .arg("serve")
+            .envs(env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .env("PORT", port.to_string())
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let url = format!("http://127.0.0.1:{port}/users");
+        loop {
+            if let Ok(r) = client.get(&url).bearer_auth(&token).send().await
+                && r.status() == reqwest::StatusCode::OK
+            {
+                break;
+            }
+            assert!(
+                started.elapsed() < Duration::from_secs(20),
+                "no 200 within 20 s"
+            );
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        starts.push(ms(started.elapsed()));
+        let _ = child.kill();
+        let _ = child.wait();
+    }
+
+    // What the stand-ins themselves take: AssumeRole + GetSecretValue, and
+    // a TLS connection through the proxy (with the audit query).
+    let config = tenant_users::config::Config::from_lookup(|k| {
+        env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
+    })
+    .unwrap();
+    let tenant_users::config::DbSource::Secret(secret_config) = config.db.source.clone() else {
+        unreachable!()
+    };
+    let mut fetches = Vec::new();
+    let mut connects = Vec::new();
+    for _ in 0..7 {
+        let source = tenant_users::secret::SecretSource::new(secret_config.clone()).await;
+        let t = Instant::now();
+        source.fetch().await.unwrap();
+        fetches.push(ms(t.elapsed()));
+        let db = tenant_users::db::Database::new(config.db.clone()).await;
+        db.audit_report().await.unwrap(); // includes a fetch; subtract it
+        let t = Instant::now();
+        let db = tenant_users::db::Database::new(config.db.clone()).await;
+        db.audit_report().await.unwrap();
+        connects.push(ms(t.elapsed()));
+    }
+    let (start, fetch, connect) = (median(starts), median(fetches), median(connects));
+    let stand_ins = connect; // secret fetch + TLS connect + audit, as the service does them
+    report.line("Process start to the first 200 from GET /users, with the secret from moto (assume role, get secret) and a verify-full TLS connection through PgBouncer; median of 7.\n");
+    report.line("| part | ms |");
+    report.line("| --- | --- |");
+    report.line(format!("| process start → first 200 | {start:.1} |"));
+    report.line(format!(
+        "| of which moto: AssumeRole + GetSecretValue | {fetch:.1} |"
+    ));
+    report.line(format!(
+        "| of which secret + TLS connect through PgBouncer + audit query | {stand_ins:.1} |"
+    ));
+    report.line(format!(
+        "| beyond what moto and PostgreSQL take (goal < 100) | {:.1} |",
+        start - stand_ins
+    ));
+}
+
+fn bootstrap_size(report: &mut Report) {
+    report.section("Bootstrap");
+    let path = concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/target/lambda/tenant-users/bootstrap"
+    );
+    match std::fs::metadata(path) {
+        Ok(meta) => report.line(format!(
+            "`cargo lambda build --release --arm64` bootstrap: {:.1} MiB (stripped).",
+            meta.len() as f64 / (1024.0 * 1024.0)
+        )),
+        Err(_) => report.line("No arm64 bootstrap found: run `make lambda` first."),
+    }
+}
+
+// --- scale ---------------------------------------------------------------
+
+async fn scale(report: &mut Report) {
+    report.section("Scale: GET /users for one tenant as the table grows");
+    let big: u32 = std::env::var("BENCH_ROWS_PER_TENANT")
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(1000);
+    let tenants = 10_000;
+    let db = Arc::new(TestDb::create().await);
+    report.line(format!("{tenants} tenants; 10 rows each, then {big} rows each; 300 requests of GET /users?limit=50 for tenant 1042 in-process.\n"));
+    report.line("| rows in table | p50 (ms) |");
+    report.line("| --- | --- |");
+    let mut p50s = Vec::new();
+    for (per, first) in [(10u32, 1u32), (big - 10, 11)] {
+        let started = Instant::now();
+        seed(&db, tenants, per, first).await;
+        println!("(seeded in {:.0} s)", started.elapsed().as_secs_f64());
+        let admin = db.admin().await;
+        let rows: i64 = admin
+            .query_one("SELECT count(*) FROM users", &[])
+            .await
+            .unwrap()
+            .get(0);
+        let app = app_through(&db, db_port(&db), &[]).await;
+        let token = app.token("1042");
+        for _ in 0..20 {
+            app.get("/users?limit=50", &token).await;
+        }
+        let mut xs = Vec::new();
+        for _ in 0..300 {
+            let t = Instant::now();
+            assert_eq!(
+                app.get("/users?limit=50", &token).await.status,
+                StatusCode::OK
+            );
+            xs.push(ms(t.elapsed()));
+        }
+        let p50 = median(xs);
+        report.line(format!("| {rows} | {p50:.3} |"));
+        p50s.push(p50);
+    }
+    report.line(format!(
+        "\nRatio large / small: {:.2} (goal ≤ 1.5).\n",
+        p50s[1] / p50s[0]
+    ));
+
+    // The plan, as the application role under its policy.
+    let client = db.app_client().await;
+    client
+        .batch_execute("BEGIN; SELECT public.app_set_tenant('1042', 5000)")
+        .await
+        .unwrap();
+    let plan = client
+        .query(
+            &format!(
+                "EXPLAIN (ANALYZE, COSTS OFF, TIMING OFF, SUMMARY OFF) {}",
+                list_sql("'1042'")
+            ),
+            &[],
+        )
+        .await
+        .unwrap();
+    client.batch_execute("COMMIT").await.unwrap();
+    report.line("EXPLAIN ANALYZE of the list query as the application role, RLS applied:\n");
+    report.line("```");
+    for row in plan {
+        report.line(row.get::<_, String>(0));
+    }
+    report.line("```");
+}
