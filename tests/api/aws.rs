@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use axum::http::StatusCode;
 use serde_json::json;
 
-use crate::common::moto::{Moto, OTHER_ROLE, free_port};
+use crate::common::moto::{Moto, OTHER_ROLE};
 use crate::common::pgbouncer::PgBouncer;
 use crate::common::{TestApp, TestDb};
 
@@ -31,6 +31,41 @@ fn with(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, 
         env.push((k.to_string(), v.to_string()));
     }
     env
+}
+
+/// A database behind PgBouncer (TLS, password "pw-1") and a moto holding
+/// the secret for it: what a deployed function finds at cold start.
+struct Stack {
+    db: TestDb,
+    bouncer: PgBouncer,
+    moto: Moto,
+    arn: String,
+}
+
+impl Stack {
+    async fn new() -> Self {
+        let db = TestDb::create().await;
+        let bouncer = PgBouncer::start(&[(&db.app_user, "pw-1")], 2);
+        let moto = Moto::start().await;
+        let arn = moto
+            .create_secret("tenant-users/db", &secret_json(&db, &bouncer, "pw-1"))
+            .await;
+        Stack {
+            db,
+            bouncer,
+            moto,
+            arn,
+        }
+    }
+
+    /// The function's environment: its keys, the secret, the proxy's CA.
+    fn env(&self, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+        let ca = self.bouncer.certs.ca_file().display().to_string();
+        with(
+            with(self.moto.function_env(&self.arn), &[("DB_CA_FILE", &ca)]),
+            extra,
+        )
+    }
 }
 
 async fn assert_serves(app: &TestApp) {
@@ -56,15 +91,10 @@ async fn assert_unavailable(app: &TestApp) -> String {
 
 #[tokio::test]
 async fn cold_start_reads_the_secret_as_the_assumed_role_and_serves_through_the_proxy_with_tls() {
-    let db = TestDb::create().await;
-    let bouncer = PgBouncer::start(&[(&db.app_user, "pw-1")], 2);
-    let moto = Moto::start().await;
-    let arn = moto
-        .create_secret("tenant-users/db", &secret_json(&db, &bouncer, "pw-1"))
-        .await;
-    let ca = bouncer.certs.ca_file().display().to_string();
+    let stack = Stack::new().await;
     // Default DB_SSLMODE with a secret is verify-full.
-    let app = TestApp::from_env(db, with(moto.function_env(&arn), &[("DB_CA_FILE", &ca)])).await;
+    let env = stack.env(&[]);
+    let app = TestApp::from_env(stack.db, env).await;
     assert_serves(&app).await;
     assert_eq!(
         app.app.db.session_settings().await.unwrap().0,
@@ -124,14 +154,8 @@ async fn tls_is_verified_and_required() {
 
 #[tokio::test]
 async fn only_the_reader_role_can_read_the_secret() {
-    let db = TestDb::create().await;
-    let bouncer = PgBouncer::start(&[(&db.app_user, "pw-1")], 2);
-    let moto = Moto::start().await;
-    let arn = moto
-        .create_secret("tenant-users/db", &secret_json(&db, &bouncer, "pw-1"))
-        .await;
-    let ca = bouncer.certs.ca_file().display().to_string();
-    let base = with(moto.function_env(&arn), &[("DB_CA_FILE", &ca)]);
+    let stack = Stack::new().await;
+    let base = stack.env(&[]);
 
     // A role the function may not assume: AccessDenied from STS.
     let other = TestApp::from_env(
@@ -149,7 +173,7 @@ async fn only_the_reader_role_can_read_the_secret() {
     let direct = TestApp::from_env(TestDb::create().await, direct).await;
     assert!(assert_unavailable(&direct).await.contains("credentials"));
     // The configured reader role: served.
-    let app = TestApp::from_env(db, base).await;
+    let app = TestApp::from_env(stack.db, base).await;
     assert_serves(&app).await;
 }
 
@@ -207,25 +231,15 @@ async fn relay_to(target: u16, up: Arc<AtomicBool>) -> u16 {
 
 #[tokio::test]
 async fn unreachable_secrets_manager_is_503_and_recovers() {
-    let db = TestDb::create().await;
-    let bouncer = PgBouncer::start(&[(&db.app_user, "pw-1")], 2);
-    let moto = Moto::start().await;
-    let arn = moto
-        .create_secret("tenant-users/db", &secret_json(&db, &bouncer, "pw-1"))
-        .await;
+    let stack = Stack::new().await;
     let up = Arc::new(AtomicBool::new(false));
-    let relay = relay_to(moto.port, up.clone()).await;
-    let ca = bouncer.certs.ca_file().display().to_string();
+    let relay = relay_to(stack.moto.port, up.clone()).await;
     let endpoint = format!("http://127.0.0.1:{relay}");
-    let env = with(
-        moto.function_env(&arn),
-        &[("DB_CA_FILE", &ca), ("AWS_ENDPOINT_URL", &endpoint)],
-    );
-    let app = TestApp::from_env(db, env).await;
+    let env = stack.env(&[("AWS_ENDPOINT_URL", &endpoint)]);
+    let app = TestApp::from_env(stack.db, env).await;
     assert!(assert_unavailable(&app).await.contains("credentials"));
     up.store(true, Ordering::SeqCst);
     assert_serves(&app).await;
-    let _ = free_port();
 }
 
 #[tokio::test]

@@ -125,3 +125,23 @@ async fn a_local_pool_spreads_concurrent_requests_over_its_connections() {
         );
     }
 }
+
+#[tokio::test]
+async fn test_databases_and_roles_are_dropped_afterwards() {
+    let db = TestDb::create().await;
+    let (name, user) = (db.name.clone(), db.app_user.clone());
+    drop(db);
+    let admin = crate::common::connect(&crate::common::admin_base()).await;
+    let left: i64 = admin
+        .query_one(
+            "SELECT (SELECT count(*) FROM pg_database WHERE datname = $1) + (SELECT count(*) FROM pg_roles WHERE rolname = $2)",
+            &[&name, &user],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(
+        left, 0,
+        "the test database {name} or role {user} was left behind"
+    );
+}

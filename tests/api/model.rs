@@ -280,20 +280,7 @@ fn concurrent_environments_through_pgbouncer_match_their_models() {
     let rt = runtime();
     let db = Arc::new(rt.block_on(TestDb::create()));
     let bouncer = PgBouncer::start(&[(&db.app_user, "pw")], 2);
-    let env = vec![
-        (
-            "DATABASE_URL".to_owned(),
-            format!(
-                "postgres://{}:pw@localhost:{}/{}",
-                db.app_user, bouncer.port, db.name
-            ),
-        ),
-        ("DB_SSLMODE".to_owned(), "verify-full".to_owned()),
-        (
-            "DB_CA_FILE".to_owned(),
-            bouncer.certs.ca_file().display().to_string(),
-        ),
-    ];
+    let env = bouncer.app_env(&db.app_user, "pw", &db.name);
     let apps: Vec<Arc<TestApp>> = (0..WORKERS)
         .map(|_| Arc::new(rt.block_on(TestApp::from_env_shared(db.clone(), env.clone()))))
         .collect();

@@ -21,20 +21,7 @@ const POOL: u32 = 3;
 async fn many_environments_through_a_small_pool_never_cross_tenants() {
     let db = Arc::new(TestDb::create().await);
     let bouncer = PgBouncer::start(&[(&db.app_user, "pw")], POOL);
-    let env = vec![
-        (
-            "DATABASE_URL".to_owned(),
-            format!(
-                "postgres://{}:pw@localhost:{}/{}",
-                db.app_user, bouncer.port, db.name
-            ),
-        ),
-        ("DB_SSLMODE".to_owned(), "verify-full".to_owned()),
-        (
-            "DB_CA_FILE".to_owned(),
-            bouncer.certs.ca_file().display().to_string(),
-        ),
-    ];
+    let env = bouncer.app_env(&db.app_user, "pw", &db.name);
     let mut tasks = Vec::new();
     for e in 0..ENVIRONMENTS {
         let app = TestApp::from_env_shared(db.clone(), env.clone()).await;

@@ -11,7 +11,6 @@ pub struct Cluster {
     pub port: u16,
     dir: PathBuf,
     bindir: PathBuf,
-    as_root: bool,
 }
 
 fn bindir() -> PathBuf {
@@ -43,18 +42,12 @@ impl Cluster {
         let dir =
             std::env::temp_dir().join(format!("tu-cluster-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let as_root = Command::new("id")
-            .arg("-u")
-            .output()
-            .map(|o| o.stdout.starts_with(b"0\n"))
-            .unwrap_or(false);
         let cluster = Cluster {
             port: free_port(),
             dir,
             bindir: bindir(),
-            as_root,
         };
-        if as_root {
+        if super::is_root() {
             Command::new("chown")
                 .args(["-R", "postgres"])
                 .arg(&cluster.dir)
@@ -80,15 +73,10 @@ impl Cluster {
     }
 
     fn run(&self, program: &str, args: &[&str]) {
-        let binary = self.bindir.join(program);
-        let mut command = if self.as_root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&binary);
-            c
-        } else {
-            Command::new(&binary)
-        };
-        let out = command.args(args).output().unwrap();
+        let out = super::as_postgres(self.bindir.join(program))
+            .args(args)
+            .output()
+            .unwrap();
         assert!(
             out.status.success(),
             "{program} {args:?}: {}{}",
@@ -140,15 +128,7 @@ impl Cluster {
 impl Drop for Cluster {
     fn drop(&mut self) {
         let data = self.dir.join("data");
-        let binary = self.bindir.join("pg_ctl");
-        let mut command = if self.as_root {
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(&binary);
-            c
-        } else {
-            Command::new(&binary)
-        };
-        let _ = command
+        let _ = super::as_postgres(self.bindir.join("pg_ctl"))
             .args(["-D", data.to_str().unwrap(), "-m", "immediate", "stop"])
             .output();
         let _ = std::fs::remove_dir_all(&self.dir);

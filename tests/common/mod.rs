@@ -26,6 +26,26 @@ use tower::ServiceExt;
 pub const SECRET: &str = "test-only-secret-0123456789abcdef0123456789";
 pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
 
+pub fn is_root() -> bool {
+    std::process::Command::new("id")
+        .arg("-u")
+        .output()
+        .map(|o| o.stdout.starts_with(b"0\n"))
+        .unwrap_or(false)
+}
+
+/// A command for `program` as the `postgres` user when we are root:
+/// PostgreSQL and PgBouncer refuse to run as root.
+pub fn as_postgres(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
+    if is_root() {
+        let mut c = std::process::Command::new("runuser");
+        c.args(["-u", "postgres", "--"]).arg(program);
+        c
+    } else {
+        std::process::Command::new(program)
+    }
+}
+
 pub fn admin_base() -> tokio_postgres::Config {
     std::env::var("TEST_DATABASE_ADMIN_URL")
         .unwrap_or_else(|_| DEFAULT_ADMIN_URL.to_owned())
@@ -138,10 +158,13 @@ impl Drop for TestDb {
                     return;
                 };
                 tokio::spawn(connection);
+                // Two statements: DROP DATABASE may not share a (implicit)
+                // transaction with anything else.
                 let _ = client
-                    .batch_execute(&format!(
-                        "DROP DATABASE IF EXISTS {name} WITH (FORCE); DROP ROLE IF EXISTS {user}"
-                    ))
+                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+                    .await;
+                let _ = client
+                    .batch_execute(&format!("DROP ROLE IF EXISTS {user}"))
                     .await;
             });
         })

@@ -105,13 +105,7 @@ pub struct PgBouncer {
     child: Option<Child>,
 }
 
-fn is_root() -> bool {
-    Command::new("id")
-        .arg("-u")
-        .output()
-        .map(|o| o.stdout.starts_with(b"0\n"))
-        .unwrap_or(false)
-}
+use super::is_root;
 
 impl PgBouncer {
     /// Starts PgBouncer for `users` (name, password) with at most
@@ -161,21 +155,15 @@ impl PgBouncer {
         );
         std::fs::write(self.dir.join("pgbouncer.ini"), ini).unwrap();
         let ini_path = self.dir.join("pgbouncer.ini");
-        let mut command = if is_root() {
-            // PgBouncer, like PostgreSQL, will not run as root.
+        if is_root() {
             Command::new("chown")
                 .args(["-R", "postgres"])
                 .arg(&self.dir)
                 .status()
                 .unwrap();
-            let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--", "pgbouncer"]).arg(&ini_path);
-            c
-        } else {
-            let mut c = Command::new("pgbouncer");
-            c.arg(&ini_path);
-            c
-        };
+        }
+        let mut command = super::as_postgres("pgbouncer");
+        command.arg(&ini_path);
         let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
@@ -208,6 +196,25 @@ impl PgBouncer {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// `DATABASE_URL` through this proxy for `user`, with verify-full TLS
+    /// against the test CA.
+    pub fn app_env(&self, user: &str, password: &str, dbname: &str) -> Vec<(String, String)> {
+        vec![
+            (
+                "DATABASE_URL".to_owned(),
+                format!(
+                    "postgres://{user}:{password}@localhost:{}/{dbname}",
+                    self.port
+                ),
+            ),
+            ("DB_SSLMODE".to_owned(), "verify-full".to_owned()),
+            (
+                "DB_CA_FILE".to_owned(),
+                self.certs.ca_file().display().to_string(),
+            ),
+        ]
     }
 
     pub fn log(&self) -> String {
