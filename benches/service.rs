@@ -342,7 +342,7 @@ fn pgbench_floor(report: &mut Report, db: &TestDb) -> Vec<(String, u32, Throughp
                 .arg(&url)
                 .current_dir(&dir)
                 .output()
-                .expect("pgbench (apt-get install postgresql-contrib or postgresql-client)");
+                .expect("pgbench (apt-get install postgresql)");
             let stdout = String::from_utf8_lossy(&output.stdout);
             assert!(
                 output.status.success(),
