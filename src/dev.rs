@@ -12,7 +12,6 @@ use serde_json::{Value, json};
 
 use crate::app::App;
 use crate::config::{Config, DbConfig, token_config};
-use crate::db::DbError;
 use crate::migrate::{self, AppRole};
 use crate::tenant::{TenantContext, TenantId};
 use crate::users::{self, Email, NewUser, UserName};
@@ -86,7 +85,6 @@ pub async fn run() -> Result<(), BoxError> {
             match users::create(&app.db, &caller, &new).await {
                 Ok(_) => {}
                 Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {}
-                Err(e @ DbError::Misconfigured(_)) => return Err(e.into()),
                 Err(e) => return Err(e.into()),
             }
         }

@@ -56,6 +56,8 @@ struct Jwks {
 
 pub struct TokenManager {
     config: TokenConfig,
+    /// One validation per accepted algorithm, built once (not per request).
+    validations: Vec<(Algorithm, Validation)>,
     hmac: Option<DecodingKey>,
     jwks: RwLock<Option<Jwks>>,
     /// When the keys were last refetched on demand (the cold-start fetch
@@ -76,8 +78,14 @@ impl TokenManager {
                 .build()
                 .unwrap_or_default()
         });
+        let validations = config
+            .algorithms
+            .iter()
+            .map(|alg| (*alg, validation(&config, *alg)))
+            .collect();
         let manager = Self {
             config,
+            validations,
             hmac,
             jwks: RwLock::new(None),
             last_refetch: Mutex::new(None),
@@ -100,27 +108,29 @@ impl TokenManager {
         }
         let header = jsonwebtoken::decode_header(token)
             .map_err(|_| AuthError::Invalid("token is not a well-formed JWT".into()))?;
-        if !self.config.algorithms.contains(&header.alg) {
-            return Err(AuthError::Invalid(format!(
-                "token algorithm {:?} is not accepted",
-                header.alg
-            )));
-        }
-        let validation = self.validation(header.alg);
+        // Only configured algorithms have a validation: anything else stops here.
+        let validation = self
+            .validations
+            .iter()
+            .find(|(alg, _)| *alg == header.alg)
+            .map(|(_, v)| v)
+            .ok_or_else(|| {
+                AuthError::Invalid(format!("token algorithm {:?} is not accepted", header.alg))
+            })?;
         let claims = match header.alg {
             Algorithm::HS256 => {
                 let key = self.hmac.as_ref().ok_or(AuthError::KeysUnavailable)?;
-                decode(token, key, &validation)?
+                decode(token, key, validation)?
             }
             _ => {
                 let kid = header.kid.as_deref();
                 if let Some(claims) = self
-                    .with_jwks_key(kid, header.alg, token, &validation)
+                    .with_jwks_key(kid, header.alg, token, validation)
                     .await?
                 {
                     claims
                 } else if self.refresh_jwks(false).await {
-                    self.with_jwks_key(kid, header.alg, token, &validation)
+                    self.with_jwks_key(kid, header.alg, token, validation)
                         .await?
                         .ok_or_else(|| AuthError::Invalid("token signing key is unknown".into()))?
                 } else if self.jwks.read().await.is_none() {
@@ -131,26 +141,6 @@ impl TokenManager {
             }
         };
         self.context_from(claims)
-    }
-
-    fn validation(&self, alg: Algorithm) -> Validation {
-        let mut v = Validation::new(alg);
-        v.leeway = self.config.leeway_seconds;
-        v.validate_exp = true;
-        v.validate_nbf = true;
-        let mut required = vec!["exp"];
-        if let Some(iss) = &self.config.issuer {
-            v.set_issuer(&[iss]);
-            required.push("iss");
-        }
-        if self.config.audience.is_empty() {
-            v.validate_aud = false;
-        } else {
-            v.set_audience(&self.config.audience);
-            required.push("aud");
-        }
-        v.set_required_spec_claims(&required);
-        v
     }
 
     /// Verifies with the JWKS key the token names; `Ok(None)` when we hold
@@ -238,6 +228,26 @@ impl TokenManager {
         };
         Ok(TenantContext::new(tenant, subject))
     }
+}
+
+fn validation(config: &TokenConfig, alg: Algorithm) -> Validation {
+    let mut v = Validation::new(alg);
+    v.leeway = config.leeway_seconds;
+    v.validate_exp = true;
+    v.validate_nbf = true;
+    let mut required = vec!["exp"];
+    if let Some(iss) = &config.issuer {
+        v.set_issuer(&[iss]);
+        required.push("iss");
+    }
+    if config.audience.is_empty() {
+        v.validate_aud = false;
+    } else {
+        v.set_audience(&config.audience);
+        required.push("aud");
+    }
+    v.set_required_spec_claims(&required);
+    v
 }
 
 fn decode(

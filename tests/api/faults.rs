@@ -17,6 +17,18 @@ fn assert_503(r: &crate::common::TestResponse) -> String {
     detail
 }
 
+/// An admin session holding user `id`'s row lock until it says ROLLBACK.
+async fn hold_row_lock(app: &TestApp, id: &str) -> tokio_postgres::Client {
+    let locker = app.db.admin().await;
+    locker
+        .batch_execute(&format!(
+            "BEGIN; SELECT 1 FROM users WHERE user_id = '{id}' FOR UPDATE"
+        ))
+        .await
+        .unwrap();
+    locker
+}
+
 /// Waits until the app role's backend is waiting on a lock.
 async fn until_blocked(app: &TestApp) -> i32 {
     let admin = app.db.admin().await;
@@ -47,14 +59,7 @@ async fn a_backend_killed_mid_request_is_503_writes_nothing_and_the_next_request
     let id = app.create_user("acme", "ada@acme.test", "Before").await;
 
     // Hold the row so the PATCH blocks inside its transaction.
-    let mut locker = app.db.admin().await;
-    let tx = locker.transaction().await.unwrap();
-    tx.execute(
-        "SELECT 1 FROM users WHERE user_id = $1::text::uuid FOR UPDATE",
-        &[&id],
-    )
-    .await
-    .unwrap();
+    let locker = hold_row_lock(&app, &id).await;
 
     let path = format!("/users/{id}");
     let patch = app.patch(&path, &token, json!({"name": "After"}));
@@ -68,7 +73,7 @@ async fn a_backend_killed_mid_request_is_503_writes_nothing_and_the_next_request
     };
     let (response, ()) = tokio::join!(patch, kill);
     assert_503(&response);
-    tx.rollback().await.unwrap();
+    locker.batch_execute("ROLLBACK").await.unwrap();
 
     assert_eq!(app.all_rows().await[0].2, "Before", "nothing half-written");
     let r = app
@@ -91,14 +96,7 @@ async fn a_runaway_statement_is_cut_by_the_transaction_statement_timeout() {
     .await;
     let token = app.token("acme");
     let id = app.create_user("acme", "ada@acme.test", "Before").await;
-    let mut locker = app.db.admin().await;
-    let tx = locker.transaction().await.unwrap();
-    tx.execute(
-        "SELECT 1 FROM users WHERE user_id = $1::text::uuid FOR UPDATE",
-        &[&id],
-    )
-    .await
-    .unwrap();
+    let locker = hold_row_lock(&app, &id).await;
 
     let started = Instant::now();
     let r = app
@@ -111,7 +109,7 @@ async fn a_runaway_statement_is_cut_by_the_transaction_statement_timeout() {
         waited >= Duration::from_millis(250) && waited < Duration::from_secs(3),
         "{waited:?}"
     );
-    tx.rollback().await.unwrap();
+    locker.batch_execute("ROLLBACK").await.unwrap();
 
     assert_eq!(app.all_rows().await[0].2, "Before");
     // The connection is still good, and the timeout was transaction-local.

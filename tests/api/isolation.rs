@@ -254,18 +254,13 @@ async fn the_scope_function_checks_the_tenant_and_sets_only_the_transaction() {
     sql.batch_execute("BEGIN; SELECT public.app_set_tenant('acme', 1234)")
         .await
         .unwrap();
-    let row = sql
-        .query_one(
-            "SELECT current_setting('app.current_tenant'), current_setting('statement_timeout')",
-            &[],
-        )
-        .await
-        .unwrap();
-    assert_eq!(
-        (row.get::<_, String>(0), row.get::<_, String>(1)),
-        ("acme".into(), "1234ms".into())
-    );
+    assert_eq!(session_state(&sql).await, ("acme".into(), "1234ms".into()));
     sql.batch_execute("COMMIT").await.unwrap();
+    assert_eq!(session_state(&sql).await, ("".into(), "0".into()));
+}
+
+/// The tenant setting ('' when unset) and statement_timeout as `sql` sees them.
+async fn session_state(sql: &tokio_postgres::Client) -> (String, String) {
     let row = sql
         .query_one(
             "SELECT coalesce(current_setting('app.current_tenant', true), ''), current_setting('statement_timeout')",
@@ -273,8 +268,5 @@ async fn the_scope_function_checks_the_tenant_and_sets_only_the_transaction() {
         )
         .await
         .unwrap();
-    assert_eq!(
-        (row.get::<_, String>(0), row.get::<_, String>(1)),
-        ("".into(), "0".into())
-    );
+    (row.get(0), row.get(1))
 }
