@@ -1,136 +1,263 @@
-//! Isolation self-audit, run on every new connection before it serves.
+//! Isolation self-audit: an RLS linter, run on every new connection before
+//! it serves, and on its own as `tenant-users audit`.
 //!
 //! The database must enforce isolation on its own, whatever the application
-//! does. So before a connection is used we check, through the catalogs, that
-//! the role we connected as cannot step around Row Level Security, and that
-//! every table with a `tenant_id` column carries the tenant policy. Any
-//! finding means the deployment is misconfigured and the service refuses to
-//! serve (503) rather than serve unprotected. Only catalogs are read here.
+//! does. So before a connection is used we check, through the catalogs, what
+//! the connected role can actually do: not what policies are called, but
+//! whether the one policy that applies to this role *is* the tenant
+//! predicate, and whether any door (a privileged membership, an owner's
+//! view, a SECURITY DEFINER function, a default tenant) goes around it.
+//! Any finding means the deployment is misconfigured and the service refuses
+//! to serve (503) rather than serve unprotected. The whole audit is one
+//! statement (`audit.sql`), so it costs a new connection one round trip.
 
 use tokio_postgres::Client;
+use tokio_postgres::types::Type;
 
 /// The policy every tenant table must carry.
 pub const POLICY_NAME: &str = "tenant_policy";
 /// The setting the policy reads, set per transaction by `db`.
 pub const TENANT_SETTING: &str = "app.current_tenant";
 
-const ROLE_CHECK: &str = "SELECT current_user::text, rolsuper, rolbypassrls \
-                          FROM pg_roles WHERE rolname = current_user";
+const AUDIT: &str = include_str!("audit.sql");
 
-const TABLE_CHECK: &str = "\
-SELECT n.nspname || '.' || c.relname,
-       c.relrowsecurity,
-       c.relforcerowsecurity,
-       pg_has_role(current_user, c.relowner, 'MEMBER'),
-       EXISTS (SELECT 1 FROM pg_policy p
-                WHERE p.polrelid = c.oid AND p.polname = $1 AND p.polcmd = '*'
-                  AND p.polpermissive
-                  AND p.polqual IS NOT NULL AND p.polwithcheck IS NOT NULL
-                  AND strpos(pg_get_expr(p.polqual, p.polrelid), $2) > 0
-                  AND strpos(pg_get_expr(p.polwithcheck, p.polrelid), $2) > 0),
-       (SELECT string_agg(p.polname, ', ') FROM pg_policy p
-         WHERE p.polrelid = c.oid AND p.polpermissive AND p.polname <> $1)
-  FROM pg_class c
-  JOIN pg_namespace n ON n.oid = c.relnamespace
- WHERE n.nspname = ANY (current_schemas(false))
-   AND c.relkind IN ('r', 'p')
-   AND EXISTS (SELECT 1 FROM pg_attribute a
-                WHERE a.attrelid = c.oid AND a.attname = 'tenant_id' AND NOT a.attisdropped)
- ORDER BY 1";
+/// What a rule is checked over: each tenant table, or the role and
+/// database as a whole.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Scope {
+    Table,
+    Role,
+    Database,
+}
+
+/// One rule of the audit: a stable id (in reports, logs and README) and
+/// the requirement, phrased as what must hold.
+#[derive(Debug)]
+pub struct Rule {
+    pub id: &'static str,
+    pub requirement: &'static str,
+    scope: Scope,
+}
+
+const fn rule(id: &'static str, scope: Scope, requirement: &'static str) -> Rule {
+    Rule {
+        id,
+        requirement,
+        scope,
+    }
+}
+
+/// Every rule, in report order. A "tenant table" is any table with a
+/// `tenant_id` column in a schema the role can use, in or out of
+/// `search_path`.
+pub const RULES: &[Rule] = &[
+    rule(
+        "role-not-superuser",
+        Scope::Role,
+        "is not a superuser (superusers bypass RLS)",
+    ),
+    rule("role-no-bypassrls", Scope::Role, "does not have BYPASSRLS"),
+    rule(
+        "role-no-createrole-createdb",
+        Scope::Role,
+        "has neither CREATEROLE nor CREATEDB",
+    ),
+    rule(
+        "role-no-privileged-membership",
+        Scope::Role,
+        "is a member of no privileged role (superuser, BYPASSRLS, CREATEROLE, CREATEDB, pg_read/write_all_data, server file access, database owner, rds_superuser)",
+    ),
+    rule(
+        "role-owns-nothing",
+        Scope::Role,
+        "owns nothing in the database, directly or through a membership (owners can change RLS and grants)",
+    ),
+    rule(
+        "role-no-create",
+        Scope::Role,
+        "may not CREATE in the database or any schema",
+    ),
+    rule(
+        "no-default-tenant",
+        Scope::Database,
+        "no role, database or server default for app.current_tenant (a session starts with no tenant)",
+    ),
+    rule(
+        "no-rls-bypassing-view",
+        Scope::Database,
+        "no view or materialized view over a tenant table that the role can use reads it without the role's RLS (views must be security_invoker or owned by a role subject to RLS; no materialized views)",
+    ),
+    rule(
+        "no-rls-bypassing-function",
+        Scope::Database,
+        "no SECURITY DEFINER function owned by a role that bypasses RLS is executable by the role",
+    ),
+    rule(
+        "tenant-table-visible",
+        Scope::Database,
+        "at least one tenant table is visible (right database and schema)",
+    ),
+    rule(
+        "table-rls-enabled",
+        Scope::Table,
+        "row level security is enabled",
+    ),
+    rule(
+        "table-rls-forced",
+        Scope::Table,
+        "row level security is forced",
+    ),
+    rule(
+        "table-not-owned",
+        Scope::Table,
+        "is not owned by the role or a role it belongs to (owners can disable RLS)",
+    ),
+    rule(
+        "table-no-truncate-references-trigger",
+        Scope::Table,
+        "the role has no TRUNCATE, REFERENCES or TRIGGER on it (TRUNCATE ignores RLS)",
+    ),
+    rule(
+        "table-tenant-policy",
+        Scope::Table,
+        "has permissive policy tenant_policy FOR ALL, applying to the role, whose USING and WITH CHECK are tenant_id = current_setting('app.current_tenant', true)",
+    ),
+    rule(
+        "table-one-permissive-policy",
+        Scope::Table,
+        "no other permissive policy applies to the role (permissive policies widen each other; restrictive ones may only narrow)",
+    ),
+    rule(
+        "fk-includes-tenant",
+        Scope::Table,
+        "every foreign key to another tenant table maps tenant_id to tenant_id (no cross-tenant reference)",
+    ),
+    rule(
+        "unique-includes-tenant",
+        Scope::Table,
+        "every unique index or constraint includes tenant_id (else a conflict reveals another tenant's data)",
+    ),
+];
 
 /// One check of the audit, passed or failed.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Check {
-    /// What was checked: `role NAME` or `table SCHEMA.NAME`.
+    /// The object checked: `role NAME`, `table SCHEMA.NAME`, `view NAME`, ...
     pub subject: String,
+    /// The rule's id, e.g. `table-rls-forced`.
+    pub rule: &'static str,
     /// The requirement, phrased as what must hold.
     pub requirement: String,
+    /// What was found, for a failure that has more to say.
+    pub detail: Option<String>,
     pub passed: bool,
 }
 
 impl std::fmt::Display for Check {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let verdict = if self.passed { "PASS" } else { "FAIL" };
-        write!(f, "{verdict}  {}: {}", self.subject, self.requirement)
+        write!(
+            f,
+            "{verdict}  [{}] {}: {}",
+            self.rule, self.subject, self.requirement
+        )?;
+        if let Some(detail) = &self.detail {
+            write!(f, " (found: {detail})")?;
+        }
+        Ok(())
+    }
+}
+
+impl Check {
+    /// The finding in short: `[rule] subject (found: detail)`, for logs and
+    /// the 503's log line.
+    pub fn finding(&self) -> String {
+        match &self.detail {
+            Some(detail) => format!("[{}] {} (found: {detail})", self.rule, self.subject),
+            None => format!("[{}] {}", self.rule, self.subject),
+        }
     }
 }
 
 /// Every check, for the `audit` command's report.
 pub async fn report(client: &Client) -> Result<Vec<Check>, tokio_postgres::Error> {
-    use tokio_postgres::types::Type;
-    let mut checks = Vec::new();
-    let mut check = |subject: &str, requirement: String, passed: bool| {
-        checks.push(Check {
-            subject: subject.to_owned(),
-            requirement,
-            passed,
-        })
-    };
-
-    let role = client.query_typed(ROLE_CHECK, &[]).await?;
-    match role.first() {
-        None => check("role", "the connected role is in pg_roles".into(), false),
-        Some(row) => {
-            let subject = format!("role {}", row.get::<_, String>(0));
-            check(
-                &subject,
-                "is not a superuser (superusers bypass RLS)".into(),
-                !row.get::<_, bool>(1),
-            );
-            check(
-                &subject,
-                "does not have BYPASSRLS".into(),
-                !row.get::<_, bool>(2),
-            );
+    let rows = client
+        .query_typed(AUDIT, &[(&POLICY_NAME, Type::TEXT)])
+        .await?;
+    let (mut tables, mut role, mut database) = (Vec::new(), String::new(), String::new());
+    let mut failures: Vec<(String, String, Option<String>)> = Vec::new();
+    for row in &rows {
+        let kind: &str = row.get(0);
+        let subject: String = row.get(2);
+        match kind {
+            "table" => tables.push(subject),
+            "role" => role = subject,
+            "database" => database = subject,
+            _ => failures.push((row.get(1), subject, row.get(3))),
         }
     }
+    if tables.is_empty() {
+        failures.push(("tenant-table-visible".into(), "schema".into(), None));
+    }
 
-    let tables = client
-        .query_typed(
-            TABLE_CHECK,
-            &[(&POLICY_NAME, Type::TEXT), (&TENANT_SETTING, Type::TEXT)],
-        )
-        .await?;
-    check(
-        "schema",
-        "at least one table with a tenant_id column is visible (right database and schema)".into(),
-        !tables.is_empty(),
-    );
-    for row in tables {
-        let subject = format!("table {}", row.get::<_, String>(0));
-        check(&subject, "row level security is enabled".into(), row.get(1));
-        check(&subject, "row level security is forced".into(), row.get(2));
-        check(
-            &subject,
-            "is not owned by the connected role (owners can disable RLS)".into(),
-            !row.get::<_, bool>(3),
-        );
-        check(
-            &subject,
-            format!(
-                "has policy {POLICY_NAME} FOR ALL with USING and WITH CHECK on {TENANT_SETTING}"
-            ),
-            row.get(4),
-        );
-        let others: Option<String> = row.get(5);
-        check(
-            &subject,
-            format!(
-                "has no other permissive policy that would widen {POLICY_NAME}{}",
-                others.map(|o| format!(" (found: {o})")).unwrap_or_default()
-            ),
-            row.get::<_, Option<String>>(5).is_none(),
-        );
+    let mut checks = Vec::new();
+    for rule in RULES {
+        let mut failed: Vec<&(String, String, Option<String>)> =
+            failures.iter().filter(|(id, ..)| id == rule.id).collect();
+        // Table rules pass or fail per table; the others pass once for
+        // the role or database, or fail once per offending object.
+        let passing: Vec<String> = match rule.scope {
+            Scope::Table => tables
+                .iter()
+                .map(|t| format!("table {t}"))
+                .filter(|s| !failed.iter().any(|(_, f, _)| f == s))
+                .collect(),
+            _ if !failed.is_empty() => Vec::new(),
+            Scope::Role => vec![format!("role {role}")],
+            Scope::Database => vec![format!("database {database}")],
+        };
+        for subject in passing {
+            checks.push(Check {
+                subject,
+                rule: rule.id,
+                requirement: rule.requirement.to_owned(),
+                detail: None,
+                passed: true,
+            });
+        }
+        failed.sort_by(|a, b| a.1.cmp(&b.1));
+        for (_, subject, detail) in failed {
+            checks.push(Check {
+                subject: subject.clone(),
+                rule: rule.id,
+                requirement: rule.requirement.to_owned(),
+                detail: detail.clone().filter(|d| !d.is_empty()),
+                passed: false,
+            });
+        }
+    }
+    // A rule id the SQL knows and this list does not is a bug; never let
+    // it pass silently.
+    for (id, subject, detail) in &failures {
+        if !RULES.iter().any(|r| r.id == id) {
+            checks.push(Check {
+                subject: subject.clone(),
+                rule: "unknown-rule",
+                requirement: format!("audit rule {id}"),
+                detail: detail.clone(),
+                passed: false,
+            });
+        }
     }
     Ok(checks)
 }
 
-/// The failed checks: empty when the connection is fit to serve.
+/// The failed checks, as findings: empty when the connection is fit to serve.
 pub async fn check(client: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
     Ok(report(client)
         .await?
         .into_iter()
         .filter(|c| !c.passed)
-        .map(|c| format!("{}: {}", c.subject, c.requirement))
+        .map(|c| c.finding())
         .collect())
 }

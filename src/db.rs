@@ -16,7 +16,7 @@
 //! that would pin a pooled RDS Proxy connection), and nothing outlives the
 //! transaction: the next tenant on this connection starts clean.
 
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use postgres_native_tls::MakeTlsConnector;
 use tokio::sync::Mutex;
@@ -25,7 +25,8 @@ use tokio_postgres::{Client, Row, error::SqlState};
 
 use crate::audit;
 use crate::config::{DbConfig, DbSource, SslMode, TlsConfig};
-use crate::secret::{DbCredentials, SecretError, SecretSource};
+use crate::gate::CredentialGate;
+use crate::secret::{DbCredentials, SecretSource};
 use crate::tenant::TenantContext;
 
 /// Sets `app.current_tenant` and `statement_timeout` with
@@ -42,9 +43,13 @@ pub enum DbError {
     /// connection settings cannot work (e.g. an unreadable CA file).
     #[error("deployment is misconfigured: {0}")]
     Misconfigured(String),
-    /// The credentials could not be had from Secrets Manager.
-    #[error(transparent)]
-    Credentials(#[from] SecretError),
+    /// The credentials could not be had from Secrets Manager (or STS), or
+    /// the database refused them; no new attempt before `retry_after`.
+    #[error("database credentials unavailable: {reason}")]
+    Credentials {
+        reason: String,
+        retry_after: Duration,
+    },
     /// The statement ran into `statement_timeout`.
     #[error("statement timed out")]
     Timeout(#[source] tokio_postgres::Error),
@@ -56,7 +61,7 @@ impl DbError {
     pub fn code(&self) -> Option<&SqlState> {
         match self {
             DbError::Query(e) | DbError::Timeout(e) | DbError::Unavailable(e) => e.code(),
-            DbError::Misconfigured(_) | DbError::Credentials(_) => None,
+            DbError::Misconfigured(_) | DbError::Credentials { .. } => None,
         }
     }
 
@@ -115,8 +120,8 @@ pub struct Database {
     tls: Result<MakeTlsConnector, String>,
     secret: Option<SecretSource>,
     credentials: std::sync::Mutex<Option<DbCredentials>>,
-    /// When the secret was last refetched because the password was refused.
-    last_refresh: std::sync::Mutex<Option<Instant>>,
+    /// Spaces out secret fetches and logins after any credential failure.
+    gate: CredentialGate,
     statement_timeout_ms: i32,
     /// One connection per execution environment (`DB_POOL_SIZE`, default
     /// 1, is for the local server, which serves requests concurrently).
@@ -126,9 +131,12 @@ pub struct Database {
 
 impl Database {
     pub async fn new(config: DbConfig) -> Self {
-        let secret = match &config.source {
-            DbSource::Secret(secret) => Some(SecretSource::new(secret.clone()).await),
-            DbSource::Url(_) => None,
+        let (secret, max_backoff) = match &config.source {
+            DbSource::Secret(secret) => (
+                Some(SecretSource::new(secret.clone()).await),
+                secret.refresh_interval,
+            ),
+            DbSource::Url(_) => (None, Duration::from_secs(60)),
         };
         Self {
             statement_timeout_ms: i32::try_from(config.statement_timeout.as_millis())
@@ -136,7 +144,7 @@ impl Database {
             tls: tls_connector(&config.tls),
             secret,
             credentials: std::sync::Mutex::new(None),
-            last_refresh: std::sync::Mutex::new(None),
+            gate: CredentialGate::new(max_backoff),
             conns: (0..config.pool_size.max(1))
                 .map(|_| Mutex::new(None))
                 .collect(),
@@ -256,20 +264,25 @@ impl Database {
             .tls
             .as_ref()
             .map_err(|e| DbError::Misconfigured(e.clone()))?;
-        let pg = self.connect_config(false).await?;
+        let (pg, fresh) = self.connect_config().await?;
         let client = match connect(&pg, tls).await {
             Err(error) if self.secret.is_some() && password_refused(&error) => {
-                // Rotation: the secret has a new password the cached copy
-                // lacks. Refetch, at most once per interval, and retry.
-                if !self.may_refresh() {
-                    return Err(DbError::Unavailable(error));
+                if fresh {
+                    return Err(self.refused(error));
                 }
-                tracing::warn!("database refused the password; fetching the secret again");
-                let pg = self.connect_config(true).await?;
-                connect(&pg, tls).await.map_err(DbError::Unavailable)?
+                // Rotation: the secret has a new password the cached copy
+                // lacks. Fetch it again (through the gate) and log in once more.
+                tracing::warn!("database refused the cached password; fetching the secret again");
+                self.forget_credentials();
+                let (pg, _) = self.connect_config().await?;
+                match connect(&pg, tls).await {
+                    Err(error) if password_refused(&error) => return Err(self.refused(error)),
+                    other => other.map_err(DbError::Unavailable)?,
+                }
             }
             other => other.map_err(DbError::Unavailable)?,
         };
+        self.gate.succeeded();
         let findings = audit::check(&client).await.map_err(DbError::classify)?;
         if !findings.is_empty() {
             for finding in &findings {
@@ -281,27 +294,74 @@ impl Database {
         Ok(client)
     }
 
-    /// Connection settings: the URL's, or the secret's (fetched when not
-    /// cached yet, or when `refresh` asks for a fresh copy).
-    async fn connect_config(&self, refresh: bool) -> Result<tokio_postgres::Config, DbError> {
-        let mut pg = match (&self.config.source, &self.secret) {
-            (DbSource::Url(pg), _) => pg.clone(),
+    /// The password fresh from the secret was refused: forget it and close
+    /// the gate, so requests until the next attempt get 503 at once instead
+    /// of each trying a login known to fail.
+    fn refused(&self, error: tokio_postgres::Error) -> DbError {
+        self.forget_credentials();
+        let retry_after = self.gate.failed();
+        tracing::error!(
+            error = %error_chain(&error),
+            retry_after_ms = retry_after.as_millis() as u64,
+            "database refused the password from the secret; backing off"
+        );
+        DbError::Credentials {
+            reason: "the database refused the password from the secret".into(),
+            retry_after,
+        }
+    }
+
+    fn forget_credentials(&self) {
+        if let Ok(mut slot) = self.credentials.lock() {
+            *slot = None;
+        }
+    }
+
+    /// The secret's credentials: cached, or fetched when there are none
+    /// (cold start, or after the cached password was refused). A fetch is
+    /// made only when the gate is open. The flag says whether they were
+    /// fetched just now.
+    async fn credentials(&self, source: &SecretSource) -> Result<(DbCredentials, bool), DbError> {
+        if let Some(creds) = self.credentials.lock().ok().and_then(|c| c.clone()) {
+            return Ok((creds, false));
+        }
+        if let Err(retry_after) = self.gate.admit() {
+            return Err(DbError::Credentials {
+                reason: "backing off after a failed attempt".into(),
+                retry_after,
+            });
+        }
+        match source.fetch().await {
+            Ok(creds) => {
+                tracing::info!(user = %creds.username, "database credentials loaded from Secrets Manager");
+                if let Ok(mut slot) = self.credentials.lock() {
+                    *slot = Some(creds.clone());
+                }
+                Ok((creds, true))
+            }
+            Err(error) => {
+                let retry_after = self.gate.failed();
+                tracing::error!(
+                    %error,
+                    retry_after_ms = retry_after.as_millis() as u64,
+                    "database credentials unavailable; backing off"
+                );
+                Err(DbError::Credentials {
+                    reason: error.to_string(),
+                    retry_after,
+                })
+            }
+        }
+    }
+
+    /// Connection settings: the URL's, or the secret's; with whether the
+    /// secret was fetched just now.
+    async fn connect_config(&self) -> Result<(tokio_postgres::Config, bool), DbError> {
+        let (mut pg, fresh) = match (&self.config.source, &self.secret) {
+            (DbSource::Url(pg), _) => (pg.clone(), false),
             (DbSource::Secret(_), Some(source)) => {
-                let cached = self.credentials.lock().map(|c| c.clone()).unwrap_or(None);
-                let creds = match cached {
-                    Some(creds) if !refresh => creds,
-                    _ => {
-                        let creds = source.fetch().await.inspect_err(|error| {
-                            tracing::error!(%error, "database credentials unavailable");
-                        })?;
-                        tracing::info!(user = %creds.username, "database credentials loaded from Secrets Manager");
-                        if let Ok(mut slot) = self.credentials.lock() {
-                            *slot = Some(creds.clone());
-                        }
-                        creds
-                    }
-                };
-                pg_config(&creds)
+                let (creds, fresh) = self.credentials(source).await?;
+                (pg_config(&creds), fresh)
             }
             (DbSource::Secret(_), None) => {
                 return Err(DbError::Misconfigured(
@@ -317,26 +377,7 @@ impl Database {
             SslMode::Disable => tokio_postgres::config::SslMode::Disable,
             SslMode::Require | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
         });
-        Ok(pg)
-    }
-
-    fn may_refresh(&self) -> bool {
-        let interval = self
-            .secret
-            .as_ref()
-            .map(SecretSource::refresh_interval)
-            .unwrap_or_default();
-        let Ok(mut last) = self.last_refresh.lock() else {
-            return false;
-        };
-        if last.is_some_and(|at| at.elapsed() < interval) {
-            tracing::warn!(
-                "password refused again within the refresh interval; not refetching the secret yet"
-            );
-            return false;
-        }
-        *last = Some(Instant::now());
-        true
+        Ok((pg, fresh))
     }
 
     /// Runs the isolation self-audit on a fresh connection, made exactly as
@@ -347,7 +388,7 @@ impl Database {
             .tls
             .as_ref()
             .map_err(|e| DbError::Misconfigured(e.clone()))?;
-        let pg = self.connect_config(false).await?;
+        let (pg, _) = self.connect_config().await?;
         let client = connect(&pg, tls).await.map_err(DbError::Unavailable)?;
         audit::report(&client).await.map_err(DbError::classify)
     }

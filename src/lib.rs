@@ -13,6 +13,7 @@ pub mod audit;
 pub mod config;
 pub mod db;
 pub mod dev;
+pub mod gate;
 pub mod http;
 pub mod migrate;
 pub mod problem;

@@ -145,12 +145,12 @@ impl From<DbError> for ApiError {
                     30,
                 )
             }
-            DbError::Credentials(_) => {
+            DbError::Credentials { retry_after, .. } => {
                 tracing::error!(error = %chain, "database credentials unavailable");
                 Self::unavailable(
                     "credentials-unavailable",
                     "the database credentials are unavailable; retry shortly",
-                    5,
+                    retry_after_seconds(retry_after),
                 )
             }
             DbError::Timeout(_) => {
@@ -167,6 +167,13 @@ impl From<DbError> for ApiError {
             }
         }
     }
+}
+
+/// `Retry-After` in whole seconds, rounded up, at least 1.
+fn retry_after_seconds(wait: std::time::Duration) -> u32 {
+    u32::try_from(wait.as_millis().div_ceil(1000))
+        .unwrap_or(u32::MAX)
+        .max(1)
 }
 
 impl IntoResponse for ApiError {

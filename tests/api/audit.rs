@@ -1,5 +1,7 @@
-//! The service refuses to serve (503) when the database would not enforce
-//! isolation on its own.
+//! The self-audit as an RLS linter: each rule is broken alone on a correct
+//! deployment, the service refuses to serve (503) with exactly that finding
+//! (object and rule), and serves again (200) once the rule is fixed,
+//! without a restart.
 
 use axum::http::StatusCode;
 
@@ -10,76 +12,65 @@ use tenant_users::db::Database;
 
 use crate::common::{SECRET, TestApp, TestDb};
 
-async fn misconfigured_by(sql: &str) {
-    let db = TestDb::create().await;
-    let admin = db.admin().await;
-    admin
-        .batch_execute(&sql.replace("{app}", &db.app_user))
+/// `{app}`, `{admin}` and `{db}` in a statement stand for the test's
+/// application role, the admin role and the database.
+fn fill(sql: &str, db: &TestDb) -> String {
+    sql.replace("{app}", &db.app_user)
+        .replace("{admin}", db.base.get_user().unwrap_or("postgres"))
+        .replace("{db}", &db.name)
+}
+
+async fn admin_runs(db: &TestDb, sql: &str) {
+    db.admin()
         .await
-        .unwrap();
+        .batch_execute(&fill(sql, db))
+        .await
+        .unwrap_or_else(|e| panic!("{sql}: {e}"));
+}
+
+/// The failed checks of a fresh audit, as `[rule] subject (found: ...)`.
+async fn findings(config: tokio_postgres::Config) -> Vec<String> {
+    Database::new(DbConfig::plain(config))
+        .await
+        .audit_report()
+        .await
+        .unwrap()
+        .iter()
+        .filter(|c| !c.passed)
+        .map(|c| c.finding())
+        .collect()
+}
+
+/// Breaks one rule with `breaks` (after `setup`, which must leave the
+/// deployment correct), expects exactly `expected` findings and a 503, then
+/// applies `fix` and expects 200 from the same running app.
+async fn rule_is_enforced(setup: &str, breaks: &str, expected: &[&str], fix: &str) {
+    let db = TestDb::create().await;
+    admin_runs(&db, setup).await;
+    assert_eq!(
+        findings(db.app_config()).await,
+        Vec::<String>::new(),
+        "set-up leaves a correct deployment"
+    );
+    admin_runs(&db, breaks).await;
+    let expected: Vec<String> = expected.iter().map(|e| fill(e, &db)).collect();
+    assert_eq!(findings(db.app_config()).await, expected, "after: {breaks}");
+
     let app = TestApp::on(db, &[]).await;
     let r = app.get("/users", &app.token("acme")).await;
     let detail = r.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
-    assert!(detail.contains("misconfigured"), "{sql}: {detail}");
+    assert!(detail.contains("misconfigured"), "{breaks}: {detail}");
     assert!(r.header("retry-after").is_some());
+
+    admin_runs(&app.db, fix).await;
+    let r = app.get("/users", &app.token("acme")).await;
+    assert_eq!(r.status, StatusCode::OK, "after fix {fix}: {}", r.text());
 }
 
-#[tokio::test]
-async fn a_correct_deployment_passes_the_audit() {
-    let app = TestApp::spawn().await;
-    assert_eq!(
-        app.get("/users", &app.token("acme")).await.status,
-        StatusCode::OK
-    );
-}
+const POLICY: &str = "tenant_id = current_setting('app.current_tenant', true)";
 
 #[tokio::test]
-async fn refuses_to_serve_when_rls_is_disabled() {
-    misconfigured_by("ALTER TABLE users DISABLE ROW LEVEL SECURITY").await;
-}
-
-#[tokio::test]
-async fn refuses_to_serve_when_rls_is_not_forced() {
-    misconfigured_by("ALTER TABLE users NO FORCE ROW LEVEL SECURITY").await;
-}
-
-#[tokio::test]
-async fn refuses_to_serve_as_a_role_with_bypassrls() {
-    misconfigured_by("ALTER ROLE {app} BYPASSRLS").await;
-}
-
-#[tokio::test]
-async fn refuses_to_serve_as_the_table_owner() {
-    misconfigured_by("ALTER TABLE users OWNER TO {app}").await;
-}
-
-#[tokio::test]
-async fn refuses_to_serve_when_a_permissive_policy_widens_access() {
-    misconfigured_by("CREATE POLICY peek ON users FOR SELECT USING (true)").await;
-}
-
-#[tokio::test]
-async fn refuses_to_serve_a_tenant_table_without_the_policy() {
-    misconfigured_by(
-        "CREATE TABLE notes (tenant_id text, body text); GRANT SELECT ON notes TO {app}",
-    )
-    .await;
-}
-
-#[tokio::test]
-async fn refuses_to_serve_as_a_superuser() {
-    let db = TestDb::create().await;
-    let url = db.admin_url();
-    let app = TestApp::from_env(db, vec![("DATABASE_URL".into(), url)]).await;
-    let detail = app
-        .get("/users", &app.token("acme"))
-        .await
-        .assert_problem(axum::http::StatusCode::SERVICE_UNAVAILABLE);
-    assert!(detail.contains("misconfigured"), "{detail}");
-}
-
-#[tokio::test]
-async fn the_audit_report_names_each_failed_check() {
+async fn a_correct_deployment_passes_every_rule() {
     let db = TestDb::create().await;
     let report = Database::new(DbConfig::plain(db.app_config()))
         .await
@@ -87,13 +78,352 @@ async fn the_audit_report_names_each_failed_check() {
         .await
         .unwrap();
     assert!(report.iter().all(|c| c.passed), "{report:#?}");
-    assert_eq!(report.len(), 8, "role: 2 checks, schema: 1, users: 5");
+    let rules = tenant_users::audit::RULES.len();
+    assert_eq!(rules, 18);
+    assert_eq!(
+        report.len(),
+        18,
+        "role and database rules once, table rules once for users"
+    );
+    let app = TestApp::on(db, &[]).await;
+    assert_eq!(
+        app.get("/users", &app.token("acme")).await.status,
+        StatusCode::OK
+    );
+}
 
-    db.admin()
-        .await
-        .batch_execute("ALTER TABLE users NO FORCE ROW LEVEL SECURITY")
-        .await
-        .unwrap();
+#[tokio::test]
+async fn restrictive_policies_and_policies_for_other_roles_pass() {
+    let db = TestDb::create().await;
+    admin_runs(
+        &db,
+        "CREATE POLICY narrow ON users AS RESTRICTIVE USING (length(email) > 0);
+         CREATE POLICY admin_sees_all ON users TO {admin} USING (true);
+         CREATE VIEW my_users WITH (security_invoker = on) AS SELECT * FROM users;
+         GRANT SELECT ON my_users TO {app};
+         CREATE FUNCTION user_count() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM users'",
+    )
+    .await;
+    assert_eq!(findings(db.app_config()).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_superuser_is_refused() {
+    // A superuser is a member of every role and may do anything, so many
+    // rules fail at once; the first one names the cause.
+    let db = TestDb::create().await;
+    admin_runs(&db, "ALTER ROLE {app} SUPERUSER").await;
+    let found = findings(db.app_config()).await;
+    assert_eq!(
+        found.first(),
+        Some(&fill("[role-not-superuser] role {app}", &db))
+    );
+    admin_runs(&db, "ALTER ROLE {app} NOSUPERUSER").await;
+    assert_eq!(findings(db.app_config()).await, Vec::<String>::new());
+}
+
+#[tokio::test]
+async fn a_role_with_bypassrls_is_refused() {
+    rule_is_enforced(
+        "",
+        "ALTER ROLE {app} BYPASSRLS",
+        &["[role-no-bypassrls] role {app}"],
+        "ALTER ROLE {app} NOBYPASSRLS",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_role_that_can_create_databases_or_roles_is_refused() {
+    rule_is_enforced(
+        "",
+        "ALTER ROLE {app} CREATEDB CREATEROLE",
+        &["[role-no-createrole-createdb] role {app} (found: CREATEROLE, CREATEDB)"],
+        "ALTER ROLE {app} NOCREATEDB NOCREATEROLE",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn membership_in_a_privileged_role_is_refused() {
+    rule_is_enforced(
+        "",
+        "GRANT pg_read_all_data TO {app}",
+        &["[role-no-privileged-membership] role {app} (found: member of pg_read_all_data)"],
+        "REVOKE pg_read_all_data FROM {app}",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_role_that_owns_anything_is_refused() {
+    rule_is_enforced(
+        "CREATE TABLE scratch (x int)",
+        "ALTER TABLE scratch OWNER TO {app}",
+        &["[role-owns-nothing] role {app} (found: owns table scratch)"],
+        "ALTER TABLE scratch OWNER TO {admin}",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_role_that_may_create_in_a_schema_is_refused() {
+    rule_is_enforced(
+        "",
+        "GRANT CREATE ON SCHEMA public TO {app}",
+        &["[role-no-create] schema public"],
+        "REVOKE CREATE ON SCHEMA public FROM {app}",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_role_default_tenant_is_refused() {
+    rule_is_enforced(
+        "",
+        "ALTER ROLE {app} SET app.current_tenant = 'acme'",
+        &["[no-default-tenant] role {app} (found: app.current_tenant=acme)"],
+        "ALTER ROLE {app} RESET app.current_tenant",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_database_default_tenant_is_refused() {
+    rule_is_enforced(
+        "",
+        "ALTER DATABASE {db} SET app.current_tenant = 'acme'",
+        &["[no-default-tenant] database {db} (found: app.current_tenant=acme)"],
+        "ALTER DATABASE {db} RESET app.current_tenant",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_tenant_set_by_the_connection_itself_is_refused() {
+    let db = TestDb::create().await;
+    let mut config = db.app_config();
+    config.options("-c app.current_tenant=acme");
+    assert_eq!(
+        findings(config).await,
+        vec!["[no-default-tenant] session (found: app.current_tenant is 'acme' before any transaction set it)"]
+    );
+}
+
+#[tokio::test]
+async fn a_view_that_reads_as_its_owner_is_refused() {
+    rule_is_enforced(
+        "CREATE VIEW all_users AS SELECT * FROM users",
+        "GRANT SELECT ON all_users TO {app}",
+        &["[no-rls-bypassing-view] view all_users"],
+        "ALTER VIEW all_users SET (security_invoker = on)",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_view_over_a_bypassing_view_is_refused() {
+    rule_is_enforced(
+        "CREATE VIEW all_users AS SELECT * FROM users;
+         CREATE VIEW acme_users AS SELECT * FROM all_users WHERE tenant_id = 'acme'",
+        "GRANT SELECT ON acme_users TO {app}",
+        &["[no-rls-bypassing-view] view acme_users"],
+        "REVOKE SELECT ON acme_users FROM {app}",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_materialized_view_over_a_tenant_table_is_refused() {
+    rule_is_enforced(
+        "CREATE MATERIALIZED VIEW user_counts AS SELECT tenant_id, count(*) FROM users GROUP BY 1",
+        "GRANT SELECT ON user_counts TO {app}",
+        &["[no-rls-bypassing-view] materialized view user_counts"],
+        "REVOKE SELECT ON user_counts FROM {app}",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_security_definer_function_owned_by_a_superuser_is_refused() {
+    rule_is_enforced(
+        "CREATE FUNCTION count_all() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM users'",
+        "ALTER FUNCTION count_all() SECURITY DEFINER",
+        &[
+            "[no-rls-bypassing-function] function count_all() (found: SECURITY DEFINER, owned by {admin})",
+        ],
+        "REVOKE EXECUTE ON FUNCTION count_all() FROM PUBLIC",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn rls_disabled_is_refused() {
+    rule_is_enforced(
+        "",
+        "ALTER TABLE users DISABLE ROW LEVEL SECURITY",
+        &["[table-rls-enabled] table public.users"],
+        "ALTER TABLE users ENABLE ROW LEVEL SECURITY",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn rls_not_forced_is_refused() {
+    rule_is_enforced(
+        "",
+        "ALTER TABLE users NO FORCE ROW LEVEL SECURITY",
+        &["[table-rls-forced] table public.users"],
+        "ALTER TABLE users FORCE ROW LEVEL SECURITY",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_table_owner_is_refused() {
+    rule_is_enforced(
+        "",
+        "ALTER TABLE users OWNER TO {app}",
+        &["[table-not-owned] table public.users"],
+        "ALTER TABLE users OWNER TO {admin}",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn truncate_or_references_on_a_tenant_table_is_refused() {
+    rule_is_enforced(
+        "",
+        "GRANT TRUNCATE, REFERENCES ON users TO {app}",
+        &["[table-no-truncate-references-trigger] table public.users (found: TRUNCATE, REFERENCES)"],
+        "REVOKE TRUNCATE, REFERENCES ON users FROM {app}",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_policy_that_names_the_setting_but_does_not_isolate_is_refused() {
+    // The review's case: every tenant would see every row.
+    let leaky = "current_setting('app.current_tenant', true) IS NOT NULL";
+    rule_is_enforced(
+        "",
+        &format!("ALTER POLICY tenant_policy ON users USING ({leaky}) WITH CHECK ({leaky})"),
+        &[
+            "[table-tenant-policy] table public.users (found: USING (current_setting('app.current_tenant'::text, true) IS NOT NULL) does not isolate tenants)",
+        ],
+        &format!("ALTER POLICY tenant_policy ON users USING ({POLICY}) WITH CHECK ({POLICY})"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_policy_whose_check_admits_any_tenant_is_refused() {
+    rule_is_enforced(
+        "",
+        "ALTER POLICY tenant_policy ON users WITH CHECK (true)",
+        &["[table-tenant-policy] table public.users (found: WITH CHECK true does not isolate tenants)"],
+        &format!("ALTER POLICY tenant_policy ON users WITH CHECK ({POLICY})"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_policy_for_other_roles_only_is_refused() {
+    rule_is_enforced(
+        "",
+        "ALTER POLICY tenant_policy ON users TO {admin}",
+        &["[table-tenant-policy] table public.users (found: tenant_policy does not apply to this role)"],
+        "ALTER POLICY tenant_policy ON users TO PUBLIC",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_policy_for_some_commands_only_is_refused() {
+    rule_is_enforced(
+        "",
+        &format!(
+            "DROP POLICY tenant_policy ON users;
+             CREATE POLICY tenant_policy ON users FOR SELECT USING ({POLICY})"
+        ),
+        &["[table-tenant-policy] table public.users (found: tenant_policy is not FOR ALL)"],
+        &format!(
+            "DROP POLICY tenant_policy ON users;
+             CREATE POLICY tenant_policy ON users USING ({POLICY}) WITH CHECK ({POLICY})"
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_second_permissive_policy_is_refused() {
+    rule_is_enforced(
+        "",
+        "CREATE POLICY peek ON users FOR SELECT USING (true)",
+        &["[table-one-permissive-policy] table public.users (found: also peek)"],
+        "DROP POLICY peek ON users",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_tenant_table_outside_the_search_path_without_rls_is_refused() {
+    rule_is_enforced(
+        "CREATE SCHEMA archive",
+        "GRANT USAGE ON SCHEMA archive TO {app};
+         CREATE TABLE archive.users_2020 (tenant_id text NOT NULL, email text)",
+        &[
+            "[table-rls-enabled] table archive.users_2020",
+            "[table-rls-forced] table archive.users_2020",
+            "[table-tenant-policy] table archive.users_2020 (found: no tenant_policy)",
+        ],
+        &format!(
+            "ALTER TABLE archive.users_2020 ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+             CREATE POLICY tenant_policy ON archive.users_2020 USING ({POLICY}) WITH CHECK ({POLICY})"
+        ),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_foreign_key_across_tenants_is_refused() {
+    rule_is_enforced(
+        &format!(
+            "CREATE TABLE notes (tenant_id text NOT NULL, note_id uuid NOT NULL,
+                                 author_tenant text NOT NULL, user_id uuid NOT NULL,
+                                 PRIMARY KEY (tenant_id, note_id));
+             ALTER TABLE notes ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+             CREATE POLICY tenant_policy ON notes USING ({POLICY}) WITH CHECK ({POLICY})"
+        ),
+        "ALTER TABLE notes ADD CONSTRAINT notes_author_fk
+             FOREIGN KEY (author_tenant, user_id) REFERENCES users (tenant_id, user_id)",
+        &[
+            "[fk-includes-tenant] table public.notes (found: foreign key notes_author_fk references public.users without tenant_id)",
+        ],
+        "ALTER TABLE notes DROP CONSTRAINT notes_author_fk;
+         ALTER TABLE notes ADD CONSTRAINT notes_user_fk
+             FOREIGN KEY (tenant_id, user_id) REFERENCES users (tenant_id, user_id)",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_unique_index_without_the_tenant_is_refused() {
+    rule_is_enforced(
+        "",
+        "CREATE UNIQUE INDEX users_email_everywhere ON users (lower(email))",
+        &[
+            "[unique-includes-tenant] table public.users (found: unique index users_email_everywhere does not include tenant_id)",
+        ],
+        "DROP INDEX users_email_everywhere",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn the_audit_report_names_rule_object_and_requirement() {
+    let db = TestDb::create().await;
+    admin_runs(&db, "ALTER TABLE users NO FORCE ROW LEVEL SECURITY").await;
     let report = Database::new(DbConfig::plain(db.app_config()))
         .await
         .audit_report()
@@ -106,7 +436,7 @@ async fn the_audit_report_names_each_failed_check() {
         .collect();
     assert_eq!(
         failed,
-        vec!["FAIL  table public.users: row level security is forced"]
+        vec!["FAIL  [table-rls-forced] table public.users: row level security is forced"]
     );
 }
 
@@ -130,22 +460,19 @@ async fn the_audit_command_reports_and_fails_on_a_broken_deployment() {
     let (ok, report) = audit_command(&db);
     assert!(ok, "{report}");
     assert!(
-        report.contains("PASS  role ") && report.contains("8 checks, 0 failed"),
+        report.contains("PASS  [role-no-bypassrls] role ") && report.contains("18 checks, 0 failed"),
         "{report}"
     );
 
-    db.admin()
-        .await
-        .batch_execute(&format!("ALTER ROLE {} BYPASSRLS", db.app_user))
-        .await
-        .unwrap();
+    admin_runs(&db, "ALTER ROLE {app} BYPASSRLS").await;
     let (ok, report) = audit_command(&db);
     assert!(!ok);
     assert!(
-        report.contains(&format!(
-            "FAIL  role {}: does not have BYPASSRLS",
-            db.app_user
+        report.contains(&fill(
+            "FAIL  [role-no-bypassrls] role {app}: does not have BYPASSRLS",
+            &db
         )),
         "{report}"
     );
+    assert!(report.contains("18 checks, 1 failed"), "{report}");
 }
