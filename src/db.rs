@@ -71,6 +71,12 @@ impl DbError {
             DbError::Unavailable(error)
         } else if code == SqlState::QUERY_CANCELED.code() {
             DbError::Timeout(error)
+        } else if code == SqlState::INSUFFICIENT_PRIVILEGE.code() {
+            // A grant is missing: the deployment, not the request, is at fault.
+            DbError::Misconfigured(format!(
+                "the application role lacks a privilege: {}",
+                error_chain(&error)
+            ))
         } else {
             DbError::Query(error)
         }

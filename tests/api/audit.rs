@@ -206,7 +206,9 @@ async fn a_tenant_set_by_the_connection_itself_is_refused() {
     config.options("-c app.current_tenant=acme");
     assert_eq!(
         findings(config).await,
-        vec!["[no-default-tenant] session (found: app.current_tenant is 'acme' before any transaction set it)"]
+        vec![
+            "[no-default-tenant] session (found: app.current_tenant is 'acme' before any transaction set it)"
+        ]
     );
 }
 
@@ -285,7 +287,9 @@ async fn the_table_owner_is_refused() {
         "",
         "ALTER TABLE users OWNER TO {app}",
         &["[table-not-owned] table public.users"],
-        "ALTER TABLE users OWNER TO {admin}",
+        // Handing the table back also takes the old owner's grants along.
+        "ALTER TABLE users OWNER TO {admin};
+         GRANT SELECT, INSERT, UPDATE, DELETE ON users TO {app}",
     )
     .await;
 }
@@ -460,7 +464,8 @@ async fn the_audit_command_reports_and_fails_on_a_broken_deployment() {
     let (ok, report) = audit_command(&db);
     assert!(ok, "{report}");
     assert!(
-        report.contains("PASS  [role-no-bypassrls] role ") && report.contains("18 checks, 0 failed"),
+        report.contains("PASS  [role-no-bypassrls] role ")
+            && report.contains("18 checks, 0 failed"),
         "{report}"
     );
 
@@ -475,4 +480,17 @@ async fn the_audit_command_reports_and_fails_on_a_broken_deployment() {
         "{report}"
     );
     assert!(report.contains("18 checks, 1 failed"), "{report}");
+}
+
+#[tokio::test]
+async fn a_missing_grant_is_a_503_not_a_500() {
+    let app = TestApp::spawn().await;
+    admin_runs(&app.db, "REVOKE INSERT ON users FROM {app}").await;
+    let body = serde_json::json!({"email": "a@acme.test", "name": "A"});
+    let r = app.post("/users", &app.token("acme"), body.clone()).await;
+    let detail = r.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(detail.contains("misconfigured"), "{detail}");
+    admin_runs(&app.db, "GRANT INSERT ON users TO {app}").await;
+    let r = app.post("/users", &app.token("acme"), body).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
 }

@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use serde_json::json;
@@ -184,7 +185,14 @@ async fn a_missing_or_malformed_secret_is_503_until_it_is_fixed() {
     let moto = Moto::start().await;
     let ca = bouncer.certs.ca_file().display().to_string();
     let name = "tenant-users/later";
-    let app = TestApp::from_env(db, with(moto.function_env(name), &[("DB_CA_FILE", &ca)])).await;
+    // Back-off capped at 1 s: after each change, waiting 1.1 s makes sure the
+    // next request really fetches the secret again.
+    let env = with(
+        moto.function_env(name),
+        &[("DB_CA_FILE", &ca), ("DB_SECRET_REFRESH_SECONDS", "1")],
+    );
+    let app = TestApp::from_env(db, env).await;
+    let backoff = Duration::from_millis(1100);
 
     assert!(
         assert_unavailable(&app).await.contains("credentials"),
@@ -192,17 +200,22 @@ async fn a_missing_or_malformed_secret_is_503_until_it_is_fixed() {
     );
     moto.create_secret(name, r#"{"username": "app", "password": }"#)
         .await;
+    tokio::time::sleep(backoff).await;
+    let before = moto.calls();
     assert!(
         assert_unavailable(&app).await.contains("credentials"),
         "secret malformed"
     );
+    assert!(moto.calls() > before, "the secret was fetched again");
     moto.put_secret(name, r#"{"username": "app"}"#).await;
+    tokio::time::sleep(backoff).await;
     assert!(
         assert_unavailable(&app).await.contains("credentials"),
         "no password"
     );
     moto.put_secret(name, &secret_json(&app.db, &bouncer, "pw-1"))
         .await;
+    tokio::time::sleep(backoff).await;
     assert_serves(&app).await;
 }
 
@@ -235,15 +248,19 @@ async fn unreachable_secrets_manager_is_503_and_recovers() {
     let up = Arc::new(AtomicBool::new(false));
     let relay = relay_to(stack.moto.port, up.clone()).await;
     let endpoint = format!("http://127.0.0.1:{relay}");
-    let env = stack.env(&[("AWS_ENDPOINT_URL", &endpoint)]);
+    let env = stack.env(&[
+        ("AWS_ENDPOINT_URL", &endpoint),
+        ("DB_SECRET_REFRESH_SECONDS", "1"),
+    ]);
     let app = TestApp::from_env(stack.db, env).await;
     assert!(assert_unavailable(&app).await.contains("credentials"));
     up.store(true, Ordering::SeqCst);
+    heals_within(&app, Duration::from_secs(3)).await;
     assert_serves(&app).await;
 }
 
 #[tokio::test]
-async fn a_rotated_password_is_picked_up_and_refetches_are_rate_limited() {
+async fn a_rotated_password_is_picked_up() {
     let db = TestDb::create().await;
     let user = db.app_user.clone();
     let mut bouncer = PgBouncer::start(&[(&user, "pw-1")], 2);
@@ -252,33 +269,118 @@ async fn a_rotated_password_is_picked_up_and_refetches_are_rate_limited() {
         .create_secret("tenant-users/db", &secret_json(&db, &bouncer, "pw-1"))
         .await;
     let ca = bouncer.certs.ca_file().display().to_string();
-    let env = with(
-        moto.function_env(&arn),
-        &[("DB_CA_FILE", &ca), ("DB_SECRET_REFRESH_SECONDS", "2")],
-    );
+    let env = with(moto.function_env(&arn), &[("DB_CA_FILE", &ca)]);
     let app = TestApp::from_env(db, env).await;
     assert_serves(&app).await;
 
     // Rotation: new password in the secret and at the proxy; the proxy
-    // drops its clients, so the function must log in again.
-    moto.put_secret(&arn, &secret_json(&app.db, &bouncer, "pw-2"))
-        .await;
-    bouncer.restart_with_users(&[(&user, "pw-2")]);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_serves(&app).await;
-
-    // Rotated again at once: the refused password does not trigger a
-    // second refetch within the interval ...
-    moto.put_secret(&arn, &secret_json(&app.db, &bouncer, "pw-3"))
-        .await;
-    bouncer.restart_with_users(&[(&user, "pw-3")]);
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-    assert_unavailable(&app).await;
-    // ... and once the interval has passed, it does.
-    tokio::time::sleep(std::time::Duration::from_secs(2)).await;
-    assert_serves(&app).await;
+    // drops its clients, so the function must log in again. A successful
+    // refetch opens the way for the next rotation at once.
+    for password in ["pw-2", "pw-3"] {
+        moto.put_secret(&arn, &secret_json(&app.db, &bouncer, password))
+            .await;
+        bouncer.restart_with_users(&[(&user, password)]);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        assert_serves(&app).await;
+    }
     assert!(
         bouncer.log().contains("password authentication failed"),
         "the stale password was tried and refused"
     );
+}
+
+/// `count` requests spread over `over`, each answered 503 with
+/// `Retry-After`.
+async fn unavailable_for(app: &TestApp, count: u32, over: Duration) {
+    for _ in 0..count {
+        let r = app.get("/users", &app.token("acme")).await;
+        let detail = r.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
+        assert!(detail.contains("credentials"), "{detail}");
+        let retry: u64 = r.header("retry-after").unwrap().parse().unwrap();
+        assert!(
+            (1..=2).contains(&retry),
+            "Retry-After {retry} within the 2 s cap"
+        );
+        tokio::time::sleep(over / count).await;
+    }
+}
+
+/// Polls until the app serves again; returns how long it took.
+async fn heals_within(app: &TestApp, limit: Duration) -> Duration {
+    let started = Instant::now();
+    loop {
+        let r = app.get("/users", &app.token("acme")).await;
+        if r.status == StatusCode::OK {
+            return started.elapsed();
+        }
+        assert!(started.elapsed() < limit, "not healed: {}", r.text());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test]
+async fn a_missing_secret_costs_a_handful_of_aws_calls_not_one_per_request() {
+    let db = TestDb::create().await;
+    let bouncer = PgBouncer::start(&[(&db.app_user, "pw-1")], 2);
+    let moto = Moto::start().await;
+    let ca = bouncer.certs.ca_file().display().to_string();
+    let name = "tenant-users/missing";
+    let env = with(
+        moto.function_env(name),
+        &[("DB_CA_FILE", &ca), ("DB_SECRET_REFRESH_SECONDS", "2")],
+    );
+    let before = moto.calls();
+    let app = TestApp::from_env(db, env).await;
+    unavailable_for(&app, 100, Duration::from_secs(3)).await;
+    let calls = moto.calls() - before;
+    eprintln!("missing secret: 100 requests over 3 s made {calls} AWS calls");
+    // Cold start plus back-off over 3 s (0.5-1, 1-2, then every 1-2 s):
+    // at most 5 attempts, each an AssumeRole and a GetSecretValue.
+    assert!(
+        (2..=10).contains(&calls),
+        "100 requests made {calls} AWS calls"
+    );
+
+    moto.create_secret(name, &secret_json(&app.db, &bouncer, "pw-1"))
+        .await;
+    heals_within(&app, Duration::from_secs(5)).await;
+}
+
+#[tokio::test]
+async fn a_refused_password_is_not_tried_again_on_every_request() {
+    let db = TestDb::create().await;
+    let user = db.app_user.clone();
+    let bouncer = PgBouncer::start(&[(&user, "pw-1")], 2);
+    let moto = Moto::start().await;
+    let arn = moto
+        .create_secret("tenant-users/db", &secret_json(&db, &bouncer, "wrong"))
+        .await;
+    let ca = bouncer.certs.ca_file().display().to_string();
+    let env = with(
+        moto.function_env(&arn),
+        &[("DB_CA_FILE", &ca), ("DB_SECRET_REFRESH_SECONDS", "2")],
+    );
+    let before = moto.calls();
+    let app = TestApp::from_env(db, env).await;
+    unavailable_for(&app, 100, Duration::from_secs(3)).await;
+    let logins = bouncer
+        .log()
+        .matches("password authentication failed")
+        .count();
+    let calls = moto.calls() - before;
+    eprintln!("refused password: 100 requests over 3 s made {logins} logins, {calls} AWS calls");
+    assert!(
+        (1..=6).contains(&logins),
+        "100 requests made {logins} logins"
+    );
+    assert!(
+        (2..=10).contains(&calls),
+        "100 requests made {calls} AWS calls"
+    );
+
+    // The operator fixes the secret (say, a rotation finished): healed
+    // without a restart.
+    moto.put_secret(&arn, &secret_json(&app.db, &bouncer, "pw-1"))
+        .await;
+    heals_within(&app, Duration::from_secs(5)).await;
 }

@@ -26,6 +26,7 @@ pub struct Moto {
     pub function_key: (String, String),
     admin_key: (String, String),
     child: Child,
+    log: std::path::PathBuf,
 }
 
 pub fn free_port() -> u16 {
@@ -42,11 +43,14 @@ impl Moto {
     }
 
     pub async fn start_on(port: u16) -> Self {
+        // moto (werkzeug) logs one line per request on stderr: the count of
+        // AWS calls the function made.
+        let log = std::env::temp_dir().join(format!("moto-{port}-{}.log", std::process::id()));
         let child = Command::new("moto_server")
             .args(["-H", "127.0.0.1", "-p", &port.to_string()])
             .env("INITIAL_NO_AUTH_ACTION_COUNT", SETUP_ACTIONS.to_string())
             .stdout(Stdio::null())
-            .stderr(Stdio::null())
+            .stderr(std::fs::File::create(&log).expect("moto log file"))
             .spawn()
             .expect("moto_server on PATH (pip install 'moto[server]')");
         let endpoint = format!("http://127.0.0.1:{port}");
@@ -57,6 +61,7 @@ impl Moto {
             function_key: (String::new(), String::new()),
             admin_key: (String::new(), String::new()),
             child,
+            log,
         };
         moto.set_up_iam().await;
         moto
@@ -202,6 +207,16 @@ impl Moto {
             .expect("put secret value");
     }
 
+    /// AWS API calls moto has answered so far (STS, Secrets Manager, IAM):
+    /// every call is one `POST /` in its request log.
+    pub fn calls(&self) -> usize {
+        std::fs::read_to_string(&self.log)
+            .unwrap_or_default()
+            .lines()
+            .filter(|l| l.contains("\"POST / "))
+            .count()
+    }
+
     pub fn arn_of(name: &str) -> String {
         format!("arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:{name}")
     }
@@ -211,6 +226,7 @@ impl Drop for Moto {
     fn drop(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
+        let _ = std::fs::remove_file(&self.log);
     }
 }
 
