@@ -175,9 +175,12 @@ where
     match error {
         SdkError::ServiceError(context) => {
             let err = context.err();
+            let code = err
+                .code()
+                .or_else(|| xml_error_code(context.raw().body().bytes()?));
             let mut line = format!(
                 "{service}: {} (HTTP {})",
-                err.code().unwrap_or("unknown error code"),
+                code.unwrap_or("unknown error code"),
                 context.raw().status().as_u16()
             );
             if let Some(message) = err.message() {
@@ -210,6 +213,21 @@ where
         }
         _ => format!("{service}: call failed"),
     }
+}
+
+/// The `<Code>` of an XML error body the SDK's parser did not recognise
+/// (e.g. `<ErrorResponse><Errors><Error>`, as moto and some proxies
+/// answer): only that one token, checked to look like an error code, so
+/// nothing else of the body can reach a log line.
+fn xml_error_code(body: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("<Code>")? + "<Code>".len();
+    let code = &text[start..start + text[start..].find("</Code>")?];
+    let token = (1..=64).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    token.then_some(code)
 }
 
 fn describe_credentials_error(error: &CredentialsError) -> String {
@@ -339,6 +357,21 @@ mod tests {
             r#"{"username":"a","password":"b","engine":"mysql"}"#,
         ] {
             assert!(parse_secret(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_an_error_code_is_taken_from_an_unparsed_body() {
+        let moto = br#"<?xml version="1.0"?><ErrorResponse><Errors><Error><Code>AccessDenied</Code><Message>User: x</Message></Error></Errors></ErrorResponse>"#;
+        assert_eq!(xml_error_code(moto), Some("AccessDenied"));
+        for junk in [
+            &b"<Code>Access Denied; password=hunter2</Code>"[..],
+            b"<Code></Code>",
+            b"<Code>unterminated",
+            b"no xml at all",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(xml_error_code(junk), None, "{junk:?}");
         }
     }
 
