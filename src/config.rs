@@ -198,12 +198,33 @@ impl Config {
     }
 }
 
+/// Lambda's longest run (15 minutes): a database wait beyond it can never
+/// end inside an invocation.
+const LAMBDA_MAX_MS: u64 = 15 * 60 * 1000;
+
 pub fn db_config(get: &impl Fn(&str) -> Option<String>) -> Result<DbConfig, ConfigError> {
-    let connect_timeout = millis(get, "DB_CONNECT_TIMEOUT_MS", 5_000)?;
-    let statement_timeout = millis(get, "DB_STATEMENT_TIMEOUT_MS", 5_000)?;
+    // Zero would switch these guards off (no timeout, no rate limit), so it
+    // is refused rather than taken literally.
+    let connect_timeout = Duration::from_millis(bounded(
+        get,
+        "DB_CONNECT_TIMEOUT_MS",
+        5_000,
+        1..=LAMBDA_MAX_MS,
+    )?);
+    let statement_timeout = Duration::from_millis(bounded(
+        get,
+        "DB_STATEMENT_TIMEOUT_MS",
+        5_000,
+        1..=LAMBDA_MAX_MS,
+    )?);
     let explicit_mode = get("DB_SSLMODE").map(|m| parse_ssl_mode(&m)).transpose()?;
     let (source, default_mode) = match (get("DATABASE_URL"), get("DB_SECRET_ARN")) {
-        (Some(url), _) => {
+        (Some(_), Some(_)) => {
+            return Err(ConfigError(
+                "set either DATABASE_URL or DB_SECRET_ARN, not both: it would be unclear which credentials the function uses".into(),
+            ));
+        }
+        (Some(url), None) => {
             let pg: tokio_postgres::Config = url.parse().map_err(|e| {
                 ConfigError(format!("DATABASE_URL is not a valid PostgreSQL URL: {e}"))
             })?;
@@ -235,10 +256,11 @@ pub fn db_config(get: &impl Fn(&str) -> Option<String>) -> Result<DbConfig, Conf
                     secret_access_key: get("AWS_SECRET_ACCESS_KEY"),
                     session_token: get("AWS_SESSION_TOKEN"),
                 },
-                refresh_interval: Duration::from_secs(number(
+                refresh_interval: Duration::from_secs(bounded(
                     get,
                     "DB_SECRET_REFRESH_SECONDS",
                     60,
+                    1..=3_600,
                 )?),
             };
             (DbSource::Secret(secret), SslMode::VerifyFull)
@@ -376,12 +398,22 @@ fn number(
     }
 }
 
-fn millis(
+/// A whole number within `range`; the message names the variable.
+fn bounded(
     get: &impl Fn(&str) -> Option<String>,
     key: &str,
     default: u64,
-) -> Result<Duration, ConfigError> {
-    number(get, key, default).map(Duration::from_millis)
+    range: std::ops::RangeInclusive<u64>,
+) -> Result<u64, ConfigError> {
+    let n = number(get, key, default)?;
+    if !range.contains(&n) {
+        return Err(ConfigError(format!(
+            "{key} must be from {} to {}, got {n}",
+            range.start(),
+            range.end()
+        )));
+    }
+    Ok(n)
 }
 
 #[cfg(test)]
@@ -455,6 +487,67 @@ mod tests {
         assert_eq!(c.db.tls.mode, SslMode::Disable, "a plain URL stays plain");
         let c = config(&[("DATABASE_URL", "postgres://a@h/d?sslmode=require"), SECRET]).unwrap();
         assert_eq!(c.db.tls.mode, SslMode::Require);
+    }
+
+    const ARN: (&str, &str) = (
+        "DB_SECRET_ARN",
+        "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db",
+    );
+
+    fn refused(vars: &[(&str, &str)]) -> String {
+        match config(vars) {
+            Ok(_) => panic!("{vars:?} was accepted"),
+            Err(e) => e.to_string(),
+        }
+    }
+
+    #[test]
+    fn zero_does_not_switch_a_database_guard_off() {
+        for (key, source) in [
+            ("DB_STATEMENT_TIMEOUT_MS", URL),
+            ("DB_CONNECT_TIMEOUT_MS", URL),
+            ("DB_SECRET_REFRESH_SECONDS", ARN),
+        ] {
+            let message = refused(&[source, SECRET, (key, "0")]);
+            assert!(message.contains(key), "{message}");
+        }
+    }
+
+    #[test]
+    fn absurd_database_timeouts_are_refused() {
+        // Longer than a Lambda invocation can last.
+        for (key, value, source) in [
+            ("DB_STATEMENT_TIMEOUT_MS", "900001", URL),
+            ("DB_CONNECT_TIMEOUT_MS", "900001", URL),
+            ("DB_SECRET_REFRESH_SECONDS", "3601", ARN),
+            ("DB_STATEMENT_TIMEOUT_MS", "-5", URL),
+        ] {
+            let message = refused(&[source, SECRET, (key, value)]);
+            assert!(message.contains(key), "{message}");
+        }
+        let c = config(&[
+            URL,
+            SECRET,
+            ("DB_STATEMENT_TIMEOUT_MS", "900000"),
+            ("DB_CONNECT_TIMEOUT_MS", "1"),
+        ])
+        .unwrap();
+        assert_eq!(c.db.statement_timeout, Duration::from_secs(900));
+        assert_eq!(c.db.connect_timeout, Duration::from_millis(1));
+        let c = config(&[ARN, SECRET, ("DB_SECRET_REFRESH_SECONDS", "1")]).unwrap();
+        let DbSource::Secret(s) = c.db.source else {
+            panic!("secret source")
+        };
+        assert_eq!(s.refresh_interval, Duration::from_secs(1));
+    }
+
+    #[test]
+    fn a_url_and_a_secret_together_are_refused() {
+        let message = refused(&[URL, ARN, SECRET]);
+        assert!(
+            message.contains("DATABASE_URL") && message.contains("DB_SECRET_ARN"),
+            "{message}"
+        );
     }
 
     #[test]

@@ -2,7 +2,9 @@
 //! seeded database and ready-to-use tokens for two demo tenants.
 //!
 //! Runs as the application role, exactly as in Lambda; the admin connection
-//! is used only to migrate.
+//! is used only to migrate. Both reach the same server, so both follow
+//! `DB_SSLMODE`/`DB_CA_FILE`: a remote admin URL must not leave the app
+//! role's password on the wire in clear.
 
 use std::net::SocketAddr;
 use std::time::{SystemTime, UNIX_EPOCH};
@@ -11,7 +13,7 @@ use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 
 use crate::app::App;
-use crate::config::{Config, DbConfig, token_config};
+use crate::config::{Config, DbConfig, SslMode, TlsConfig, token_config};
 use crate::migrate::{self, AppRole};
 use crate::tenant::{TenantContext, TenantId};
 use crate::users::{self, Email, NewUser, UserName};
@@ -47,7 +49,8 @@ pub async fn run() -> Result<(), BoxError> {
         name: env("APP_DB_USER").unwrap_or_else(|| migrate::DEFAULT_APP_USER.to_owned()),
         password: Some(env("APP_DB_PASSWORD").unwrap_or_else(random_secret)),
     };
-    migrate::run(&admin, &crate::config::TlsConfig::from_env()?, &role).await?;
+    let tls = TlsConfig::from_env()?;
+    migrate::run(&admin, &tls, &role).await?;
 
     let secret = env("JWT_HS256_SECRET").unwrap_or_else(random_secret);
     let token = token_config(&|k| {
@@ -62,15 +65,9 @@ pub async fn run() -> Result<(), BoxError> {
             "make dev signs its demo tokens with HS256: JWT_ALGORITHMS must include HS256".into(),
         );
     }
-    let mut pg = admin.clone();
-    pg.user(&role.name);
-    if let Some(password) = &role.password {
-        pg.password(password.as_str());
-    }
-    pg.application_name("tenant-users-dev");
     let config = Config {
         token: token.clone(),
-        db: DbConfig::plain(pg),
+        db: app_db_config(&admin, &role, tls),
         metrics: crate::telemetry::Metrics::from_lookup(env),
     };
     let app = App::build(config).await;
@@ -121,6 +118,31 @@ pub async fn run() -> Result<(), BoxError> {
     Ok(())
 }
 
+/// The application role's connection: the admin URL's server and
+/// database, the role's credentials, and TLS settled exactly as `migrate`
+/// settles it for the admin connection (`DB_SSLMODE`; without it, the
+/// URL's own `sslmode=require`).
+pub fn app_db_config(admin: &tokio_postgres::Config, role: &AppRole, tls: TlsConfig) -> DbConfig {
+    let mut pg = admin.clone();
+    pg.user(&role.name);
+    if let Some(password) = &role.password {
+        pg.password(password.as_str());
+    }
+    pg.application_name("tenant-users-dev");
+    let url_requires = admin.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+    let tls = match tls.mode {
+        SslMode::Disable if url_requires => TlsConfig {
+            mode: SslMode::Require,
+            ..tls
+        },
+        _ => tls,
+    };
+    DbConfig {
+        tls,
+        ..DbConfig::plain(pg)
+    }
+}
+
 /// Signs an HS256 token for `tenant`, valid for `ttl_seconds`.
 pub fn mint_token(
     secret: &[u8],
@@ -155,4 +177,44 @@ fn random_secret() -> String {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn role() -> AppRole {
+        AppRole {
+            name: "tenant_app".into(),
+            password: Some("pw".into()),
+        }
+    }
+
+    #[test]
+    fn the_app_connection_follows_the_admin_tls_settings() {
+        let admin: tokio_postgres::Config = "postgres://owner@db.example/app".parse().unwrap();
+        let verify = TlsConfig {
+            mode: SslMode::VerifyFull,
+            ca_file: Some("/etc/rds-ca.pem".into()),
+        };
+        let db = app_db_config(&admin, &role(), verify);
+        assert_eq!(db.tls.mode, SslMode::VerifyFull);
+        assert_eq!(db.tls.ca_file, Some("/etc/rds-ca.pem".into()));
+        let crate::config::DbSource::Url(pg) = &db.source else {
+            panic!("fixed credentials")
+        };
+        assert_eq!(pg.get_user(), Some("tenant_app"));
+
+        let required: tokio_postgres::Config = "postgres://owner@db.example/app?sslmode=require"
+            .parse()
+            .unwrap();
+        let db = app_db_config(&required, &role(), TlsConfig::DISABLED);
+        assert_eq!(db.tls.mode, SslMode::Require, "the URL's sslmode=require");
+        let db = app_db_config(&admin, &role(), TlsConfig::DISABLED);
+        assert_eq!(
+            db.tls.mode,
+            SslMode::Disable,
+            "plain only when nothing asks for TLS"
+        );
+    }
 }

@@ -4,8 +4,10 @@
 //! `DB_SECRET_ARN` with those temporary credentials, and caches the result
 //! for the life of the execution environment. `db` asks for a fresh copy when
 //! the database rejects the password (rotation). The password never appears
-//! in logs: `DbCredentials` redacts it from `Debug`, and errors carry only
-//! what AWS said.
+//! in logs: `DbCredentials` redacts it from `Debug`, and a failed call is
+//! described by service, error code, message and request id only (or, when
+//! no answer came, the kind of failure and a short cause): never the raw
+//! response, its headers or its body.
 
 use std::time::Duration;
 
@@ -13,9 +15,13 @@ use aws_config::BehaviorVersion;
 use aws_config::sts::AssumeRoleProvider;
 use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::Credentials;
-use aws_sdk_secretsmanager::error::DisplayErrorContext;
+use aws_credential_types::provider::error::CredentialsError;
+use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
+use aws_sdk_sts::operation::assume_role::AssumeRoleError;
 use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
+use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_types::region::Region;
+use aws_types::request_id::RequestId;
 use serde_json::Value;
 
 use crate::config::SecretConfig;
@@ -115,7 +121,7 @@ impl SecretSource {
             .secret_id(&self.config.secret_id)
             .send()
             .await
-            .map_err(|e| SecretError::Fetch(DisplayErrorContext(e).to_string()))?;
+            .map_err(|e| SecretError::Fetch(describe_sdk_error("secretsmanager", &e)))?;
         let text = output
             .secret_string()
             .ok_or_else(|| SecretError::Malformed("it has no SecretString".into()))?;
@@ -149,6 +155,125 @@ pub fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
     aws_smithy_http_client::Builder::new()
         .tls_provider(Provider::Rustls(CryptoMode::Ring))
         .build_https()
+}
+
+/// A failed AWS call in one line, fit for logs and error chains. The SDK's
+/// own `DisplayErrorContext` would print the whole raw response, headers
+/// included; this keeps what an operator needs and nothing more.
+pub fn describe_sdk_error<E>(service: &str, error: &SdkError<E, HttpResponse>) -> String
+where
+    E: ProvideErrorMetadata + std::error::Error + 'static,
+{
+    // The credentials provider (STS AssumeRole) fails before any request
+    // is sent, so its failure surfaces inside a dispatch failure.
+    if let Some(credentials) = find_in_chain::<CredentialsError>(error) {
+        return format!(
+            "{service}: credentials failure: {}",
+            describe_credentials_error(credentials)
+        );
+    }
+    match error {
+        SdkError::ServiceError(context) => {
+            let err = context.err();
+            let code = err
+                .code()
+                .or_else(|| xml_error_code(context.raw().body().bytes()?));
+            let mut line = format!(
+                "{service}: {} (HTTP {})",
+                code.unwrap_or("unknown error code"),
+                context.raw().status().as_u16()
+            );
+            if let Some(message) = err.message() {
+                line.push_str(": ");
+                line.push_str(&clip(message));
+            }
+            if let Some(id) = error.request_id() {
+                line.push_str(&format!(" [request id {}]", clip(id)));
+            }
+            line
+        }
+        SdkError::TimeoutError(_) => format!("{service}: timeout"),
+        SdkError::DispatchFailure(failure) => {
+            let kind = if failure.is_timeout() {
+                "timeout"
+            } else if failure.is_io() {
+                "connection failure"
+            } else {
+                "dispatch failure"
+            };
+            format!("{service}: {kind}: {}", root_cause(error))
+        }
+        // Its cause would quote the unparseable body.
+        SdkError::ResponseError(response) => format!(
+            "{service}: unreadable response (HTTP {})",
+            response.raw().status().as_u16()
+        ),
+        SdkError::ConstructionFailure(_) => {
+            format!("{service}: request not built: {}", root_cause(error))
+        }
+        _ => format!("{service}: call failed"),
+    }
+}
+
+/// The `<Code>` of an XML error body the SDK's parser did not recognise
+/// (e.g. `<ErrorResponse><Errors><Error>`, as moto and some proxies
+/// answer): only that one token, checked to look like an error code, so
+/// nothing else of the body can reach a log line.
+fn xml_error_code(body: &[u8]) -> Option<&str> {
+    let text = std::str::from_utf8(body).ok()?;
+    let start = text.find("<Code>")? + "<Code>".len();
+    let code = &text[start..start + text[start..].find("</Code>")?];
+    let token = (1..=64).contains(&code.len())
+        && code
+            .bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+    token.then_some(code)
+}
+
+fn describe_credentials_error(error: &CredentialsError) -> String {
+    if let Some(sts) = find_in_chain::<SdkError<AssumeRoleError, HttpResponse>>(error) {
+        return describe_sdk_error("sts", sts);
+    }
+    let kind = match error {
+        CredentialsError::CredentialsNotLoaded(_) => "no credentials",
+        CredentialsError::ProviderTimedOut(_) => "timeout",
+        CredentialsError::InvalidConfiguration(_) => "invalid configuration",
+        _ => "provider error",
+    };
+    format!("{kind}: {}", root_cause(error))
+}
+
+/// The first error of type `T` in `error`'s source chain, itself included.
+fn find_in_chain<'e, T: std::error::Error + 'static>(
+    error: &'e (dyn std::error::Error + 'static),
+) -> Option<&'e T> {
+    let mut current = Some(error);
+    while let Some(e) = current {
+        if let Some(found) = e.downcast_ref::<T>() {
+            return Some(found);
+        }
+        current = e.source();
+    }
+    None
+}
+
+/// The innermost cause (e.g. "Connection refused"), clipped.
+fn root_cause(error: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = error;
+    while let Some(next) = innermost.source() {
+        innermost = next;
+    }
+    clip(&innermost.to_string())
+}
+
+/// One line of at most 200 characters.
+fn clip(text: &str) -> String {
+    let line: String = text
+        .chars()
+        .map(|c| if c.is_control() { ' ' } else { c })
+        .take(200)
+        .collect();
+    line
 }
 
 /// Parses the standard RDS secret JSON: `username` and `password` required;
@@ -232,6 +357,21 @@ mod tests {
             r#"{"username":"a","password":"b","engine":"mysql"}"#,
         ] {
             assert!(parse_secret(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn only_an_error_code_is_taken_from_an_unparsed_body() {
+        let moto = br#"<?xml version="1.0"?><ErrorResponse><Errors><Error><Code>AccessDenied</Code><Message>User: x</Message></Error></Errors></ErrorResponse>"#;
+        assert_eq!(xml_error_code(moto), Some("AccessDenied"));
+        for junk in [
+            &b"<Code>Access Denied; password=hunter2</Code>"[..],
+            b"<Code></Code>",
+            b"<Code>unterminated",
+            b"no xml at all",
+            b"\xff\xfe",
+        ] {
+            assert_eq!(xml_error_code(junk), None, "{junk:?}");
         }
     }
 

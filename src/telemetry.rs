@@ -1,10 +1,13 @@
 //! Logs and metrics, set up in this one file.
 //!
-//! Logs: tracing, through Lambda's own subscriber set-up, so
-//! `AWS_LAMBDA_LOG_LEVEL`/`RUST_LOG` and `AWS_LAMBDA_LOG_FORMAT=JSON` work
-//! in Lambda and locally alike. Every request gets exactly one `request`
-//! line with its request id, tenant, route, status, latency and database
-//! time; never a token, password, secret or email.
+//! Logs: tracing, read as Lambda's own set-up reads it
+//! (`AWS_LAMBDA_LOG_LEVEL` over `RUST_LOG`, default INFO;
+//! `AWS_LAMBDA_LOG_FORMAT=JSON` for JSON lines), but the level applies below
+//! INFO only to this crate: every other crate is capped at INFO, because at
+//! TRACE lambda_runtime logs each raw event (bearer token, emails) and the
+//! database driver its statement parameters. Every request gets exactly one
+//! `request` line with its request id, tenant, route, status, latency and
+//! database time; never a token, password, secret or email.
 //!
 //! Metrics: per request, one CloudWatch Embedded Metric Format record (a
 //! JSON log line CloudWatch turns into metrics; no SDK call), with the
@@ -22,14 +25,115 @@ use axum::response::Response;
 use lambda_http::RequestExt;
 use lambda_http::request::RequestContext;
 use serde_json::json;
+use tracing::Subscriber;
+use tracing_subscriber::filter::{LevelFilter, Targets};
+use tracing_subscriber::fmt::MakeWriter;
+use tracing_subscriber::layer::SubscriberExt;
 
 use crate::app::App;
 
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
-/// Sets up logging once per process.
+/// The one target allowed below INFO: ours, whose lines we vet.
+const OWN_TARGET: &str = "tenant_users";
+
+/// Sets up logging once per process: to stdout, as Lambda expects.
 pub fn init_logs() {
-    lambda_http::tracing::init_default_subscriber();
+    let env = |key: &str| std::env::var(key).ok();
+    // A second call (or a subscriber set by an embedding program) keeps
+    // the first one; logging set-up must not stop the function.
+    let _ = tracing::subscriber::set_global_default(log_subscriber(env, std::io::stdout));
+}
+
+/// The production subscriber, writing to `writer`: tests install it on a
+/// buffer so they check exactly what runs in Lambda.
+pub fn log_subscriber<W>(
+    get: impl Fn(&str) -> Option<String>,
+    writer: W,
+) -> Box<dyn Subscriber + Send + Sync>
+where
+    W: for<'w> MakeWriter<'w> + Send + Sync + 'static,
+{
+    let json = get("AWS_LAMBDA_LOG_FORMAT").is_some_and(|f| f.trim().eq_ignore_ascii_case("json"));
+    let filter = log_filter(get);
+    // The builder's own ceiling is opened fully: `filter` alone decides.
+    let builder = tracing_subscriber::fmt()
+        .with_max_level(LevelFilter::TRACE)
+        .with_target(false)
+        .without_time()
+        .with_writer(writer);
+    if json {
+        Box::new(builder.json().finish().with(filter))
+    } else {
+        Box::new(builder.finish().with(filter))
+    }
+}
+
+/// Which lines pass. The level comes from `AWS_LAMBDA_LOG_LEVEL`, else
+/// `RUST_LOG` (a level, or `target=level` directives, comma-separated),
+/// else INFO. DEBUG and TRACE reach only this crate's targets; every other
+/// target is capped at INFO whatever the variables say, so a directive such
+/// as `lambda_runtime=trace` cannot bring the runtime's raw-event lines
+/// back. No `log`-crate bridge is installed: tokio-postgres' `log` records
+/// go nowhere; were one added, its events carry the `log` target
+/// (`tokio_postgres::query`) and fall under the same cap.
+pub fn log_filter(get: impl Fn(&str) -> Option<String>) -> Targets {
+    let spec = get("AWS_LAMBDA_LOG_LEVEL")
+        .filter(|v| !v.trim().is_empty())
+        .or_else(|| get("RUST_LOG"))
+        .unwrap_or_default();
+    let mut default = LevelFilter::INFO;
+    let mut targets: Vec<(String, LevelFilter)> = Vec::new();
+    // Unparseable directives are skipped, as Lambda's own set-up does:
+    // a typo in the log level must not stop the function.
+    for directive in spec.split(',').map(str::trim).filter(|d| !d.is_empty()) {
+        match directive.split_once('=') {
+            None => {
+                if let Some(level) = parse_level(directive) {
+                    default = level;
+                }
+            }
+            Some((target, level)) => {
+                let target = target.trim();
+                let plain = !target.is_empty()
+                    && target
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'_' || b == b':');
+                if let (true, Some(level)) = (plain, parse_level(level)) {
+                    targets.retain(|(t, _)| t != target);
+                    targets.push((target.to_owned(), level));
+                }
+            }
+        }
+    }
+    let is_own = |target: &str| {
+        target == OWN_TARGET
+            || target
+                .strip_prefix(OWN_TARGET)
+                .is_some_and(|rest| rest.starts_with("::"))
+    };
+    let mut filter = Targets::new().with_default(default.min(LevelFilter::INFO));
+    if !targets.iter().any(|(t, _)| t == OWN_TARGET) {
+        filter = filter.with_target(OWN_TARGET, default);
+    }
+    for (target, level) in targets {
+        let level = if is_own(&target) {
+            level
+        } else {
+            level.min(LevelFilter::INFO)
+        };
+        filter = filter.with_target(target, level);
+    }
+    filter
+}
+
+/// A level name, any case; Lambda's FATAL is our ERROR.
+fn parse_level(raw: &str) -> Option<LevelFilter> {
+    let raw = raw.trim();
+    if raw.eq_ignore_ascii_case("fatal") {
+        return Some(LevelFilter::ERROR);
+    }
+    raw.parse().ok()
 }
 
 /// What the request path learns while it runs: filled in by the token
@@ -228,4 +332,128 @@ pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) 
         response.headers_mut().insert(REQUEST_ID_HEADER, value);
     }
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tracing::Level;
+
+    fn filter(vars: &[(&str, &str)]) -> Targets {
+        log_filter(|key| {
+            vars.iter()
+                .find(|(k, _)| *k == key)
+                .map(|(_, v)| v.to_string())
+        })
+    }
+
+    const RAW_EVENT: &str = "lambda_runtime::layers::api_response";
+    const STATEMENTS: &str = "tokio_postgres::query";
+
+    #[test]
+    fn trace_reaches_our_crate_only() {
+        for vars in [
+            &[("AWS_LAMBDA_LOG_LEVEL", "TRACE")][..],
+            &[("RUST_LOG", "trace")],
+            &[("RUST_LOG", "debug")],
+            &[(
+                "RUST_LOG",
+                "lambda_runtime=trace,tokio_postgres=debug,trace",
+            )],
+            &[("RUST_LOG", "lambda_runtime::layers::api_response=trace")],
+            &[("RUST_LOG", "aws_smithy_runtime=trace,hyper=debug")],
+            &[
+                ("AWS_LAMBDA_LOG_LEVEL", "DEBUG"),
+                ("RUST_LOG", "lambda_runtime=trace"),
+            ],
+        ] {
+            let f = filter(vars);
+            for target in [
+                RAW_EVENT,
+                STATEMENTS,
+                "aws_smithy_runtime",
+                "hyper",
+                "tenant_user",
+            ] {
+                assert!(!f.would_enable(target, &Level::DEBUG), "{vars:?}: {target}");
+                assert!(f.would_enable(target, &Level::INFO), "{vars:?}: {target}");
+            }
+        }
+        let f = filter(&[("AWS_LAMBDA_LOG_LEVEL", "TRACE")]);
+        assert!(f.would_enable("tenant_users::db", &Level::TRACE));
+        let f = filter(&[("RUST_LOG", "tenant_users::db=trace")]);
+        assert!(f.would_enable("tenant_users::db", &Level::TRACE));
+        assert!(!f.would_enable("tenant_users::token", &Level::DEBUG));
+        assert!(!f.would_enable(RAW_EVENT, &Level::DEBUG));
+    }
+
+    #[test]
+    fn lambda_log_level_wins_and_info_is_the_default() {
+        let f = filter(&[("AWS_LAMBDA_LOG_LEVEL", "WARN"), ("RUST_LOG", "trace")]);
+        assert!(!f.would_enable("tenant_users::db", &Level::INFO));
+        assert!(!f.would_enable(RAW_EVENT, &Level::INFO));
+        assert!(f.would_enable("tenant_users::db", &Level::WARN));
+        for vars in [
+            &[][..],
+            &[("RUST_LOG", "loud")],
+            &[("AWS_LAMBDA_LOG_LEVEL", "")],
+        ] {
+            let f = filter(vars);
+            assert!(f.would_enable("tenant_users", &Level::INFO), "{vars:?}");
+            assert!(!f.would_enable("tenant_users", &Level::DEBUG), "{vars:?}");
+        }
+        let f = filter(&[("AWS_LAMBDA_LOG_LEVEL", "FATAL")]);
+        assert!(f.would_enable("tenant_users", &Level::ERROR));
+        assert!(!f.would_enable("tenant_users", &Level::WARN));
+        // Quieting another crate is still honoured.
+        let f = filter(&[("RUST_LOG", "info,hyper=error")]);
+        assert!(!f.would_enable("hyper::proto", &Level::WARN));
+    }
+
+    #[derive(Clone, Default)]
+    struct Buffer(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Buffer {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            if let Ok(mut b) = self.0.lock() {
+                b.extend_from_slice(data);
+            }
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_subscriber_drops_the_runtimes_raw_event_at_trace() {
+        let buffer = Buffer::default();
+        let writer = buffer.clone();
+        let subscriber = log_subscriber(
+            |k| match k {
+                "AWS_LAMBDA_LOG_LEVEL" => Some("TRACE".into()),
+                "AWS_LAMBDA_LOG_FORMAT" => Some("JSON".into()),
+                _ => None,
+            },
+            move || writer.clone(),
+        );
+        tracing::subscriber::with_default(subscriber, || {
+            // What lambda_runtime and tokio-postgres would say at TRACE/DEBUG.
+            tracing::trace!(target: "lambda_runtime::layers::api_response", body = "Bearer eyJ.raw.event", "raw JSON event received from Lambda");
+            tracing::debug!(target: "tokio_postgres::query", "executing statement with parameters: [\"ada@acme.test\"]");
+            tracing::trace!(target: "tenant_users::db", "our own trace line");
+            tracing::info!(target: "lambda_runtime::runtime", "runtime info line");
+        });
+        let text = String::from_utf8(buffer.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text
+            .lines()
+            .map(|l| serde_json::from_str(l).expect("JSON lines"))
+            .collect();
+        assert_eq!(lines.len(), 2, "{text}");
+        assert_eq!(lines[0]["level"], "TRACE");
+        assert_eq!(lines[0]["fields"]["message"], "our own trace line");
+        assert!(lines[0].get("timestamp").is_none(), "Lambda adds the time");
+        assert_eq!(lines[1]["fields"]["message"], "runtime info line");
+        assert!(!text.contains("eyJ") && !text.contains("ada@"), "{text}");
+    }
 }

@@ -359,12 +359,12 @@ pub async fn update(
     Ok(rows.first().map(user))
 }
 
+/// Not retried after a lost connection, unlike the reads: the DELETE may
+/// have committed, and a retry would then answer 404 for a delete that
+/// happened. The caller gets 503 and can look.
 pub async fn delete(db: &Database, caller: &TenantContext, id: Uuid) -> Result<bool, DbError> {
     let rows = db
-        .run(
-            caller,
-            TenantQuery::new(DELETE).bind(&id, Type::UUID).retry_safe(),
-        )
+        .run(caller, TenantQuery::new(DELETE).bind(&id, Type::UUID))
         .await?;
     Ok(!rows.is_empty())
 }

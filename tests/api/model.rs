@@ -2,7 +2,9 @@
 //! delete from several tenants, including attempts on other tenants' users,
 //! checked after every step against a simple in-memory model, and at the
 //! end against the table itself. Run (a) over one reused connection and
-//! (b) as concurrent environments through PgBouncer in transaction mode.
+//! (b) as concurrent environments through PgBouncer in transaction mode,
+//! where each worker also picks the other workers' ids (always a 404,
+//! never a change to the other worker's rows).
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -58,17 +60,22 @@ fn op() -> impl Strategy<Value = Op> {
     ]
 }
 
+/// Every id ever created, with its tenant (deleted ones too), shared by
+/// all workers of a run: a worker's get/rename/delete may pick another
+/// worker's id, which must be a 404 and change nothing.
+type Ids = Arc<std::sync::Mutex<Vec<(String, String)>>>;
+
 /// What each tenant should hold: user id → (email, name).
-#[derive(Default)]
 struct Model {
     tenants: Vec<String>,
     rows: BTreeMap<String, BTreeMap<String, (String, String)>>,
-    /// Every id ever created, with its tenant (deleted ones too).
-    ids: Vec<(String, String)>,
+    ids: Ids,
+    /// Attempts on ids of tenants outside this model.
+    foreign_attempts: usize,
 }
 
 impl Model {
-    fn new(prefix: &str) -> Self {
+    fn new(prefix: &str, ids: Ids) -> Self {
         let tenants: Vec<String> = (0..TENANTS).map(|i| format!("{prefix}-t{i}")).collect();
         Model {
             rows: tenants
@@ -76,15 +83,17 @@ impl Model {
                 .map(|t| (t.clone(), BTreeMap::new()))
                 .collect(),
             tenants,
-            ids: Vec::new(),
+            ids,
+            foreign_attempts: 0,
         }
     }
 
     fn owner_of(&self, pick: usize) -> Option<(String, String)> {
-        if self.ids.is_empty() {
+        let ids = self.ids.lock().unwrap();
+        if ids.is_empty() {
             return None;
         }
-        Some(self.ids[pick % self.ids.len()].clone())
+        Some(ids[pick % ids.len()].clone())
     }
 }
 
@@ -136,7 +145,7 @@ async fn run(app: &TestApp, model: &mut Model, ops: &[Op]) -> Result<(), TestCas
                         .get_mut(&tenant)
                         .unwrap()
                         .insert(id.clone(), (address, "n".into()));
-                    model.ids.push((tenant, id));
+                    model.ids.lock().unwrap().push((tenant, id));
                 }
             }
             Op::List { tenant } => {
@@ -165,6 +174,9 @@ async fn run(app: &TestApp, model: &mut Model, ops: &[Op]) -> Result<(), TestCas
                     .owner_of(*pick)
                     .unwrap_or_else(|| (String::new(), uuid::Uuid::new_v4().to_string()));
                 let visible = owner == caller && model.rows[&caller].contains_key(&id);
+                if !owner.is_empty() && !model.rows.contains_key(&owner) {
+                    model.foreign_attempts += 1;
+                }
                 let path = format!("/users/{id}");
                 let token = app.token(&caller);
                 match op {
@@ -262,7 +274,7 @@ fn random_operations_over_one_connection_match_the_model() {
         .run(&proptest::collection::vec(op(), 1..30), |ops| {
             let prefix = format!("s{}", case.fetch_add(1, Ordering::SeqCst));
             rt.block_on(async {
-                let mut model = Model::new(&prefix);
+                let mut model = Model::new(&prefix, Ids::default());
                 run(&app, &mut model, &ops).await?;
                 table_matches(&app.db, &model).await
             })
@@ -289,25 +301,38 @@ fn concurrent_environments_through_pgbouncer_match_their_models() {
         cases: CONCURRENT_CASES,
         ..Config::default()
     });
+    let foreign_attempts = AtomicUsize::new(0);
     let sequences = proptest::collection::vec(proptest::collection::vec(op(), 1..20), WORKERS);
     runner
         .run(&sequences, |sequences| {
             let n = case.fetch_add(1, Ordering::SeqCst);
+            let ids = Ids::default();
             rt.block_on(async {
                 let mut tasks = Vec::new();
                 for (w, ops) in sequences.into_iter().enumerate() {
                     let app = apps[w].clone();
+                    let ids = ids.clone();
                     tasks.push(tokio::spawn(async move {
-                        let mut model = Model::new(&format!("c{n}-w{w}"));
+                        let mut model = Model::new(&format!("c{n}-w{w}"), ids);
                         run(&app, &mut model, &ops).await.map(|()| model)
                     }));
                 }
+                let mut models = Vec::new();
                 for task in tasks {
-                    let model = task.await.unwrap()?;
-                    table_matches(&db, &model).await?;
+                    models.push(task.await.unwrap()?);
+                }
+                // Only once every worker is done: a foreign rename or
+                // delete that slipped through would show here.
+                for model in &models {
+                    foreign_attempts.fetch_add(model.foreign_attempts, Ordering::SeqCst);
+                    table_matches(&db, model).await?;
                 }
                 Ok(())
             })
         })
         .unwrap();
+    assert!(
+        foreign_attempts.load(Ordering::SeqCst) > 0,
+        "the workers never tried each other's ids"
+    );
 }

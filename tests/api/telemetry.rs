@@ -1,12 +1,17 @@
 //! One structured log line and one CloudWatch EMF record per request, with
 //! the request id, tenant, route, status, latency and database time; and
-//! never a token, password or email in any log line.
+//! never a token, password, secret or email in any log line, at any level,
+//! on success and on every credentials error path.
+
+use std::sync::Arc;
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
 use serde_json::{Value, json};
 
-use crate::common::{Buffer, TestApp};
+use crate::common::moto::{Moto, OTHER_ROLE};
+use crate::common::pgbouncer::PgBouncer;
+use crate::common::{Buffer, TestApp, TestDb};
 
 /// Checks one record against the EMF specification's required structure:
 /// `_aws.Timestamp` (ms), `_aws.CloudWatchMetrics[]` with `Namespace`,
@@ -194,20 +199,172 @@ async fn one_json_log_line_per_request_and_no_secrets_in_any_line() {
 }
 
 /// One JSON log sink for the whole test binary (a global subscriber: the
-/// tests run on many threads at once).
+/// tests run on many threads at once): the production subscriber, at TRACE.
 fn global_logs() -> Buffer {
     static LOGS: std::sync::OnceLock<Buffer> = std::sync::OnceLock::new();
     LOGS.get_or_init(|| {
         let logs = Buffer::default();
-        let writer = logs.clone();
-        let subscriber = tracing_subscriber::fmt()
-            .json()
-            .with_max_level(tracing::Level::INFO)
-            .with_writer(move || writer.clone())
-            .finish();
+        let subscriber = production_subscriber(&[("AWS_LAMBDA_LOG_LEVEL", "TRACE")], &logs);
         tracing::subscriber::set_global_default(subscriber)
             .expect("first and only global subscriber");
         logs
     })
     .clone()
+}
+
+/// `telemetry::log_subscriber`, as `main` installs it, with JSON lines and
+/// these variables, writing into `logs`.
+fn production_subscriber(
+    vars: &[(&str, &str)],
+    logs: &Buffer,
+) -> Box<dyn tracing::Subscriber + Send + Sync> {
+    let mut vars: Vec<(String, String)> = vars
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+    vars.push(("AWS_LAMBDA_LOG_FORMAT".into(), "JSON".into()));
+    let writer = logs.clone();
+    tenant_users::telemetry::log_subscriber(
+        move |key| vars.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()),
+        move || writer.clone(),
+    )
+}
+
+fn with_env(mut env: Vec<(String, String)>, extra: &[(&str, &str)]) -> Vec<(String, String)> {
+    for (k, v) in extra {
+        env.retain(|(key, _)| key != k);
+        env.push((k.to_string(), v.to_string()));
+    }
+    env
+}
+
+/// Every error path around credentials, at DEBUG and at TRACE (and with
+/// directives that ask for the noisy crates by name), through the
+/// production filter: the database refusing a password (from the URL and
+/// from the secret), a missing secret, and STS refusing AssumeRole. Each
+/// request carries a bearer token and an email; none of those, nor the
+/// passwords, the secret string or the AWS secret key, may reach a line,
+/// and the SDK's failures are logged by their error code.
+#[tokio::test]
+async fn no_secret_in_any_log_line_on_connection_and_secret_fetch_errors() {
+    let db = Arc::new(TestDb::create().await);
+    let right = format!("pw-right-{}", uuid::Uuid::new_v4().simple());
+    let wrong = format!("pw-wrong-{}", uuid::Uuid::new_v4().simple());
+    let bouncer = PgBouncer::start(&[(&db.app_user, &right)], 2);
+    let moto = Moto::start().await;
+    let ca = bouncer.certs.ca_file().display().to_string();
+    let secret_string = json!({
+        "engine": "postgres",
+        "host": "localhost",
+        "port": bouncer.port,
+        "username": db.app_user,
+        "password": wrong,
+        "dbname": db.name,
+    })
+    .to_string();
+    let arn = moto
+        .create_secret(
+            &format!("tu-logs/{}", uuid::Uuid::new_v4().simple()),
+            &secret_string,
+        )
+        .await;
+    let secret_env = with_env(moto.function_env(&arn), &[("DB_CA_FILE", &ca)]);
+    let scenarios: Vec<(&str, Vec<(String, String)>)> = vec![
+        (
+            "wrong password in DATABASE_URL",
+            bouncer.app_env(&db.app_user, &wrong, &db.name),
+        ),
+        ("wrong password in the secret", secret_env.clone()),
+        (
+            "missing secret",
+            with_env(
+                secret_env.clone(),
+                &[("DB_SECRET_ARN", &Moto::arn_of("tu-logs/absent"))],
+            ),
+        ),
+        (
+            "AssumeRole refused",
+            with_env(secret_env.clone(), &[("DB_SECRET_ROLE_ARN", OTHER_ROLE)]),
+        ),
+    ];
+
+    for levels in [
+        &[("AWS_LAMBDA_LOG_LEVEL", "DEBUG")][..],
+        &[("AWS_LAMBDA_LOG_LEVEL", "TRACE")],
+        &[(
+            "RUST_LOG",
+            "trace,lambda_runtime=trace,aws_config=trace,aws_smithy_runtime=trace,hyper=trace,tokio_postgres=trace",
+        )],
+    ] {
+        let logs = Buffer::default();
+        let _scope = tracing::subscriber::set_default(production_subscriber(levels, &logs));
+        let run = uuid::Uuid::new_v4().simple().to_string();
+        let mut secrets = vec![
+            right.clone(),
+            wrong.clone(),
+            secret_string.clone(),
+            moto.function_key.1.clone(),
+        ];
+        for (what, env) in &scenarios {
+            let app = TestApp::from_env_shared(db.clone(), env.clone()).await;
+            let token = app.token("acme");
+            let email = format!("logged-{run}@acme.test");
+            let r = app
+                .post("/users", &token, json!({"email": email, "name": "Ada"}))
+                .await;
+            assert_eq!(
+                r.status,
+                StatusCode::SERVICE_UNAVAILABLE,
+                "{what}: {}",
+                r.text()
+            );
+            secrets.push(token);
+            secrets.push(email);
+        }
+        drop(_scope);
+
+        let lines = logs.lines();
+        let all = lines.join("\n");
+        assert!(!lines.is_empty(), "{levels:?}: nothing was logged");
+        for line in &lines {
+            let json: Value = serde_json::from_str(line).expect("JSON lines");
+            assert!(json["timestamp"].is_null(), "Lambda adds the time: {line}");
+            // Only tenant_users may speak below INFO, and it says nothing
+            // below INFO on these paths: a DEBUG/TRACE line here came from
+            // another crate through the cap. (Add a debug line of our own
+            // on these paths, and this test vets it for secrets below; then
+            // allow its message here.)
+            let level = json["level"].as_str().unwrap_or_default();
+            assert!(
+                !matches!(level, "DEBUG" | "TRACE"),
+                "{levels:?}: a {level} line: {line}"
+            );
+        }
+        for secret in &secrets {
+            assert!(
+                !all.contains(secret.as_str()),
+                "{levels:?}: a log line contains {secret:?}:\n{all}"
+            );
+        }
+        assert!(
+            !all.to_ascii_lowercase().contains("headers"),
+            "{levels:?}: a raw AWS response was logged:\n{all}"
+        );
+        // The SDK's failures are there, by service and error code.
+        for (service, code) in [
+            ("secretsmanager", "ResourceNotFoundException"),
+            ("sts", "AccessDenied"),
+        ] {
+            assert!(
+                lines
+                    .iter()
+                    .any(|l| l.contains(&format!("{service}: {code}"))),
+                "{levels:?}: no line names {service} {code}:\n{all}"
+            );
+        }
+        assert!(
+            all.contains("refused the password"),
+            "{levels:?}: the refused password path ran:\n{all}"
+        );
+    }
 }

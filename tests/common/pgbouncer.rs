@@ -21,6 +21,12 @@ impl Certs {
     }
 
     pub fn make(dir: &Path) -> Self {
+        Self::make_for(dir, "localhost", "DNS:localhost,IP:127.0.0.1")
+    }
+
+    /// A CA and a server certificate whose subject is `cn` and whose
+    /// subjectAltName is `san` (e.g. `DNS:db.example`).
+    pub fn make_for(dir: &Path, cn: &str, san: &str) -> Self {
         let run = |args: &[&str]| {
             let out = Command::new("openssl")
                 .args(args)
@@ -66,12 +72,14 @@ impl Certs {
             "-out",
             "server.csr",
             "-subj",
-            "/CN=localhost",
+            &format!("/CN={cn}"),
         ]);
         std::fs::write(
             dir.join("server.ext"),
-            "subjectAltName=DNS:localhost,IP:127.0.0.1\nbasicConstraints=CA:FALSE\n\
-             keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n",
+            format!(
+                "subjectAltName={san}\nbasicConstraints=CA:FALSE\n\
+                 keyUsage=digitalSignature,keyEncipherment\nextendedKeyUsage=serverAuth\n"
+            ),
         )
         .unwrap();
         run(&[
@@ -111,10 +119,16 @@ impl PgBouncer {
     /// Starts PgBouncer for `users` (name, password) with at most
     /// `pool_size` server connections per database and user.
     pub fn start(users: &[(&str, &str)], pool_size: u32) -> Self {
+        Self::start_with_cert(users, pool_size, "localhost", "DNS:localhost,IP:127.0.0.1")
+    }
+
+    /// As `start`, with a server certificate (from the same kind of test
+    /// CA) for the names in `san` instead of localhost.
+    pub fn start_with_cert(users: &[(&str, &str)], pool_size: u32, cn: &str, san: &str) -> Self {
         let dir =
             std::env::temp_dir().join(format!("tu-bouncer-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
-        let certs = Certs::make(&dir);
+        let certs = Certs::make_for(&dir, cn, san);
         let mut bouncer = PgBouncer {
             port: free_port(),
             dir,
