@@ -18,10 +18,21 @@ use tenant_users::config::{Config, DbConfig, token_config};
 use tenant_users::token::TokenManager;
 use tower::ServiceExt;
 
+const ISSUER: &str = "https://issuer.bench";
+const AUDIENCE: &str = "bench-client";
+
+/// With a JWKS the issuer and audience are required, for every algorithm.
+fn claims() -> serde_json::Value {
+    let mut claims = common::claims_for("acme");
+    claims["iss"] = json!(ISSUER);
+    claims["aud"] = json!(AUDIENCE);
+    claims
+}
+
 fn sign(alg: Algorithm, kid: &str, key: &EncodingKey) -> String {
     let mut header = Header::new(alg);
     header.kid = Some(kid.into());
-    jsonwebtoken::encode(&header, &common::claims_for("acme"), key).unwrap()
+    jsonwebtoken::encode(&header, &claims(), key).unwrap()
 }
 
 async fn jwks_url(keys: serde_json::Value) -> String {
@@ -61,13 +72,15 @@ fn verify(c: &mut Criterion) {
                 "JWT_HS256_SECRET" => Some(common::SECRET.to_owned()),
                 "JWT_JWKS_URL" => Some(url.clone()),
                 "JWT_ALGORITHMS" => Some("HS256,RS256,ES256".to_owned()),
+                "JWT_ISSUER" => Some(ISSUER.to_owned()),
+                "JWT_AUDIENCE" => Some(AUDIENCE.to_owned()),
                 _ => None,
             })
             .unwrap(),
         )
         .await
     });
-    let hs = common::sign_hs256(&common::claims_for("acme"));
+    let hs = common::sign_hs256(&claims());
     let rs = sign(
         Algorithm::RS256,
         "r",

@@ -12,6 +12,12 @@ pub const DEFAULT_TENANT_CLAIM: &str = "custom:tenant_id";
 /// HS256 keys shorter than this are refused: a guessable secret lets anyone
 /// mint tokens for any tenant.
 pub const MIN_HS256_SECRET_LEN: usize = 32;
+/// The HS256 secret of `events/env.json`. It is public (its fixture tokens
+/// are valid until 2099), so it is refused by value unless
+/// `ALLOW_TEST_FIXTURES=1`, which only `make test` sets.
+pub const FIXTURE_HS256_SECRET: &str = "test-only-fixture-secret-do-not-deploy-0123456789";
+/// More clock skew than this is no longer skew but a longer token lifetime.
+pub const MAX_LEEWAY_SECONDS: u64 = 300;
 
 #[derive(Debug, thiserror::Error)]
 #[error("configuration: {0}")]
@@ -28,8 +34,31 @@ pub struct TokenConfig {
     pub audience: Vec<String>,
     pub tenant_claim: String,
     pub leeway_seconds: u64,
-    /// Least time between two on-demand JWKS refetches (unknown `kid`).
+    /// Cognito's `token_use` the token must carry, when set.
+    pub token_use: Option<TokenUse>,
+    /// Least time between two JWKS refetches that are not on schedule
+    /// (unknown `kid`) or that follow a failed one.
     pub jwks_refetch: Duration,
+    /// Keys older than this are refetched before use; stale keys survive a
+    /// failed refetch until twice this age, never longer.
+    pub jwks_max_age: Duration,
+}
+
+/// `JWT_TOKEN_USE`: which kind of Cognito token the API accepts.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum TokenUse {
+    Id,
+    Access,
+}
+
+impl TokenUse {
+    /// The claim value Cognito writes.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TokenUse::Id => "id",
+            TokenUse::Access => "access",
+        }
+    }
 }
 
 impl std::fmt::Debug for TokenConfig {
@@ -45,7 +74,9 @@ impl std::fmt::Debug for TokenConfig {
             .field("audience", &self.audience)
             .field("tenant_claim", &self.tenant_claim)
             .field("leeway_seconds", &self.leeway_seconds)
+            .field("token_use", &self.token_use)
             .field("jwks_refetch", &self.jwks_refetch)
+            .field("jwks_max_age", &self.jwks_max_age)
             .finish()
     }
 }
@@ -309,14 +340,28 @@ fn session_name(function: &str) -> String {
 
 pub fn token_config(get: &impl Fn(&str) -> Option<String>) -> Result<TokenConfig, ConfigError> {
     let hs256_secret = get("JWT_HS256_SECRET").map(String::into_bytes);
-    if let Some(secret) = &hs256_secret
-        && secret.len() < MIN_HS256_SECRET_LEN
-    {
-        return Err(ConfigError(format!(
-            "JWT_HS256_SECRET must be at least {MIN_HS256_SECRET_LEN} bytes"
-        )));
+    if let Some(secret) = &hs256_secret {
+        if secret.len() < MIN_HS256_SECRET_LEN {
+            return Err(ConfigError(format!(
+                "JWT_HS256_SECRET must be at least {MIN_HS256_SECRET_LEN} bytes"
+            )));
+        }
+        // Anyone can read the fixture secret in this repository: a
+        // deployment that copied events/env.json would accept forged tokens.
+        if secret.trim_ascii() == FIXTURE_HS256_SECRET.as_bytes()
+            && get("ALLOW_TEST_FIXTURES").as_deref().map(str::trim) != Some("1")
+        {
+            return Err(ConfigError(
+                "JWT_HS256_SECRET is the public test fixture secret of events/env.json; \
+                 it is accepted only with ALLOW_TEST_FIXTURES=1 (make test)"
+                    .into(),
+            ));
+        }
     }
     let jwks_url = get("JWT_JWKS_URL");
+    if let Some(url) = &jwks_url {
+        check_jwks_url(url)?;
+    }
     let algorithms = match get("JWT_ALGORITHMS") {
         Some(list) => list
             .split(',')
@@ -353,7 +398,29 @@ pub fn token_config(get: &impl Fn(&str) -> Option<String>) -> Result<TokenConfig
             _ => {}
         }
     }
-    let audience = get("JWT_AUDIENCE")
+    // A shared secret in a deployed function is one leak away from forged
+    // tokens for every tenant; it takes an explicit opt-in.
+    let allow_hs256 = match get("JWT_ALLOW_HS256").as_deref().map(str::trim) {
+        None | Some("false") => false,
+        Some("true") => true,
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "JWT_ALLOW_HS256 must be true or false, got {other:?}"
+            )));
+        }
+    };
+    if algorithms.contains(&Algorithm::HS256)
+        && get("AWS_LAMBDA_FUNCTION_NAME").is_some()
+        && !allow_hs256
+    {
+        return Err(ConfigError(
+            "HS256 (JWT_HS256_SECRET) is refused in Lambda unless JWT_ALLOW_HS256=true; \
+             use a JWKS (JWT_JWKS_URL) with RS256/ES256"
+                .into(),
+        ));
+    }
+    let issuer = get("JWT_ISSUER").map(|iss| iss.trim().to_owned());
+    let audience: Vec<String> = get("JWT_AUDIENCE")
         .map(|list| {
             list.split(',')
                 .map(|a| a.trim().to_owned())
@@ -361,16 +428,88 @@ pub fn token_config(get: &impl Fn(&str) -> Option<String>) -> Result<TokenConfig
                 .collect()
         })
         .unwrap_or_default();
+    // An IdP signs tokens for every app client and every user pool it
+    // serves: without both checks, any of them would be accepted here.
+    if jwks_url.is_some() {
+        if issuer.is_none() {
+            return Err(ConfigError(
+                "JWT_ISSUER is required with JWT_JWKS_URL (Cognito: \
+                 https://cognito-idp.REGION.amazonaws.com/POOL_ID)"
+                    .into(),
+            ));
+        }
+        if audience.is_empty() {
+            return Err(ConfigError(
+                "JWT_AUDIENCE is required with JWT_JWKS_URL (Cognito: the app client id)".into(),
+            ));
+        }
+    }
+    let token_use = match get("JWT_TOKEN_USE").as_deref().map(str::trim) {
+        None => None,
+        Some("id") => Some(TokenUse::Id),
+        Some("access") => Some(TokenUse::Access),
+        Some(other) => {
+            return Err(ConfigError(format!(
+                "JWT_TOKEN_USE must be id or access, got {other:?}"
+            )));
+        }
+    };
+    let leeway_seconds = number(get, "JWT_LEEWAY_SECONDS", 30)?;
+    if leeway_seconds > MAX_LEEWAY_SECONDS {
+        return Err(ConfigError(format!(
+            "JWT_LEEWAY_SECONDS must be at most {MAX_LEEWAY_SECONDS}, got {leeway_seconds}"
+        )));
+    }
     Ok(TokenConfig {
         algorithms,
         hs256_secret,
         jwks_url,
-        issuer: get("JWT_ISSUER"),
+        issuer,
         audience,
         tenant_claim: get("TENANT_CLAIM").unwrap_or_else(|| DEFAULT_TENANT_CLAIM.to_owned()),
-        leeway_seconds: number(get, "JWT_LEEWAY_SECONDS", 30)?,
-        jwks_refetch: Duration::from_secs(number(get, "JWT_JWKS_REFETCH_SECONDS", 300)?),
+        leeway_seconds,
+        token_use,
+        jwks_refetch: positive_seconds(get, "JWT_JWKS_REFETCH_SECONDS", 300)?,
+        jwks_max_age: positive_seconds(get, "JWT_JWKS_MAX_AGE_SECONDS", 3600)?,
     })
+}
+
+/// A duration in whole seconds where zero would switch a guard off.
+fn positive_seconds(
+    get: &impl Fn(&str) -> Option<String>,
+    key: &str,
+    default: u64,
+) -> Result<Duration, ConfigError> {
+    match number(get, key, default)? {
+        0 => Err(ConfigError(format!("{key} must be at least 1"))),
+        n => Ok(Duration::from_secs(n)),
+    }
+}
+
+/// The JWKS decides who may sign tokens: it must come over TLS, except from
+/// this machine (tests serve it over plain HTTP on a loopback port).
+pub fn check_jwks_url(raw: &str) -> Result<(), ConfigError> {
+    let url = reqwest::Url::parse(raw.trim())
+        .map_err(|e| ConfigError(format!("JWT_JWKS_URL is not a valid URL: {e}")))?;
+    match url.scheme() {
+        "https" => Ok(()),
+        "http" if url.host_str().is_some_and(is_loopback_host) => Ok(()),
+        "http" => Err(ConfigError(
+            "JWT_JWKS_URL must use https:// (http:// only for 127.0.0.0/8, ::1 or localhost)"
+                .into(),
+        )),
+        other => Err(ConfigError(format!(
+            "JWT_JWKS_URL must use https://, got {other}://"
+        ))),
+    }
+}
+
+fn is_loopback_host(host: &str) -> bool {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    match bare.parse::<std::net::IpAddr>() {
+        Ok(ip) => ip.is_loopback(),
+        Err(_) => bare.eq_ignore_ascii_case("localhost"),
+    }
 }
 
 fn parse_algorithm(name: &str) -> Result<Algorithm, ConfigError> {
@@ -437,7 +576,13 @@ mod tests {
         let c = config(&[URL, SECRET]).unwrap();
         assert_eq!(c.token.algorithms, vec![Algorithm::HS256]);
         assert_eq!(c.token.tenant_claim, "custom:tenant_id");
-        let c = config(&[URL, ("JWT_JWKS_URL", "http://127.0.0.1:1/jwks.json")]).unwrap();
+        let c = config(&[
+            URL,
+            ("JWT_JWKS_URL", "http://127.0.0.1:1/jwks.json"),
+            ISSUER,
+            AUDIENCE,
+        ])
+        .unwrap();
         assert_eq!(c.token.algorithms, vec![Algorithm::RS256]);
     }
 
@@ -474,6 +619,7 @@ mod tests {
             ),
             ("DB_PORT", "6432"),
             ("AWS_LAMBDA_FUNCTION_NAME", "stack-TenantUsers/Fn x"),
+            ("JWT_ALLOW_HS256", "true"),
         ])
         .unwrap();
         assert_eq!(c.db.tls.mode, SslMode::VerifyFull);
@@ -493,10 +639,13 @@ mod tests {
         "DB_SECRET_ARN",
         "arn:aws:secretsmanager:eu-west-1:123456789012:secret:db",
     );
+    const JWKS: (&str, &str) = ("JWT_JWKS_URL", "https://idp.example/.well-known/jwks.json");
+    const ISSUER: (&str, &str) = ("JWT_ISSUER", "https://idp.example");
+    const AUDIENCE: (&str, &str) = ("JWT_AUDIENCE", "client-a, client-b");
 
     fn refused(vars: &[(&str, &str)]) -> String {
         match config(vars) {
-            Ok(_) => panic!("{vars:?} was accepted"),
+            Ok(_) => panic!("accepted: {vars:?}"),
             Err(e) => e.to_string(),
         }
     }
@@ -548,6 +697,164 @@ mod tests {
             message.contains("DATABASE_URL") && message.contains("DB_SECRET_ARN"),
             "{message}"
         );
+    }
+
+    #[test]
+    fn a_jwks_requires_issuer_and_audience() {
+        let c = config(&[URL, JWKS, ISSUER, AUDIENCE]).unwrap();
+        assert_eq!(c.token.issuer.as_deref(), Some("https://idp.example"));
+        assert_eq!(c.token.audience, vec!["client-a", "client-b"]);
+        assert!(refused(&[URL, JWKS, AUDIENCE]).contains("JWT_ISSUER"));
+        assert!(refused(&[URL, JWKS, ISSUER]).contains("JWT_AUDIENCE"));
+        assert!(refused(&[URL, JWKS, ISSUER, ("JWT_AUDIENCE", " , ")]).contains("JWT_AUDIENCE"));
+        // Also when HS256 is accepted beside the JWKS.
+        let both = ("JWT_ALGORITHMS", "HS256,ES256");
+        assert!(refused(&[URL, SECRET, JWKS, both, AUDIENCE]).contains("JWT_ISSUER"));
+        // HS256 alone keeps them optional: the secret is ours, not an IdP's.
+        assert!(config(&[URL, SECRET]).unwrap().token.audience.is_empty());
+    }
+
+    #[test]
+    fn token_use_is_id_or_access() {
+        assert_eq!(config(&[URL, SECRET]).unwrap().token.token_use, None);
+        let c = config(&[URL, SECRET, ("JWT_TOKEN_USE", "access")]).unwrap();
+        assert_eq!(c.token.token_use, Some(TokenUse::Access));
+        let c = config(&[URL, SECRET, ("JWT_TOKEN_USE", "id")]).unwrap();
+        assert_eq!(c.token.token_use, Some(TokenUse::Id));
+        for bad in ["ID", "refresh", "any"] {
+            assert!(refused(&[URL, SECRET, ("JWT_TOKEN_USE", bad)]).contains("JWT_TOKEN_USE"));
+        }
+    }
+
+    #[test]
+    fn a_plain_http_jwks_is_refused_unless_it_is_on_this_machine() {
+        for url in [
+            "http://127.0.0.1:8080/jwks.json",
+            "http://127.9.8.7/jwks.json",
+            "http://[::1]:9000/jwks.json",
+            "http://localhost/jwks.json",
+            "http://LOCALHOST:1/jwks.json",
+            "https://cognito-idp.eu-west-1.amazonaws.com/pool/.well-known/jwks.json",
+        ] {
+            config(&[URL, ("JWT_JWKS_URL", url), ISSUER, AUDIENCE])
+                .unwrap_or_else(|e| panic!("{url}: {e}"));
+        }
+        for url in [
+            "http://idp.example/jwks.json",
+            "http://10.0.0.1/jwks.json",
+            "http://localhost.evil.example/jwks.json",
+            "http://127.0.0.1.evil.example/jwks.json",
+            "http://[::ffff:8.8.8.8]/jwks.json",
+            "ftp://127.0.0.1/jwks.json",
+            "file:///etc/jwks.json",
+            "not a url",
+        ] {
+            let e = refused(&[URL, ("JWT_JWKS_URL", url), ISSUER, AUDIENCE]);
+            assert!(e.contains("JWT_JWKS_URL"), "{url}: {e}");
+        }
+    }
+
+    #[test]
+    fn zero_is_refused_where_it_would_switch_a_guard_off() {
+        let c = config(&[URL, JWKS, ISSUER, AUDIENCE]).unwrap();
+        assert_eq!(c.token.jwks_refetch, Duration::from_secs(300));
+        assert_eq!(c.token.jwks_max_age, Duration::from_secs(3600));
+        assert_eq!(c.token.leeway_seconds, 30);
+        for key in ["JWT_JWKS_REFETCH_SECONDS", "JWT_JWKS_MAX_AGE_SECONDS"] {
+            assert!(refused(&[URL, JWKS, ISSUER, AUDIENCE, (key, "0")]).contains(key));
+            assert!(refused(&[URL, JWKS, ISSUER, AUDIENCE, (key, "-1")]).contains(key));
+        }
+        let c = config(&[
+            URL,
+            JWKS,
+            ISSUER,
+            AUDIENCE,
+            ("JWT_JWKS_REFETCH_SECONDS", "1"),
+            ("JWT_JWKS_MAX_AGE_SECONDS", "2"),
+        ])
+        .unwrap();
+        assert_eq!(c.token.jwks_refetch, Duration::from_secs(1));
+        assert_eq!(c.token.jwks_max_age, Duration::from_secs(2));
+        // No leeway is a legitimate choice; a long one is a longer lifetime.
+        let no_leeway = config(&[URL, SECRET, ("JWT_LEEWAY_SECONDS", "0")]).unwrap();
+        assert_eq!(no_leeway.token.leeway_seconds, 0);
+        assert!(config(&[URL, SECRET, ("JWT_LEEWAY_SECONDS", "300")]).is_ok());
+        assert!(
+            refused(&[URL, SECRET, ("JWT_LEEWAY_SECONDS", "301")]).contains("JWT_LEEWAY_SECONDS")
+        );
+    }
+
+    #[test]
+    fn hs256_is_refused_in_lambda_unless_allowed() {
+        let lambda = ("AWS_LAMBDA_FUNCTION_NAME", "tenant-users-prod");
+        let e = refused(&[URL, SECRET, lambda]);
+        assert!(e.contains("JWT_ALLOW_HS256"), "{e}");
+        let e = refused(&[URL, SECRET, lambda, ("JWT_ALLOW_HS256", "false")]);
+        assert!(e.contains("JWT_ALLOW_HS256"), "{e}");
+        let e = refused(&[URL, SECRET, lambda, ("JWT_ALLOW_HS256", "yes")]);
+        assert!(e.contains("JWT_ALLOW_HS256"), "{e}");
+        let e = refused(&[
+            URL,
+            SECRET,
+            JWKS,
+            ISSUER,
+            AUDIENCE,
+            lambda,
+            ("JWT_ALGORITHMS", "RS256,HS256"),
+        ]);
+        assert!(e.contains("JWT_ALLOW_HS256"), "{e}");
+        let c = config(&[URL, SECRET, lambda, ("JWT_ALLOW_HS256", "true")]).unwrap();
+        assert_eq!(c.token.algorithms, vec![Algorithm::HS256]);
+        // A secret that is set but not accepted is no risk.
+        let c = config(&[
+            URL,
+            SECRET,
+            JWKS,
+            ISSUER,
+            AUDIENCE,
+            lambda,
+            ("JWT_ALGORITHMS", "RS256"),
+        ]);
+        assert_eq!(c.unwrap().token.algorithms, vec![Algorithm::RS256]);
+        // Outside Lambda (local server, tests) HS256 needs no opt-in.
+        assert!(config(&[URL, SECRET]).is_ok());
+    }
+
+    #[test]
+    fn the_fixture_secret_is_refused_without_allow_test_fixtures() {
+        let fixture = ("JWT_HS256_SECRET", FIXTURE_HS256_SECRET);
+        let padded = format!(" {FIXTURE_HS256_SECRET} ");
+        for vars in [
+            vec![URL, fixture],
+            vec![URL, ("JWT_HS256_SECRET", padded.as_str())],
+            vec![URL, fixture, ("ALLOW_TEST_FIXTURES", "0")],
+            vec![URL, fixture, ("ALLOW_TEST_FIXTURES", "true")],
+            // JWT_ALLOW_HS256 does not make the public secret acceptable.
+            vec![
+                URL,
+                fixture,
+                ("AWS_LAMBDA_FUNCTION_NAME", "f"),
+                ("JWT_ALLOW_HS256", "true"),
+            ],
+        ] {
+            let e = refused(&vars);
+            assert!(e.contains("ALLOW_TEST_FIXTURES"), "{vars:?}: {e}");
+        }
+        let c = config(&[URL, fixture, ("ALLOW_TEST_FIXTURES", "1")]).unwrap();
+        assert_eq!(
+            c.token.hs256_secret.as_deref(),
+            Some(FIXTURE_HS256_SECRET.as_bytes())
+        );
+    }
+
+    #[test]
+    fn the_fixture_secret_is_the_one_in_events_env_json() {
+        let env: serde_json::Value =
+            serde_json::from_str(include_str!("../events/env.json")).unwrap();
+        let function = &env["TenantUsersFunction"];
+        assert_eq!(function["JWT_HS256_SECRET"], FIXTURE_HS256_SECRET);
+        // The fixtures run as Lambda (cargo lambda watch, sam local).
+        assert_eq!(function["JWT_ALLOW_HS256"], "true");
     }
 
     #[test]

@@ -1,13 +1,19 @@
 //! The token manager: turns an `Authorization` header into a [`TenantContext`].
 //!
 //! Algorithms are pinned by configuration and each one has exactly one key
-//! source: HS256 the shared secret, RS256/ES256 the JWKS (fetched at cold
-//! start, cached, refetched at most once per `JWT_JWKS_REFETCH_SECONDS`
-//! (default [`DEFAULT_JWKS_REFETCH`]) when a
-//! token names a key we do not know). Nothing here touches the database.
+//! source: HS256 the shared secret, RS256/ES256 the JWKS. The JWKS is
+//! fetched at cold start and refetched when a verification finds it older
+//! than `JWT_JWKS_MAX_AGE_SECONDS` (Lambda freezes between invocations, so
+//! there is no timer), and when a token names a key we do not know, at most
+//! once per `JWT_JWKS_REFETCH_SECONDS` (default [`DEFAULT_JWKS_REFETCH`]).
+//! Every failure fails closed: stale keys outlive a failed refetch only up
+//! to twice the maximum age, then requests get 503, and failed fetches are
+//! retried at a bounded rate, never in a storm. Nothing here touches the
+//! database.
 
 use std::collections::HashMap;
-use std::time::{Duration, Instant};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime};
 
 use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
@@ -21,11 +27,15 @@ use crate::tenant::{TenantContext, TenantId};
 pub const MAX_TOKEN_LEN: usize = 8 * 1024;
 /// Junk tokens naming unknown keys must not make us hammer the IdP.
 pub const DEFAULT_JWKS_REFETCH: Duration = Duration::from_secs(300);
-/// While we hold no keys at all (the IdP was down at cold start), retry
-/// sooner than that, so the function heals without a restart.
+/// While we hold no usable keys (the IdP was down at cold start, or for
+/// longer than the stale-key grace), retry sooner than that, so the
+/// function heals without a restart.
 const JWKS_RETRY_WITHOUT_KEYS: Duration = Duration::from_secs(10);
 const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
-const MAX_JWKS_BYTES: usize = 1024 * 1024;
+/// A real JWKS is a few KiB; this bounds what a hostile or broken endpoint
+/// can make us hold in memory.
+pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
+const MAX_JWKS_REDIRECTS: usize = 3;
 
 /// Why a request was not authenticated. The `Display` text is safe to show
 /// to the caller; it never echoes the token.
@@ -54,15 +64,61 @@ struct Jwks {
     anonymous: Vec<JwksKey>,
 }
 
+/// The keys and when they were fetched. Wall-clock time, not `Instant`: a
+/// frozen or snapshotted execution environment's monotonic clock is not
+/// promised to advance while frozen, and keys must not look younger than
+/// they are.
+struct KeySet {
+    jwks: Jwks,
+    fetched_at: SystemTime,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Freshness {
+    /// Younger than the maximum age.
+    Fresh,
+    /// Due for a refetch, still usable if that fails.
+    Stale,
+    /// None at all, or older than twice the maximum age: not usable.
+    Unusable,
+}
+
+/// Why a refetch is wanted: the schedule is bounded by the maximum age
+/// itself (a success makes the keys fresh); unknown `kid`s, which anyone
+/// can send, also by the refetch interval.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Refetch {
+    Schedule,
+    UnknownKid,
+}
+
+#[derive(Default)]
+struct FetchLog {
+    /// Last fetch for an unknown `kid` or on schedule, success or not (the
+    /// cold-start fetch does not count, so a rotation right after it is
+    /// still picked up).
+    last_attempt: Option<Instant>,
+    /// Last fetch that failed: retries wait at least the refetch interval.
+    last_failure: Option<Instant>,
+}
+
+enum Lookup {
+    Verified(Map<String, Value>),
+    UnknownKid,
+    NoUsableKeys,
+}
+
 pub struct TokenManager {
     config: TokenConfig,
     /// One validation per accepted algorithm, built once (not per request).
     validations: Vec<(Algorithm, Validation)>,
     hmac: Option<DecodingKey>,
-    jwks: RwLock<Option<Jwks>>,
-    /// When the keys were last refetched on demand (the cold-start fetch
-    /// does not count, so a rotation right after it is still picked up).
-    last_refetch: Mutex<Option<Instant>>,
+    keys: RwLock<Option<KeySet>>,
+    /// Held across a fetch, so concurrent requests cause one fetch, not many.
+    fetches: Mutex<FetchLog>,
+    /// Bumped by every successful fetch: a request that waited for another
+    /// one's fetch uses its result instead of fetching again.
+    generation: AtomicU64,
     http: Option<reqwest::Client>,
 }
 
@@ -72,12 +128,7 @@ impl TokenManager {
     /// until a later (rate-limited) fetch succeeds.
     pub async fn new(config: TokenConfig) -> Self {
         let hmac = config.hs256_secret.as_deref().map(DecodingKey::from_secret);
-        let http = config.jwks_url.as_ref().map(|_| {
-            reqwest::Client::builder()
-                .timeout(JWKS_TIMEOUT)
-                .build()
-                .unwrap_or_default()
-        });
+        let http = config.jwks_url.as_ref().map(|_| jwks_client());
         let validations = config
             .algorithms
             .iter()
@@ -87,12 +138,13 @@ impl TokenManager {
             config,
             validations,
             hmac,
-            jwks: RwLock::new(None),
-            last_refetch: Mutex::new(None),
+            keys: RwLock::new(None),
+            fetches: Mutex::new(FetchLog::default()),
+            generation: AtomicU64::new(0),
             http,
         };
         if manager.config.jwks_url.is_some() {
-            manager.refresh_jwks(true).await;
+            manager.refresh_jwks(None).await;
         }
         manager
     }
@@ -124,37 +176,68 @@ impl TokenManager {
             }
             _ => {
                 let kid = header.kid.as_deref();
-                if let Some(claims) = self
-                    .with_jwks_key(kid, header.alg, token, validation)
-                    .await?
-                {
-                    claims
-                } else if self.refresh_jwks(false).await {
-                    self.with_jwks_key(kid, header.alg, token, validation)
-                        .await?
-                        .ok_or_else(|| AuthError::Invalid("token signing key is unknown".into()))?
-                } else if self.jwks.read().await.is_none() {
-                    return Err(AuthError::KeysUnavailable);
-                } else {
-                    return Err(AuthError::Invalid("token signing key is unknown".into()));
+                if self.freshness().await != Freshness::Fresh {
+                    self.refresh_jwks(Some(Refetch::Schedule)).await;
+                }
+                match self.lookup(kid, header.alg, token, validation).await? {
+                    Lookup::Verified(claims) => claims,
+                    // The schedule above already tried (or was rate-limited).
+                    Lookup::NoUsableKeys => return Err(AuthError::KeysUnavailable),
+                    Lookup::UnknownKid => {
+                        if !self.refresh_jwks(Some(Refetch::UnknownKid)).await {
+                            return Err(AuthError::Invalid("token signing key is unknown".into()));
+                        }
+                        match self.lookup(kid, header.alg, token, validation).await? {
+                            Lookup::Verified(claims) => claims,
+                            Lookup::UnknownKid => {
+                                return Err(AuthError::Invalid(
+                                    "token signing key is unknown".into(),
+                                ));
+                            }
+                            Lookup::NoUsableKeys => return Err(AuthError::KeysUnavailable),
+                        }
+                    }
                 }
             }
         };
+        self.check_audience(&claims)?;
+        self.check_token_use(&claims)?;
         self.context_from(claims)
     }
 
-    /// Verifies with the JWKS key the token names; `Ok(None)` when we hold
-    /// no such key (so the caller may refetch).
-    async fn with_jwks_key(
+    async fn freshness(&self) -> Freshness {
+        let guard = self.keys.read().await;
+        let Some(set) = guard.as_ref() else {
+            return Freshness::Unusable;
+        };
+        let max_age = self.config.jwks_max_age;
+        // A clock that went backwards makes the age unknown: refetch.
+        let age = SystemTime::now()
+            .duration_since(set.fetched_at)
+            .unwrap_or(max_age);
+        if age < max_age {
+            Freshness::Fresh
+        } else if age < max_age.saturating_mul(2) {
+            Freshness::Stale
+        } else {
+            Freshness::Unusable
+        }
+    }
+
+    /// Verifies with the JWKS key the token names.
+    async fn lookup(
         &self,
         kid: Option<&str>,
         alg: Algorithm,
         token: &str,
         validation: &Validation,
-    ) -> Result<Option<Map<String, Value>>, AuthError> {
-        let guard = self.jwks.read().await;
-        let Some(jwks) = guard.as_ref() else {
-            return Ok(None);
+    ) -> Result<Lookup, AuthError> {
+        if self.freshness().await == Freshness::Unusable {
+            return Ok(Lookup::NoUsableKeys);
+        }
+        let guard = self.keys.read().await;
+        let Some(jwks) = guard.as_ref().map(|set| &set.jwks) else {
+            return Ok(Lookup::NoUsableKeys);
         };
         let key = match kid {
             Some(kid) => jwks.keys.get(kid),
@@ -162,7 +245,7 @@ impl TokenManager {
             None => return Err(AuthError::Invalid("token has no key id (kid)".into())),
         };
         let Some(key) = key else {
-            return Ok(None);
+            return Ok(Lookup::UnknownKid);
         };
         if let Some(key_alg) = key.alg
             && key_alg != KeyAlgorithm::from(alg)
@@ -171,39 +254,114 @@ impl TokenManager {
                 "token algorithm does not match its key".into(),
             ));
         }
-        decode(token, &key.key, validation).map(Some)
+        decode(token, &key.key, validation).map(Lookup::Verified)
     }
 
-    /// Fetches the JWKS unless it was refetched within the refetch interval
-    /// (`force` skips that check, for cold start). Returns whether new keys
-    /// were loaded.
-    async fn refresh_jwks(&self, force: bool) -> bool {
+    /// Fetches the JWKS, unless the rate limits for `why` say no (`None`:
+    /// cold start, always). Returns whether new keys are loaded, by this
+    /// call or by a concurrent one it waited for.
+    async fn refresh_jwks(&self, why: Option<Refetch>) -> bool {
         let (Some(url), Some(http)) = (&self.config.jwks_url, &self.http) else {
             return false;
         };
-        if !force {
-            let interval = if self.jwks.read().await.is_some() {
-                self.config.jwks_refetch
+        let seen = self.generation.load(Ordering::Acquire);
+        let mut log = self.fetches.lock().await;
+        if self.generation.load(Ordering::Acquire) != seen {
+            return true;
+        }
+        let freshness = self.freshness().await;
+        if let Some(why) = why {
+            let interval = self.config.jwks_refetch;
+            let retry_after_failure = if freshness == Freshness::Unusable {
+                interval.min(JWKS_RETRY_WITHOUT_KEYS)
             } else {
-                self.config.jwks_refetch.min(JWKS_RETRY_WITHOUT_KEYS)
+                interval
             };
-            let mut last = self.last_refetch.lock().await;
-            if last.is_some_and(|at| at.elapsed() < interval) {
-                tracing::info!("JWKS refetch skipped: rate-limited");
+            let recent =
+                |at: Option<Instant>, within: Duration| at.is_some_and(|at| at.elapsed() < within);
+            if recent(log.last_failure, retry_after_failure)
+                || (why == Refetch::UnknownKid && recent(log.last_attempt, interval))
+            {
+                tracing::info!(reason = ?why, "JWKS refetch skipped: rate-limited");
                 return false;
             }
-            *last = Some(Instant::now());
+            log.last_attempt = Some(Instant::now());
         }
         match fetch_jwks(http, url).await {
             Ok(jwks) => {
                 tracing::info!(keys = jwks.keys.len() + jwks.anonymous.len(), "JWKS loaded");
-                *self.jwks.write().await = Some(jwks);
+                *self.keys.write().await = Some(KeySet {
+                    jwks,
+                    fetched_at: SystemTime::now(),
+                });
+                self.generation.fetch_add(1, Ordering::AcqRel);
+                log.last_failure = None;
                 true
             }
             Err(error) => {
-                tracing::error!(%url, %error, "could not load JWKS");
+                log.last_failure = Some(Instant::now());
+                match freshness {
+                    Freshness::Stale => tracing::error!(
+                        %url, %error,
+                        grace_seconds = self.config.jwks_max_age.as_secs() * 2,
+                        "could not refresh JWKS: keeping the stale keys until twice their maximum age"
+                    ),
+                    _ => tracing::error!(%url, %error, "could not load JWKS"),
+                }
                 false
             }
+        }
+    }
+
+    /// `aud`, or for tokens without one `client_id`, must name one of the
+    /// configured audiences: the rule of API Gateway's JWT authorizer
+    /// (<https://docs.aws.amazon.com/apigateway/latest/developerguide/http-api-jwt-authorizer.html>:
+    /// `client_id` is validated only when `aud` is absent; when both are
+    /// present, `aud` decides). Cognito ID tokens carry `aud` = app client
+    /// id; its access tokens carry no `aud`, only `client_id`.
+    fn check_audience(&self, claims: &Map<String, Value>) -> Result<(), AuthError> {
+        let accepted = &self.config.audience;
+        if accepted.is_empty() {
+            return Ok(());
+        }
+        let known = |v: &str| accepted.iter().any(|a| a == v);
+        let refuse = |why: &str| Err(AuthError::Invalid(why.into()));
+        match claims.get("aud") {
+            Some(Value::String(aud)) if known(aud) => Ok(()),
+            Some(Value::Array(auds)) if auds.iter().any(|a| a.as_str().is_some_and(known)) => {
+                Ok(())
+            }
+            Some(Value::String(_) | Value::Array(_)) => refuse("token audience is not accepted"),
+            Some(_) => refuse("token claim \"aud\" has the wrong type"),
+            None => match claims.get("client_id") {
+                Some(Value::String(id)) if known(id) => Ok(()),
+                Some(Value::String(_)) => refuse("token client_id (audience) is not accepted"),
+                Some(_) => refuse("token claim \"client_id\" has the wrong type"),
+                None => {
+                    refuse("token lacks the required claim \"aud\" (access tokens: \"client_id\")")
+                }
+            },
+        }
+    }
+
+    /// Cognito marks each token `id` or `access`; when configured, only
+    /// that kind is taken.
+    fn check_token_use(&self, claims: &Map<String, Value>) -> Result<(), AuthError> {
+        let Some(expected) = self.config.token_use else {
+            return Ok(());
+        };
+        match claims.get("token_use") {
+            Some(Value::String(used)) if used == expected.as_str() => Ok(()),
+            Some(Value::String(_)) => Err(AuthError::Invalid(format!(
+                "token_use is not accepted: this API takes {} tokens",
+                expected.as_str()
+            ))),
+            Some(_) => Err(AuthError::Invalid(
+                "token claim \"token_use\" has the wrong type".into(),
+            )),
+            None => Err(AuthError::Invalid(
+                "token lacks the required claim \"token_use\"".into(),
+            )),
         }
     }
 
@@ -240,12 +398,9 @@ fn validation(config: &TokenConfig, alg: Algorithm) -> Validation {
         v.set_issuer(&[iss]);
         required.push("iss");
     }
-    if config.audience.is_empty() {
-        v.validate_aud = false;
-    } else {
-        v.set_audience(&config.audience);
-        required.push("aud");
-    }
+    // Audience follows API Gateway's aud-or-client_id rule, checked by
+    // `check_audience`; jsonwebtoken knows only `aud`.
+    v.validate_aud = false;
     v.set_required_spec_claims(&required);
     v
 }
@@ -273,7 +428,7 @@ fn decode(
                     ErrorKind::InvalidAudience => "token audience is not accepted",
                     ErrorKind::InvalidAlgorithm => "token algorithm does not match its key",
                     ErrorKind::MissingRequiredClaim(_) => {
-                        "token lacks a required claim (exp, iss or aud)"
+                        "token lacks a required claim (exp or iss)"
                     }
                     ErrorKind::InvalidClaimFormat(_) => "token has a claim of the wrong type",
                     _ => "token is not a well-formed JWT",
@@ -283,14 +438,48 @@ fn decode(
         })
 }
 
+/// The JWKS client: a timeout, and redirects only to URLs the configuration
+/// would accept (https, or http on loopback).
+fn jwks_client() -> reqwest::Client {
+    let redirects = reqwest::redirect::Policy::custom(|attempt| {
+        if attempt.previous().len() >= MAX_JWKS_REDIRECTS {
+            attempt.error("too many JWKS redirects")
+        } else if crate::config::check_jwks_url(attempt.url().as_str()).is_err() {
+            attempt.error("JWKS redirect to a URL that is neither https nor loopback")
+        } else {
+            attempt.follow()
+        }
+    });
+    reqwest::Client::builder()
+        .timeout(JWKS_TIMEOUT)
+        .redirect(redirects)
+        .build()
+        .unwrap_or_default()
+}
+
+/// Reads the JWKS chunk by chunk and gives up as soon as it passes
+/// [`MAX_JWKS_BYTES`] (or says up front it will): an endless body costs us
+/// one megabyte, not all our memory.
 async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<Jwks, String> {
-    let response = http.get(url).send().await.map_err(|e| e.to_string())?;
+    let mut response = http.get(url).send().await.map_err(|e| e.to_string())?;
     if !response.status().is_success() {
         return Err(format!("JWKS endpoint answered {}", response.status()));
     }
-    let body = response.bytes().await.map_err(|e| e.to_string())?;
-    if body.len() > MAX_JWKS_BYTES {
-        return Err("JWKS document is too large".into());
+    if let Some(length) = response.content_length()
+        && length > MAX_JWKS_BYTES as u64
+    {
+        return Err(format!(
+            "JWKS document is larger than {MAX_JWKS_BYTES} bytes (Content-Length: {length})"
+        ));
+    }
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await.map_err(|e| e.to_string())? {
+        if body.len() + chunk.len() > MAX_JWKS_BYTES {
+            return Err(format!(
+                "JWKS document is larger than {MAX_JWKS_BYTES} bytes"
+            ));
+        }
+        body.extend_from_slice(&chunk);
     }
     parse_jwks(&body)
 }
@@ -332,4 +521,105 @@ fn parse_jwks(body: &[u8]) -> Result<Jwks, String> {
         return Err("JWKS holds no usable signing key".into());
     }
     Ok(jwks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    /// A one-connection HTTP server on a loopback port that answers with
+    /// `head` and then whatever `body` writes, for bodies no well-behaved
+    /// server framework would send.
+    async fn raw_server<F, Fut>(head: &'static str, body: F) -> String
+    where
+        F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+        Fut: std::future::Future<Output = ()> + Send,
+    {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            let (mut stream, _) = listener.accept().await.unwrap();
+            let mut request = Vec::new();
+            let mut buf = [0u8; 1024];
+            while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                let n = stream.read(&mut buf).await.unwrap();
+                if n == 0 {
+                    return;
+                }
+                request.extend_from_slice(&buf[..n]);
+            }
+            stream.write_all(head.as_bytes()).await.unwrap();
+            body(stream).await;
+        });
+        url
+    }
+
+    /// Well inside the client's own timeout, so a pass means the size
+    /// guard fired, not the timeout.
+    async fn fetch_quickly(url: &str) -> Result<Jwks, String> {
+        tokio::time::timeout(Duration::from_secs(3), fetch_jwks(&jwks_client(), url))
+            .await
+            .expect("the size guard answers before the client's timeout")
+    }
+
+    #[tokio::test]
+    async fn an_endless_jwks_body_is_cut_off_past_the_cap() {
+        let url = raw_server(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+            |mut stream| async move {
+                let chunk = format!("{:x}\r\n{}\r\n", 64 * 1024, " ".repeat(64 * 1024));
+                // Until the client hangs up.
+                while stream.write_all(chunk.as_bytes()).await.is_ok() {}
+            },
+        )
+        .await;
+        let error = fetch_quickly(&url).await.err().expect("refused");
+        assert_eq!(error, "JWKS document is larger than 1048576 bytes");
+    }
+
+    #[tokio::test]
+    async fn an_oversized_content_length_is_refused_before_reading() {
+        // Announces 2 MiB, sends a byte and stalls: only the up-front check
+        // can answer before the timeout.
+        let url = raw_server(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: 2097152\r\n\r\n{",
+            |stream| async move {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                drop(stream);
+            },
+        )
+        .await;
+        let error = fetch_quickly(&url).await.err().expect("refused");
+        assert!(error.contains("Content-Length: 2097152"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_jwks_just_under_the_cap_is_read() {
+        let url = raw_server(
+            "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ntransfer-encoding: chunked\r\n\r\n",
+            |mut stream| async move {
+                // A valid document padded to just under the cap, in chunks.
+                let key = r#"{"kty":"oct","kid":"k","alg":"HS256","k":"c2VjcmV0"}"#;
+                let head = format!(r#"{{"keys":[{key}],"pad":""#);
+                let tail = r#""}"#;
+                let pad = MAX_JWKS_BYTES - head.len() - tail.len();
+                let doc = format!("{head}{}{tail}", " ".repeat(pad));
+                assert_eq!(doc.len(), MAX_JWKS_BYTES);
+                for part in doc.as_bytes().chunks(100_000) {
+                    let mut chunk = format!("{:x}\r\n", part.len()).into_bytes();
+                    chunk.extend_from_slice(part);
+                    chunk.extend_from_slice(b"\r\n");
+                    stream.write_all(&chunk).await.unwrap();
+                }
+                stream.write_all(b"0\r\n\r\n").await.unwrap();
+            },
+        )
+        .await;
+        let jwks = fetch_quickly(&url)
+            .await
+            .expect("a document of exactly the cap is read");
+        assert!(jwks.keys.contains_key("k"));
+    }
 }

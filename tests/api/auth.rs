@@ -1,9 +1,12 @@
 //! The token manager at the edge: bad tokens are 401 problems with a
-//! WWW-Authenticate challenge, and never reach the database.
+//! WWW-Authenticate challenge, and never reach the database; the token
+//! settings fail closed (issuer and audience required with a JWKS, keys that
+//! expire, a bounded JWKS body, no test material in production).
 
-use std::net::SocketAddr;
+use std::process::Command;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode, header};
@@ -12,6 +15,8 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
+use tenant_users::config::FIXTURE_HS256_SECRET;
+use tenant_users::token::MAX_JWKS_BYTES;
 
 use crate::common::{SECRET, TestApp, claims_for, now, raw_hs256, sign_hs256, sign_with};
 
@@ -355,18 +360,82 @@ async fn jwks_server(doc: Value) -> Jwks {
     jwks
 }
 
-async fn serve_jwks(doc: Value) -> SocketAddr {
-    let jwks = jwks_server(doc).await;
-    jwks.url
-        .trim_start_matches("http://")
-        .trim_end_matches("/.well-known/jwks.json")
-        .parse()
-        .unwrap()
+/// A JWKS endpoint that serves `doc` padded past [`MAX_JWKS_BYTES`] with
+/// junk the parser would ignore: without the size guard it would load.
+/// `chunked`: streamed without a Content-Length.
+async fn oversized_jwks_server(doc: Value, chunked: bool) -> Jwks {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let mut padded = doc;
+    padded["padding"] = json!("x".repeat(MAX_JWKS_BYTES));
+    let body = padded.to_string().into_bytes();
+    let jwks = Jwks {
+        doc: Arc::new(Mutex::new(Value::Null)),
+        up: Arc::new(AtomicBool::new(true)),
+        hits: Arc::new(AtomicUsize::new(0)),
+        url: format!("http://{addr}/.well-known/jwks.json"),
+    };
+    let hits = jwks.hits.clone();
+    let router = axum::Router::new().route(
+        "/.well-known/jwks.json",
+        axum::routing::get(move || {
+            let body = body.clone();
+            hits.fetch_add(1, Ordering::SeqCst);
+            async move {
+                let body = if chunked {
+                    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+                        body.chunks(64 * 1024).map(|c| Ok(c.to_vec())).collect();
+                    Body::from_stream(futures_util::stream::iter(chunks))
+                } else {
+                    Body::from(body)
+                };
+                ([(header::CONTENT_TYPE, "application/json")], body).into_response()
+            }
+        }),
+    );
+    tokio::spawn(async move { axum::serve(listener, router).await });
+    jwks
+}
+
+const ISSUER: &str = "https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_test";
+const CLIENT: &str = "client-a";
+
+/// Claims as a Cognito ID token for the app client [`CLIENT`] carries them.
+fn id_claims(tenant: &str) -> Value {
+    let mut claims = claims_for(tenant);
+    claims["iss"] = json!(ISSUER);
+    claims["aud"] = json!(CLIENT);
+    claims["token_use"] = json!("id");
+    claims
+}
+
+/// Claims as a Cognito access token carries them: no `aud`, a `client_id`.
+fn access_claims(tenant: &str, client_id: &str) -> Value {
+    let mut claims = claims_for(tenant);
+    claims["iss"] = json!(ISSUER);
+    claims["client_id"] = json!(client_id);
+    claims["token_use"] = json!("access");
+    claims
+}
+
+/// A service verifying RS256 tokens from `url`, with the issuer and
+/// audience a JWKS requires; `extra` comes first, so it overrides.
+async fn jwks_app(url: &str, extra: &[(&str, &str)]) -> TestApp {
+    let mut vars = extra.to_vec();
+    vars.extend([
+        ("JWT_JWKS_URL", url),
+        ("JWT_ISSUER", ISSUER),
+        ("JWT_AUDIENCE", CLIENT),
+        ("JWT_ALGORITHMS", "RS256"),
+    ]);
+    TestApp::spawn_with(&vars).await
 }
 
 struct RsaKey {
     encoding: EncodingKey,
     jwk: Value,
+    /// The RSA key itself (None for EC keys), for algorithm-confusion forgeries.
+    private_rsa: Option<rsa::RsaPrivateKey>,
 }
 
 fn rsa_key(kid: &str) -> RsaKey {
@@ -381,6 +450,7 @@ fn rsa_key(kid: &str) -> RsaKey {
     RsaKey {
         encoding: EncodingKey::from_rsa_der(key.to_pkcs1_der().unwrap().as_bytes()),
         jwk,
+        private_rsa: Some(key),
     }
 }
 
@@ -396,6 +466,7 @@ fn ec_key(kid: &str) -> RsaKey {
     RsaKey {
         encoding: EncodingKey::from_ec_der(key.to_pkcs8_der().unwrap().as_bytes()),
         jwk,
+        private_rsa: None,
     }
 }
 
@@ -409,22 +480,17 @@ fn sign_kid(alg: Algorithm, kid: &str, key: &EncodingKey, claims: &Value) -> Str
 async fn rs256_and_es256_tokens_verify_against_the_jwks() {
     let rsa = rsa_key("rsa-1");
     let ec = ec_key("ec-1");
-    let addr = serve_jwks(json!({"keys": [rsa.jwk, ec.jwk, {"kty": "oct", "kid": "junk"}]})).await;
-    let url = format!("http://{addr}/.well-known/jwks.json");
+    let jwks = jwks_server(json!({"keys": [rsa.jwk, ec.jwk, {"kty": "oct", "kid": "junk"}]})).await;
     // HS256 stays configured too: each algorithm has its own key source.
-    let app = TestApp::spawn_with(&[
-        ("JWT_JWKS_URL", &url),
-        ("JWT_ALGORITHMS", "RS256,ES256,HS256"),
-    ])
-    .await;
-    let claims = claims_for("acme");
+    let app = jwks_app(&jwks.url, &[("JWT_ALGORITHMS", "RS256,ES256,HS256")]).await;
+    let claims = id_claims("acme");
 
     let rs = sign_kid(Algorithm::RS256, "rsa-1", &rsa.encoding, &claims);
     assert_eq!(app.get("/users", &rs).await.status, StatusCode::OK);
     let es = sign_kid(Algorithm::ES256, "ec-1", &ec.encoding, &claims);
     assert_eq!(app.get("/users", &es).await.status, StatusCode::OK);
     assert_eq!(
-        app.get("/users", &app.token("acme")).await.status,
+        app.get("/users", &sign_hs256(&claims)).await.status,
         StatusCode::OK
     );
 
@@ -435,26 +501,226 @@ async fn rs256_and_es256_tokens_verify_against_the_jwks() {
     assert!(detail.contains("unknown"), "{detail}");
     let mismatched = sign_kid(Algorithm::ES256, "rsa-1", &ec.encoding, &claims);
     assert_unauthorized(&app, Some(&bearer(&mismatched))).await;
-
-    // Algorithm confusion: an HS256 token "signed" with the RSA public key
-    // is checked against the HS256 secret, and fails.
-    let public_n = rsa_public_pem_like(&rsa);
-    let confused = sign_with(Algorithm::HS256, &claims, public_n.as_bytes());
-    let (detail, _) = assert_unauthorized(&app, Some(&bearer(&confused))).await;
-    assert!(detail.contains("signature"), "{detail}");
+    // Issuer and audience apply to HS256 tokens too once configured.
+    let (detail, _) = assert_unauthorized(&app, Some(&bearer(&app.token("acme")))).await;
+    assert!(detail.contains("\"iss\""), "{detail}");
 }
 
-fn rsa_public_pem_like(key: &RsaKey) -> String {
-    key.jwk["n"].as_str().unwrap().to_owned()
+/// The public key in the encodings an attacker would try as an HMAC secret.
+fn public_key_encodings(key: &rsa::RsaPrivateKey) -> Vec<(&'static str, Vec<u8>)> {
+    use rsa::pkcs1::EncodeRsaPublicKey;
+    use rsa::pkcs8::{EncodePublicKey, LineEnding};
+    let public = key.to_public_key();
+    vec![
+        (
+            "SPKI PEM",
+            public
+                .to_public_key_pem(LineEnding::LF)
+                .unwrap()
+                .into_bytes(),
+        ),
+        (
+            "PKCS#1 PEM",
+            public.to_pkcs1_pem(LineEnding::LF).unwrap().into_bytes(),
+        ),
+        (
+            "SPKI DER",
+            public.to_public_key_der().unwrap().as_bytes().to_vec(),
+        ),
+        (
+            "PKCS#1 DER",
+            public.to_pkcs1_der().unwrap().as_bytes().to_vec(),
+        ),
+    ]
+}
+
+#[tokio::test]
+async fn hs256_tokens_keyed_with_the_rsa_public_key_are_refused_and_run_no_sql() {
+    let rsa = rsa_key("rsa-1");
+    let jwks = jwks_server(json!({"keys": [rsa.jwk]})).await;
+    let claims = id_claims("acme");
+    let forged: Vec<(&str, String)> = public_key_encodings(rsa.private_rsa.as_ref().unwrap())
+        .into_iter()
+        .map(|(name, bytes)| {
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some("rsa-1".into());
+            let token =
+                jsonwebtoken::encode(&header, &claims, &EncodingKey::from_secret(&bytes)).unwrap();
+            (name, token)
+        })
+        .collect();
+    let genuine = sign_kid(Algorithm::RS256, "rsa-1", &rsa.encoding, &claims);
+
+    // RS256 only; then HS256 beside it, with a secret of its own.
+    for (algorithms, expected) in [("RS256", "not accepted"), ("HS256,RS256", "signature")] {
+        let app = jwks_app(&jwks.url, &[("JWT_ALGORITHMS", algorithms)]).await;
+        assert_eq!(app.get("/users", &genuine).await.status, StatusCode::OK);
+        let before = app.app_activity().await;
+        for (name, token) in &forged {
+            let (detail, _) = assert_unauthorized(&app, Some(&bearer(token))).await;
+            assert!(detail.contains(expected), "{algorithms}, {name}: {detail}");
+        }
+        assert_eq!(
+            app.app_activity().await,
+            before,
+            "{algorithms}: a forged token ran SQL"
+        );
+        if algorithms.contains("HS256") {
+            // The same claims and kid with the real secret pass: the key is
+            // what the forgeries got wrong.
+            let mut header = Header::new(Algorithm::HS256);
+            header.kid = Some("rsa-1".into());
+            let real = jsonwebtoken::encode(
+                &header,
+                &claims,
+                &EncodingKey::from_secret(crate::common::SECRET.as_bytes()),
+            )
+            .unwrap();
+            assert_eq!(app.get("/users", &real).await.status, StatusCode::OK);
+        }
+    }
+}
+
+#[tokio::test]
+async fn the_audience_is_aud_or_else_client_id_as_api_gateway_checks_it() {
+    let rsa = rsa_key("rsa-1");
+    let jwks = jwks_server(json!({"keys": [rsa.jwk]})).await;
+    let app = jwks_app(&jwks.url, &[("JWT_AUDIENCE", "client-a, client-b")]).await;
+    let sign = |claims: &Value| sign_kid(Algorithm::RS256, "rsa-1", &rsa.encoding, claims);
+    let with = |mut claims: Value, edits: &[(&str, Value)]| {
+        for (k, v) in edits {
+            if v.is_null() {
+                claims.as_object_mut().unwrap().remove(*k);
+            } else {
+                claims[*k] = v.clone();
+            }
+        }
+        claims
+    };
+
+    for (name, claims) in [
+        ("ID token for client-a", id_claims("acme")),
+        (
+            "ID token, aud list naming client-b",
+            with(id_claims("acme"), &[("aud", json!(["other", "client-b"]))]),
+        ),
+        (
+            "access token for client-b",
+            access_claims("acme", "client-b"),
+        ),
+    ] {
+        let r = app.get("/users", &sign(&claims)).await;
+        assert_eq!(r.status, StatusCode::OK, "{name}: {}", r.text());
+    }
+
+    let before = app.app_activity().await;
+    for (name, claims, expected) in [
+        (
+            "aud of another client",
+            with(id_claims("acme"), &[("aud", json!("client-c"))]),
+            "audience is not accepted",
+        ),
+        (
+            "aud decides when both are present",
+            with(
+                id_claims("acme"),
+                &[("aud", json!("client-c")), ("client_id", json!(CLIENT))],
+            ),
+            "audience is not accepted",
+        ),
+        (
+            "an empty aud list is an aud",
+            with(
+                id_claims("acme"),
+                &[("aud", json!([])), ("client_id", json!(CLIENT))],
+            ),
+            "audience is not accepted",
+        ),
+        (
+            "access token of another client",
+            access_claims("acme", "client-c"),
+            "client_id",
+        ),
+        (
+            "neither aud nor client_id",
+            with(id_claims("acme"), &[("aud", Value::Null)]),
+            "required claim \"aud\"",
+        ),
+        (
+            "aud not a string",
+            with(id_claims("acme"), &[("aud", json!(42))]),
+            "wrong type",
+        ),
+        (
+            "client_id not a string",
+            with(
+                access_claims("acme", CLIENT),
+                &[("client_id", json!([CLIENT]))],
+            ),
+            "wrong type",
+        ),
+        (
+            "no issuer",
+            with(id_claims("acme"), &[("iss", Value::Null)]),
+            "required claim \"iss\"",
+        ),
+        (
+            "another user pool",
+            with(
+                id_claims("acme"),
+                &[(
+                    "iss",
+                    json!("https://cognito-idp.eu-west-1.amazonaws.com/eu-west-1_other"),
+                )],
+            ),
+            "issuer",
+        ),
+    ] {
+        let (detail, _) = assert_unauthorized(&app, Some(&bearer(&sign(&claims)))).await;
+        assert!(detail.contains(expected), "{name}: {detail}");
+    }
+    assert_eq!(app.app_activity().await, before, "a rejected token ran SQL");
+}
+
+#[tokio::test]
+async fn token_use_must_match_when_configured() {
+    let rsa = rsa_key("rsa-1");
+    let jwks = jwks_server(json!({"keys": [rsa.jwk]})).await;
+    let sign = |claims: &Value| sign_kid(Algorithm::RS256, "rsa-1", &rsa.encoding, claims);
+    let id = id_claims("acme");
+    let access = access_claims("acme", CLIENT);
+    let mut unmarked = id_claims("acme");
+    unmarked.as_object_mut().unwrap().remove("token_use");
+    let mut not_a_string = id_claims("acme");
+    not_a_string["token_use"] = json!(["id"]);
+
+    let app = jwks_app(&jwks.url, &[("JWT_TOKEN_USE", "access")]).await;
+    assert_eq!(
+        app.get("/users", &sign(&access)).await.status,
+        StatusCode::OK
+    );
+    for (name, claims, expected) in [
+        ("ID token", &id, "this API takes access tokens"),
+        ("no token_use", &unmarked, "required claim \"token_use\""),
+        ("token_use not a string", &not_a_string, "wrong type"),
+    ] {
+        let (detail, _) = assert_unauthorized(&app, Some(&bearer(&sign(claims)))).await;
+        assert!(detail.contains(expected), "{name}: {detail}");
+    }
+
+    let app = jwks_app(&jwks.url, &[("JWT_TOKEN_USE", "id")]).await;
+    assert_eq!(app.get("/users", &sign(&id)).await.status, StatusCode::OK);
+    let (detail, _) = assert_unauthorized(&app, Some(&bearer(&sign(&access)))).await;
+    assert!(detail.contains("this API takes id tokens"), "{detail}");
 }
 
 #[tokio::test]
 async fn an_rs256_only_deployment_refuses_hs256_tokens() {
     let rsa = rsa_key("rsa-1");
-    let addr = serve_jwks(json!({"keys": [rsa.jwk]})).await;
-    let url = format!("http://{addr}/.well-known/jwks.json");
-    let app = TestApp::spawn_with(&[("JWT_JWKS_URL", &url), ("JWT_ALGORITHMS", "RS256")]).await;
-    let (detail, _) = assert_unauthorized(&app, Some(&bearer(&app.token("acme")))).await;
+    let jwks = jwks_server(json!({"keys": [rsa.jwk]})).await;
+    let app = jwks_app(&jwks.url, &[]).await;
+    let (detail, _) =
+        assert_unauthorized(&app, Some(&bearer(&sign_hs256(&id_claims("acme"))))).await;
     assert!(detail.contains("not accepted"), "{detail}");
 }
 
@@ -464,26 +730,33 @@ async fn an_unreachable_jwks_is_503_not_401() {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
     drop(listener);
-    let app = TestApp::spawn_with(&[("JWT_JWKS_URL", &url), ("JWT_ALGORITHMS", "RS256")]).await;
+    let app = jwks_app(&url, &[]).await;
     let rsa = rsa_key("rsa-1");
-    let token = sign_kid(
-        Algorithm::RS256,
-        "rsa-1",
-        &rsa.encoding,
-        &claims_for("acme"),
-    );
+    let token = sign_kid(Algorithm::RS256, "rsa-1", &rsa.encoding, &id_claims("acme"));
     let r = app.get("/users", &token).await;
     r.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
     assert!(r.header("retry-after").is_some());
 }
 
 #[tokio::test]
+async fn an_oversized_jwks_is_refused_with_and_without_content_length() {
+    let rsa = rsa_key("rsa-1");
+    let token = sign_kid(Algorithm::RS256, "rsa-1", &rsa.encoding, &id_claims("acme"));
+    for chunked in [false, true] {
+        let jwks = oversized_jwks_server(json!({"keys": [rsa.jwk]}), chunked).await;
+        let app = jwks_app(&jwks.url, &[]).await;
+        let r = app.get("/users", &token).await;
+        r.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
+        assert!(jwks.hits() >= 1, "chunked: {chunked}: the JWKS was fetched");
+    }
+}
+
+#[tokio::test]
 async fn unknown_kids_refetch_the_jwks_at_most_once_per_interval_and_run_no_sql() {
     let rsa = rsa_key("rsa-1");
     let jwks = jwks_server(json!({"keys": [rsa.jwk]})).await;
-    let app =
-        TestApp::spawn_with(&[("JWT_JWKS_URL", &jwks.url), ("JWT_ALGORITHMS", "RS256")]).await;
-    let claims = claims_for("acme");
+    let app = jwks_app(&jwks.url, &[]).await;
+    let claims = id_claims("acme");
     let good = sign_kid(Algorithm::RS256, "rsa-1", &rsa.encoding, &claims);
     assert_eq!(app.get("/users", &good).await.status, StatusCode::OK);
     assert_eq!(jwks.hits(), 1, "fetched once at cold start");
@@ -517,9 +790,8 @@ async fn a_rotated_jwks_is_picked_up_and_the_removed_key_stops_working() {
     let old = rsa_key("key-old");
     let new = rsa_key("key-new");
     let jwks = jwks_server(json!({"keys": [old.jwk]})).await;
-    let app =
-        TestApp::spawn_with(&[("JWT_JWKS_URL", &jwks.url), ("JWT_ALGORITHMS", "RS256")]).await;
-    let claims = claims_for("acme");
+    let app = jwks_app(&jwks.url, &[]).await;
+    let claims = id_claims("acme");
     let by_old = sign_kid(Algorithm::RS256, "key-old", &old.encoding, &claims);
     let by_new = sign_kid(Algorithm::RS256, "key-new", &new.encoding, &claims);
     assert_eq!(app.get("/users", &by_old).await.status, StatusCode::OK);
@@ -536,26 +808,175 @@ async fn a_rotated_jwks_is_picked_up_and_the_removed_key_stops_working() {
 }
 
 #[tokio::test]
+async fn a_withdrawn_key_stops_working_once_the_keys_pass_their_max_age() {
+    let old = rsa_key("key-old");
+    let new = rsa_key("key-new");
+    let jwks = jwks_server(json!({"keys": [old.jwk, new.jwk]})).await;
+    // The default refetch interval (300 s) does not hold back the schedule.
+    let app = jwks_app(&jwks.url, &[("JWT_JWKS_MAX_AGE_SECONDS", "1")]).await;
+    let claims = id_claims("acme");
+    let by_old = sign_kid(Algorithm::RS256, "key-old", &old.encoding, &claims);
+    let by_new = sign_kid(Algorithm::RS256, "key-new", &new.encoding, &claims);
+    assert_eq!(app.get("/users", &by_old).await.status, StatusCode::OK);
+
+    // The IdP withdraws the old key; no token names an unknown kid, so
+    // only the schedule can notice.
+    jwks.set(json!({"keys": [new.jwk]}));
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let before = app.app_activity().await;
+    let (detail, _) = assert_unauthorized(&app, Some(&bearer(&by_old))).await;
+    assert!(detail.contains("unknown"), "{detail}");
+    assert_eq!(app.app_activity().await, before, "a rejected token ran SQL");
+    assert_eq!(jwks.hits(), 2, "one scheduled refetch");
+    assert_eq!(app.get("/users", &by_new).await.status, StatusCode::OK);
+
+    // Keys keep being refreshed on schedule while they are in use.
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(app.get("/users", &by_new).await.status, StatusCode::OK);
+    assert_eq!(jwks.hits(), 3);
+}
+
+#[tokio::test]
+async fn stale_keys_outlive_a_failed_refetch_until_twice_max_age_then_503() {
+    let rsa = rsa_key("rsa-1");
+    let jwks = jwks_server(json!({"keys": [rsa.jwk]})).await;
+    let app = jwks_app(
+        &jwks.url,
+        &[
+            ("JWT_JWKS_MAX_AGE_SECONDS", "1"),
+            ("JWT_JWKS_REFETCH_SECONDS", "1"),
+        ],
+    )
+    .await;
+    // The cold-start fetch is done by now: the keys are at least this old.
+    let fetched = Instant::now();
+    let token = sign_kid(Algorithm::RS256, "rsa-1", &rsa.encoding, &id_claims("acme"));
+    let sleep_until =
+        |secs: f64| tokio::time::sleep_until((fetched + Duration::from_secs_f64(secs)).into());
+    assert_eq!(app.get("/users", &token).await.status, StatusCode::OK);
+    assert_eq!(jwks.hits(), 1);
+
+    // The IdP goes down. Past max age the refetch fails, and the stale
+    // keys still serve; the failure holds back the next try.
+    jwks.up.store(false, Ordering::SeqCst);
+    sleep_until(1.2).await;
+    assert_eq!(app.get("/users", &token).await.status, StatusCode::OK);
+    assert_eq!(jwks.hits(), 2, "one refetch attempt");
+    assert_eq!(app.get("/users", &token).await.status, StatusCode::OK);
+    assert_eq!(jwks.hits(), 2, "no retry within the refetch interval");
+
+    // Past twice max age the stale keys are dropped: 503, not 401, and
+    // still at most one attempt per interval.
+    sleep_until(2.4).await;
+    for _ in 0..5 {
+        let r = app.get("/users", &token).await;
+        r.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.header("retry-after").is_some());
+    }
+    assert_eq!(jwks.hits(), 3, "five requests, one attempt");
+
+    // The IdP is back: the next allowed attempt heals, without a restart.
+    jwks.up.store(true, Ordering::SeqCst);
+    app.get("/users", &token)
+        .await
+        .assert_problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(jwks.hits(), 3, "still within the interval after a failure");
+    sleep_until(3.6).await;
+    assert_eq!(app.get("/users", &token).await.status, StatusCode::OK);
+    assert_eq!(jwks.hits(), 4);
+}
+
+#[tokio::test]
 async fn an_idp_down_at_cold_start_is_503_and_heals_without_a_restart() {
     let rsa = rsa_key("rsa-1");
     let jwks = jwks_server(json!({"keys": [rsa.jwk]})).await;
     jwks.up.store(false, Ordering::SeqCst);
-    let app = TestApp::spawn_with(&[
-        ("JWT_JWKS_URL", &jwks.url),
-        ("JWT_ALGORITHMS", "RS256"),
-        ("JWT_JWKS_REFETCH_SECONDS", "1"),
-    ])
-    .await;
-    let token = sign_kid(
-        Algorithm::RS256,
-        "rsa-1",
-        &rsa.encoding,
-        &claims_for("acme"),
-    );
+    let app = jwks_app(&jwks.url, &[("JWT_JWKS_REFETCH_SECONDS", "1")]).await;
+    let token = sign_kid(Algorithm::RS256, "rsa-1", &rsa.encoding, &id_claims("acme"));
     app.get("/users", &token)
         .await
         .assert_problem(StatusCode::SERVICE_UNAVAILABLE);
     jwks.up.store(true, Ordering::SeqCst);
-    tokio::time::sleep(std::time::Duration::from_millis(1100)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     assert_eq!(app.get("/users", &token).await.status, StatusCode::OK);
+}
+
+/// Runs the real binary with only `env` (no inherited ALLOW_TEST_FIXTURES
+/// from make test) and returns (success, stdout + stderr).
+fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_tenant-users"))
+        .args(args)
+        .env_clear()
+        .envs(env.iter().copied())
+        .env("RUST_LOG", "error")
+        .output()
+        .unwrap();
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+#[test]
+fn the_function_refuses_to_start_on_unsafe_token_settings() {
+    let db = ("DATABASE_URL", "postgres://app@127.0.0.1:1/app");
+    let jwks = ("JWT_JWKS_URL", "https://idp.example/.well-known/jwks.json");
+    // In Lambda mode: the configuration is read before the runtime API is
+    // contacted, so a bad one stops the function at its cold start.
+    let lambda = [
+        ("AWS_LAMBDA_RUNTIME_API", "127.0.0.1:1"),
+        ("AWS_LAMBDA_FUNCTION_NAME", "tenant-users-test"),
+    ];
+    let secret = ("JWT_HS256_SECRET", crate::common::SECRET);
+    for (name, env, expected) in [
+        (
+            "JWKS without an issuer",
+            vec![db, jwks, ("JWT_AUDIENCE", CLIENT)],
+            "JWT_ISSUER",
+        ),
+        (
+            "JWKS without an audience",
+            vec![db, jwks, ("JWT_ISSUER", ISSUER)],
+            "JWT_AUDIENCE",
+        ),
+        (
+            "JWKS over plain http",
+            vec![
+                db,
+                ("JWT_JWKS_URL", "http://idp.example/jwks.json"),
+                ("JWT_ISSUER", ISSUER),
+                ("JWT_AUDIENCE", CLIENT),
+            ],
+            "JWT_JWKS_URL",
+        ),
+        ("HS256 in Lambda", vec![db, secret], "JWT_ALLOW_HS256"),
+        (
+            "the fixture secret",
+            vec![
+                db,
+                ("JWT_HS256_SECRET", FIXTURE_HS256_SECRET),
+                ("JWT_ALLOW_HS256", "true"),
+            ],
+            "ALLOW_TEST_FIXTURES",
+        ),
+    ] {
+        let env: Vec<_> = env.into_iter().chain(lambda).collect();
+        let (ok, output) = run_binary(&[], &env);
+        assert!(!ok, "{name}: started");
+        assert!(output.contains(expected), "{name}: {output}");
+    }
+
+    // `token` reads the same settings: the fixture secret works only under
+    // ALLOW_TEST_FIXTURES=1, as in make test.
+    let fixture = ("JWT_HS256_SECRET", FIXTURE_HS256_SECRET);
+    let (ok, output) = run_binary(&["token", "--tenant", "acme"], &[fixture]);
+    assert!(!ok && output.contains("ALLOW_TEST_FIXTURES"), "{output}");
+    let (ok, output) = run_binary(
+        &["token", "--tenant", "acme"],
+        &[fixture, ("ALLOW_TEST_FIXTURES", "1")],
+    );
+    assert!(ok, "{output}");
+    assert_eq!(output.trim().split('.').count(), 3, "{output}");
 }

@@ -162,6 +162,8 @@ impl Moto {
                 "AWS_LAMBDA_FUNCTION_NAME".into(),
                 "tenant-users-test".into(),
             ),
+            // The tests sign HS256 tokens, which a Lambda takes only when told.
+            ("JWT_ALLOW_HS256".into(), "true".into()),
         ]
     }
 
