@@ -14,5 +14,6 @@ mod isolation;
 mod model;
 mod openapi;
 mod proxy;
+mod rotation;
 mod routes;
 mod telemetry;

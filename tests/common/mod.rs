@@ -163,9 +163,12 @@ impl Drop for TestDb {
                 let _ = client
                     .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
                     .await;
-                let _ = client
-                    .batch_execute(&format!("DROP ROLE IF EXISTS {user}"))
-                    .await;
+                // The rotation's clone (`<user>_clone`), where a test made one.
+                for role in [format!("{user}_clone"), user.clone()] {
+                    let _ = client
+                        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
+                        .await;
+                }
             });
         })
         .join();

@@ -105,6 +105,10 @@ impl Certs {
     }
 }
 
+/// The admin console's user, always in the user list.
+const ADMIN_USER: &str = "tu_bouncer_admin";
+const ADMIN_PASSWORD: &str = "admin-console-test-only";
+
 pub struct PgBouncer {
     pub port: u16,
     pub dir: PathBuf,
@@ -144,6 +148,7 @@ impl PgBouncer {
     fn write_users(&self, users: &[(&str, &str)]) {
         let list: String = users
             .iter()
+            .chain([&(ADMIN_USER, ADMIN_PASSWORD)])
             .map(|(u, p)| format!("\"{u}\" \"{p}\"\n"))
             .collect();
         std::fs::write(self.dir.join("userlist.txt"), list).unwrap();
@@ -160,7 +165,7 @@ impl PgBouncer {
         let ini = format!(
             "[databases]\n* = host={host} port={port}\n\n[pgbouncer]\n\
              listen_addr = 127.0.0.1\nlisten_port = {}\nunix_socket_dir =\n\
-             auth_type = scram-sha-256\nauth_file = {d}/userlist.txt\n\
+             auth_type = scram-sha-256\nauth_file = {d}/userlist.txt\nadmin_users = {ADMIN_USER}\n\
              pool_mode = transaction\ndefault_pool_size = {}\nmax_client_conn = 500\n\
              client_tls_sslmode = require\nclient_tls_key_file = {d}/server.key\nclient_tls_cert_file = {d}/server.crt\n\
              server_tls_sslmode = disable\nignore_startup_parameters = extra_float_digits\n\
@@ -193,6 +198,50 @@ impl PgBouncer {
         self.stop();
         self.write_users(users);
         self.launch();
+    }
+
+    /// Replaces the user list and reloads it (SIGHUP), as RDS Proxy picks
+    /// up a rotated secret: connected clients stay connected.
+    pub fn reload_with_users(&self, users: &[(&str, &str)]) {
+        self.write_users(users);
+        let pid = std::fs::read_to_string(self.dir.join("pgbouncer.pid")).unwrap();
+        assert!(
+            Command::new("kill")
+                .args(["-HUP", pid.trim()])
+                .status()
+                .unwrap()
+                .success()
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+
+    /// Drops every client (and server) connection to `dbname` through the
+    /// admin console (`KILL`): clients must log in again.
+    pub async fn kill_clients(&self, dbname: &str) {
+        let connector = native_tls::TlsConnector::builder()
+            .add_root_certificate(
+                native_tls::Certificate::from_pem(&std::fs::read(self.certs.ca_file()).unwrap())
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        let url = format!(
+            "postgres://{ADMIN_USER}:{ADMIN_PASSWORD}@localhost:{}/pgbouncer?sslmode=require",
+            self.port
+        );
+        let config: tokio_postgres::Config = url.parse().unwrap();
+        let (client, connection) = config
+            .connect(postgres_native_tls::MakeTlsConnector::new(connector))
+            .await
+            .expect("PgBouncer admin console");
+        tokio::spawn(connection);
+        // KILL also pauses the database: RESUME lets new logins in.
+        for command in ["KILL", "RESUME"] {
+            client
+                .simple_query(&format!("{command} {dbname}"))
+                .await
+                .unwrap_or_else(|e| panic!("{command}: {e}"));
+        }
     }
 
     fn stop(&mut self) {
