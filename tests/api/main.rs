@@ -11,6 +11,7 @@ mod events;
 mod faults;
 mod hostile;
 mod isolation;
+mod migrate;
 mod model;
 mod openapi;
 mod proxy;
