@@ -109,7 +109,20 @@ pub async fn run(
     tls: &TlsConfig,
     role: &AppRole,
 ) -> Result<(), MigrateError> {
+    run_with_progress(admin, tls, role, |_| {}).await
+}
+
+/// [`run`], telling `progress` the step it enters (`connect`, `migrate`,
+/// `app role`: the words of [`MigrateError::step`]), so a caller that gives
+/// up on a deadline can say where it was.
+pub async fn run_with_progress(
+    admin: &tokio_postgres::Config,
+    tls: &TlsConfig,
+    role: &AppRole,
+    progress: impl Fn(&'static str),
+) -> Result<(), MigrateError> {
     check_role_name(&role.name)?;
+    progress("connect");
     // DB_SSLMODE decides; without it, the URL's own sslmode=require is
     // honoured (encrypted, unverified) and anything else means plain.
     let url_requires = admin.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
@@ -131,6 +144,7 @@ pub async fn run(
         .await
         .map_err(MigrateError::Connect)?;
     let task = tokio::spawn(connection);
+    progress("migrate");
     let report = embedded::migrations::runner()
         .run_async(&mut client)
         .await
@@ -138,6 +152,7 @@ pub async fn run(
     for m in report.applied_migrations() {
         tracing::info!(migration = %m, "applied");
     }
+    progress("app role");
     let result = async {
         revoke_public_create(&client).await?;
         ensure_app_role(&client, role).await
