@@ -30,6 +30,9 @@ pub struct TokenConfig {
     pub algorithms: Vec<Algorithm>,
     pub hs256_secret: Option<Vec<u8>>,
     pub jwks_url: Option<String>,
+    /// `JWT_JWKS`: the key set itself, for a function that cannot reach the
+    /// IdP (private subnets, no NAT). Used as is, never refetched.
+    pub jwks_inline: Option<String>,
     pub issuer: Option<String>,
     pub audience: Vec<String>,
     pub tenant_claim: String,
@@ -70,6 +73,7 @@ impl std::fmt::Debug for TokenConfig {
                 &self.hs256_secret.as_ref().map(|_| "<redacted>"),
             )
             .field("jwks_url", &self.jwks_url)
+            .field("jwks_inline", &self.jwks_inline.as_ref().map(|j| j.len()))
             .field("issuer", &self.issuer)
             .field("audience", &self.audience)
             .field("tenant_claim", &self.tenant_claim)
@@ -362,6 +366,19 @@ pub fn token_config(get: &impl Fn(&str) -> Option<String>) -> Result<TokenConfig
     if let Some(url) = &jwks_url {
         check_jwks_url(url)?;
     }
+    let jwks_inline = get("JWT_JWKS");
+    if jwks_url.is_some() && jwks_inline.is_some() {
+        return Err(ConfigError(
+            "set either JWT_JWKS_URL or JWT_JWKS (the key set inline), not both: \
+             it would be unclear which keys sign valid tokens"
+                .into(),
+        ));
+    }
+    if let Some(document) = &jwks_inline {
+        crate::token::check_jwks_document(document.as_bytes())
+            .map_err(|e| ConfigError(format!("JWT_JWKS: {e}")))?;
+    }
+    let has_jwks = jwks_url.is_some() || jwks_inline.is_some();
     let algorithms = match get("JWT_ALGORITHMS") {
         Some(list) => list
             .split(',')
@@ -372,7 +389,7 @@ pub fn token_config(get: &impl Fn(&str) -> Option<String>) -> Result<TokenConfig
             if hs256_secret.is_some() {
                 algs.push(Algorithm::HS256);
             }
-            if jwks_url.is_some() {
+            if has_jwks {
                 algs.push(Algorithm::RS256);
             }
             algs
@@ -380,7 +397,8 @@ pub fn token_config(get: &impl Fn(&str) -> Option<String>) -> Result<TokenConfig
     };
     if algorithms.is_empty() {
         return Err(ConfigError(
-            "no way to verify tokens: set JWT_HS256_SECRET and/or JWT_JWKS_URL".into(),
+            "no way to verify tokens: set JWT_HS256_SECRET and/or JWT_JWKS_URL (or JWT_JWKS)"
+                .into(),
         ));
     }
     for alg in &algorithms {
@@ -390,9 +408,9 @@ pub fn token_config(get: &impl Fn(&str) -> Option<String>) -> Result<TokenConfig
                     "JWT_ALGORITHMS names HS256 but JWT_HS256_SECRET is not set".into(),
                 ));
             }
-            Algorithm::RS256 | Algorithm::ES256 if jwks_url.is_none() => {
+            Algorithm::RS256 | Algorithm::ES256 if !has_jwks => {
                 return Err(ConfigError(format!(
-                    "JWT_ALGORITHMS names {alg:?} but JWT_JWKS_URL is not set"
+                    "JWT_ALGORITHMS names {alg:?} but neither JWT_JWKS_URL nor JWT_JWKS is set"
                 )));
             }
             _ => {}
@@ -430,18 +448,22 @@ pub fn token_config(get: &impl Fn(&str) -> Option<String>) -> Result<TokenConfig
         .unwrap_or_default();
     // An IdP signs tokens for every app client and every user pool it
     // serves: without both checks, any of them would be accepted here.
-    if jwks_url.is_some() {
+    if has_jwks {
+        let source = if jwks_url.is_some() {
+            "JWT_JWKS_URL"
+        } else {
+            "JWT_JWKS"
+        };
         if issuer.is_none() {
-            return Err(ConfigError(
-                "JWT_ISSUER is required with JWT_JWKS_URL (Cognito: \
+            return Err(ConfigError(format!(
+                "JWT_ISSUER is required with {source} (Cognito: \
                  https://cognito-idp.REGION.amazonaws.com/POOL_ID)"
-                    .into(),
-            ));
+            )));
         }
         if audience.is_empty() {
-            return Err(ConfigError(
-                "JWT_AUDIENCE is required with JWT_JWKS_URL (Cognito: the app client id)".into(),
-            ));
+            return Err(ConfigError(format!(
+                "JWT_AUDIENCE is required with {source} (Cognito: the app client id)"
+            )));
         }
     }
     let token_use = match get("JWT_TOKEN_USE").as_deref().map(str::trim) {
@@ -464,6 +486,7 @@ pub fn token_config(get: &impl Fn(&str) -> Option<String>) -> Result<TokenConfig
         algorithms,
         hs256_secret,
         jwks_url,
+        jwks_inline,
         issuer,
         audience,
         tenant_claim: get("TENANT_CLAIM").unwrap_or_else(|| DEFAULT_TENANT_CLAIM.to_owned()),
@@ -855,6 +878,56 @@ mod tests {
         assert_eq!(function["JWT_HS256_SECRET"], FIXTURE_HS256_SECRET);
         // The fixtures run as Lambda (cargo lambda watch, sam local).
         assert_eq!(function["JWT_ALLOW_HS256"], "true");
+    }
+
+    /// A public RSA key as a JWKS: the shape Cognito publishes.
+    const INLINE: &str = r#"{"keys":[{"kty":"RSA","kid":"k1","use":"sig","alg":"RS256","e":"AQAB","n":"0vx7agoebGcQSuuPiLJXZptN9nndrQmbXEps2aiAFbWhM78LhWx4cbbfAAtVT86zwu1RK7aPFFxuhDR1L6tSoc_BJECPebWKRXjBZCiFV4n3oknjhMstn64tZ_2W-5JsGY4Hc5n9yBXArwl93lqt7_RN5w6Cf0h4QyQ5v-65YGjQR0_FDW2QvzqY368QQMicAtaSqzs8KJZgnYb9c7d0zgdAZHzu6qMQvRL5hajrn1n91CbOpbISD08qNLyrdkt-bFTWhAI4vMQFh6WeZu0fM4lFd2NcRwr3XPksINHaQ-G_xBniIqbw0Ls1jF44-csFCur-kEgU8awapJzKnqDKgw"}]}"#;
+
+    #[test]
+    fn an_inline_jwks_stands_in_for_the_url() {
+        let c = config(&[URL, ("JWT_JWKS", INLINE), ISSUER, AUDIENCE]).unwrap();
+        assert_eq!(c.token.algorithms, vec![Algorithm::RS256]);
+        assert_eq!(c.token.jwks_inline.as_deref(), Some(INLINE));
+        assert_eq!(c.token.jwks_url, None);
+        let c = config(&[
+            URL,
+            ("JWT_JWKS", INLINE),
+            ISSUER,
+            AUDIENCE,
+            ("JWT_ALGORITHMS", "ES256"),
+        ])
+        .unwrap();
+        assert_eq!(c.token.algorithms, vec![Algorithm::ES256]);
+    }
+
+    #[test]
+    fn an_inline_jwks_is_checked_like_any_jwks() {
+        let both = refused(&[URL, JWKS, ("JWT_JWKS", INLINE), ISSUER, AUDIENCE]);
+        assert!(
+            both.contains("JWT_JWKS_URL") && both.contains("JWT_JWKS "),
+            "{both}"
+        );
+        let e = refused(&[URL, ("JWT_JWKS", INLINE), AUDIENCE]);
+        assert!(e.contains("JWT_ISSUER") && e.contains("JWT_JWKS"), "{e}");
+        let e = refused(&[URL, ("JWT_JWKS", INLINE), ISSUER]);
+        assert!(e.contains("JWT_AUDIENCE") && e.contains("JWT_JWKS"), "{e}");
+        for bad in [
+            "not json",
+            r#"{"keys":[]}"#,
+            r#"{"keys":[{"kty":"unknown"}]}"#,
+            r#"{"no":"keys"}"#,
+        ] {
+            let e = refused(&[URL, ("JWT_JWKS", bad), ISSUER, AUDIENCE]);
+            assert!(e.contains("JWT_JWKS:"), "{bad}: {e}");
+        }
+        let huge = format!(
+            r#"{{"keys":[],"pad":"{}"}}"#,
+            " ".repeat(crate::token::MAX_JWKS_BYTES)
+        );
+        assert!(refused(&[URL, ("JWT_JWKS", &huge), ISSUER, AUDIENCE]).contains("larger"));
+        // RS256 without any key source names both ways to give one.
+        let e = refused(&[URL, SECRET, ("JWT_ALGORITHMS", "RS256")]);
+        assert!(e.contains("JWT_JWKS"), "{e}");
     }
 
     #[test]

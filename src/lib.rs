@@ -6,11 +6,12 @@
 //! tenant scope every statement runs in) → [`users`] (the SQL) →
 //! [`http`] (routes) and [`problem`] (every error as problem+json).
 //! [`app`] wires them together; [`migrate`] and [`dev`] are the admin-side
-//! commands.
+//! commands, and [`custom_resource`] runs `migrate` at deploy time.
 
 pub mod app;
 pub mod audit;
 pub mod config;
+pub mod custom_resource;
 pub mod db;
 pub mod dev;
 pub mod gate;

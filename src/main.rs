@@ -1,5 +1,7 @@
-//! Entry point: in Lambda, hand the router to the runtime; locally, serve it
-//! over HTTP, migrate, or run the dev stack. State is built once (cold start).
+//! Entry point: in Lambda, hand the router to the runtime (or, for the
+//! stack's second function, the custom resource handler that migrates);
+//! locally, serve it over HTTP, migrate, or run the dev stack. State is
+//! built once (cold start).
 
 use std::net::SocketAddr;
 use std::process::ExitCode;
@@ -8,7 +10,9 @@ use tenant_users::{app::App, config::Config, dev, http, migrate};
 
 const USAGE: &str =
     "usage: tenant-users [lambda | serve | migrate | dev | token --tenant ID [--ttl SECONDS]]
-  (no argument)  run as a Lambda function (needs AWS_LAMBDA_RUNTIME_API)
+  (no argument)  run as a Lambda function (needs AWS_LAMBDA_RUNTIME_API); with
+                 TENANT_USERS_ROLE=migrate (or handler name migrate), as the
+                 CloudFormation custom resource that migrates at deploy time
   serve          serve the API on 127.0.0.1:$PORT (default 3000)
   migrate        apply migrations and the app role with DATABASE_ADMIN_URL
   audit          check, as the app role, that the database enforces isolation
@@ -53,8 +57,19 @@ async fn lambda() -> Result<(), BoxError> {
             format!("not running in Lambda (AWS_LAMBDA_RUNTIME_API is unset)\n{USAGE}").into(),
         );
     }
+    if is_migrate_function() {
+        return tenant_users::custom_resource::run_lambda().await;
+    }
     let app = App::build(Config::from_env()?).await;
     lambda_http::run(http::router(app)).await
+}
+
+/// One binary, two functions: the API, and the schema bootstrap that
+/// CloudFormation calls. The template says which by `TENANT_USERS_ROLE`
+/// or by the function's handler name (`_HANDLER`).
+fn is_migrate_function() -> bool {
+    let is = |key: &str| std::env::var(key).is_ok_and(|v| v.trim() == "migrate");
+    is("TENANT_USERS_ROLE") || is("_HANDLER")
 }
 
 async fn serve() -> Result<(), BoxError> {

@@ -1,14 +1,26 @@
 //! Schema migrations and the application role, applied with an admin
-//! connection (`DATABASE_ADMIN_URL`), never by the serving function.
+//! connection (`DATABASE_ADMIN_URL`, or the custom resource's master
+//! secret), never by the serving function.
 //!
 //! The SQL lives in `migrations/` and is embedded at build time (refinery).
 //! The application role is managed here rather than in a migration because
-//! its name and password are deployment settings: it gets LOGIN, no
-//! superuser, no BYPASSRLS, and only the DML it needs on tenant tables.
+//! its name and password are deployment settings. The admin is assumed to
+//! be shaped like the RDS master user: not a superuser, but CREATEROLE,
+//! CREATEDB and owner of the database. PostgreSQL refuses such an admin any
+//! `ALTER ROLE` that names SUPERUSER, BYPASSRLS or REPLICATION, so an
+//! existing role is changed only where it must be (LOGIN, password) and
+//! everything else about it is verified instead; a role that would weaken
+//! isolation is refused, not repaired. Every run is idempotent: first
+//! deploy, redeploy and password change take the same path.
+//!
+//! The password travels only as a SCRAM-SHA-256 verifier computed here, so
+//! neither the server log (`log_statement = all`) nor `pg_stat_statements`
+//! ever holds it.
 
 use tokio_postgres::Client;
 
 use crate::config::{SslMode, TlsConfig};
+use crate::db::error_chain;
 
 mod embedded {
     refinery::embed_migrations!("migrations");
@@ -17,17 +29,63 @@ mod embedded {
 /// Tables that hold tenant rows; the application role may use only these.
 pub const TENANT_TABLES: &[&str] = &["users"];
 pub const DEFAULT_APP_USER: &str = "tenant_app";
+/// What AWS's multi-user rotation appends to the user name for the
+/// alternate user it creates (`GRANT <user> TO <user>_clone`).
+pub const CLONE_SUFFIX: &str = "_clone";
+
+/// Roles whose membership hands out more than the app role may have; the
+/// same list the self-audit (`audit.sql`) checks, plus any role with one of
+/// the attributes the audit forbids.
+const PRIVILEGED_ROLES: &[&str] = &[
+    "pg_read_all_data",
+    "pg_write_all_data",
+    "pg_read_server_files",
+    "pg_write_server_files",
+    "pg_execute_server_program",
+    "pg_database_owner",
+    "rds_superuser",
+    "azure_pg_admin",
+    "cloudsqlsuperuser",
+];
 
 #[derive(Debug, thiserror::Error)]
 pub enum MigrateError {
-    #[error("cannot connect with DATABASE_ADMIN_URL: {0}")]
+    /// The TLS settings cannot work (e.g. an unreadable CA file).
+    #[error("cannot connect as the admin: {0}")]
+    Tls(String),
+    #[error("cannot connect as the admin: {}", error_chain(.0))]
     Connect(#[source] tokio_postgres::Error),
-    #[error("migration failed: {0}")]
-    Migration(#[from] refinery::Error),
-    #[error("managing the application role failed: {0}")]
+    #[error("migration failed: {}", describe_refinery(.0))]
+    Migration(#[source] refinery::Error),
+    /// A statement on the application role, its grants or schema `public`
+    /// failed.
+    #[error("managing the application role failed: {}", error_chain(.0))]
     Role(#[source] tokio_postgres::Error),
+    /// The deployment is not fit to serve, and migrate may not fix it.
     #[error("{0}")]
     Refused(String),
+}
+
+impl MigrateError {
+    /// The step that failed, in the words the custom resource reports.
+    pub fn step(&self) -> &'static str {
+        match self {
+            MigrateError::Tls(_) | MigrateError::Connect(_) => "connect",
+            MigrateError::Migration(_) => "migrate",
+            MigrateError::Role(_) | MigrateError::Refused(_) => "app role",
+        }
+    }
+}
+
+/// refinery says "`message`, `db error`"; the SQLSTATE and message are in
+/// the source.
+fn describe_refinery(error: &refinery::Error) -> String {
+    match error.kind() {
+        refinery::error::Kind::Connection(message, source) => {
+            format!("{message}: {}", error_chain(source.as_ref()))
+        }
+        other => other.to_string(),
+    }
 }
 
 /// The login role the service connects as.
@@ -36,12 +94,35 @@ pub struct AppRole {
     pub password: Option<String>,
 }
 
+impl std::fmt::Debug for AppRole {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("AppRole")
+            .field("name", &self.name)
+            .field("password", &self.password.as_ref().map(|_| "<redacted>"))
+            .finish()
+    }
+}
+
 /// Applies pending migrations, then creates or updates the application role.
 pub async fn run(
     admin: &tokio_postgres::Config,
     tls: &TlsConfig,
     role: &AppRole,
 ) -> Result<(), MigrateError> {
+    run_with_progress(admin, tls, role, |_| {}).await
+}
+
+/// [`run`], telling `progress` the step it enters (`connect`, `migrate`,
+/// `app role`: the words of [`MigrateError::step`]), so a caller that gives
+/// up on a deadline can say where it was.
+pub async fn run_with_progress(
+    admin: &tokio_postgres::Config,
+    tls: &TlsConfig,
+    role: &AppRole,
+    progress: impl Fn(&'static str),
+) -> Result<(), MigrateError> {
+    check_role_name(&role.name)?;
+    progress("connect");
     // DB_SSLMODE decides; without it, the URL's own sslmode=require is
     // honoured (encrypted, unverified) and anything else means plain.
     let url_requires = admin.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
@@ -52,7 +133,7 @@ pub async fn run(
         },
         _ => tls,
     };
-    let connector = crate::db::tls_connector(tls).map_err(MigrateError::Refused)?;
+    let connector = crate::db::tls_connector(tls).map_err(MigrateError::Tls)?;
     let mut admin = admin.clone();
     admin.ssl_mode(match tls.mode {
         SslMode::Disable => tokio_postgres::config::SslMode::Disable,
@@ -63,15 +144,62 @@ pub async fn run(
         .await
         .map_err(MigrateError::Connect)?;
     let task = tokio::spawn(connection);
+    progress("migrate");
     let report = embedded::migrations::runner()
         .run_async(&mut client)
-        .await?;
+        .await
+        .map_err(MigrateError::Migration)?;
     for m in report.applied_migrations() {
         tracing::info!(migration = %m, "applied");
     }
-    ensure_app_role(&client, role).await?;
+    progress("app role");
+    let result = async {
+        revoke_public_create(&client).await?;
+        ensure_app_role(&client, role).await
+    }
+    .await;
     drop(client);
     let _ = task.await;
+    result
+}
+
+/// PostgreSQL 13 and 14 let PUBLIC create in schema `public`, which would
+/// let the app role plant objects (the audit's `role-no-create`). Only the
+/// schema's owner may take that back: on 15 that is `pg_database_owner`,
+/// i.e. the admin that owns the database; on older servers it may be a role
+/// the admin is not, and then we say so rather than leave the door open.
+async fn revoke_public_create(client: &Client) -> Result<(), MigrateError> {
+    let row = client
+        .query_opt(
+            "SELECT EXISTS (SELECT 1 FROM aclexplode(coalesce(n.nspacl, acldefault('n', n.nspowner))) a
+                             WHERE a.grantee = 0 AND a.privilege_type = 'CREATE'),
+                    pg_has_role(current_user, n.nspowner, 'USAGE'),
+                    pg_get_userbyid(n.nspowner)::text
+               FROM pg_namespace n WHERE n.nspname = 'public'",
+            &[],
+        )
+        .await
+        .map_err(MigrateError::Role)?;
+    let Some(row) = row else {
+        return Ok(());
+    };
+    let (public_may_create, may_revoke, owner): (bool, bool, String) =
+        (row.get(0), row.get(1), row.get(2));
+    if !public_may_create {
+        return Ok(());
+    }
+    if !may_revoke {
+        return Err(MigrateError::Refused(format!(
+            "PUBLIC may CREATE in schema public (PostgreSQL 14 and older grant it), and only its \
+             owner {owner} can revoke that: run REVOKE CREATE ON SCHEMA public FROM PUBLIC as {owner}, \
+             then migrate again"
+        )));
+    }
+    client
+        .batch_execute("REVOKE CREATE ON SCHEMA public FROM PUBLIC")
+        .await
+        .map_err(MigrateError::Role)?;
+    tracing::info!("revoked CREATE on schema public from PUBLIC");
     Ok(())
 }
 
@@ -91,60 +219,218 @@ async fn ensure_app_role(client: &Client, role: &AppRole) -> Result<(), MigrateE
         .await
         .map_err(MigrateError::Role)?
         .is_some();
-    // Identifiers and the password are quoted by the server (format %I/%L),
-    // never spliced by us.
-    let verb = if exists { "ALTER" } else { "CREATE" };
-    let mut statements = vec![client
-        .query_one(
-            &format!(
-                "SELECT format('{verb} ROLE %I WITH LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION' \
-                 || CASE WHEN $2::text IS NULL THEN '' ELSE format(' PASSWORD %L', $2::text) END, $1::text)"
-            ),
-            &[&role.name, &role.password],
-        )
+    // An existing role is checked before it is touched: a role that would
+    // weaken isolation gets no new password and no grants.
+    if exists {
+        verify_role(client, &role.name).await?;
+    }
+    let name = quote_ident(&role.name);
+    let password = match &role.password {
+        Some(password) => format!(" PASSWORD {}", scram_literal(password)?),
+        None => String::new(),
+    };
+    let database: String = client
+        .query_one("SELECT current_database()::text", &[])
         .await
         .map_err(MigrateError::Role)?
-        .get::<_, String>(0)];
-    for sql in [
-        "SELECT format('GRANT CONNECT ON DATABASE %I TO %I', current_database(), $1::text)",
-        "SELECT format('GRANT USAGE ON SCHEMA public TO %I', $1::text)",
-    ] {
-        statements.push(
-            client
-                .query_one(sql, &[&role.name])
-                .await
-                .map_err(MigrateError::Role)?
-                .get(0),
-        );
+        .get(0);
+    // A new role gets every attribute spelled out. An existing one gets only
+    // LOGIN and the password: naming SUPERUSER, BYPASSRLS or REPLICATION in
+    // ALTER ROLE is refused to a non-superuser admin, and the rest was
+    // verified above.
+    let mut statements = vec![if exists {
+        format!("ALTER ROLE {name} WITH LOGIN{password}")
+    } else {
+        format!(
+            "CREATE ROLE {name} WITH LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION{password}"
+        )
+    }];
+    statements.push(format!(
+        "GRANT CONNECT ON DATABASE {} TO {name}",
+        quote_ident(&database)
+    ));
+    statements.push(format!("GRANT USAGE ON SCHEMA public TO {name}"));
+    statements.push(format!(
+        "GRANT EXECUTE ON FUNCTION public.app_set_tenant(text, integer) TO {name}"
+    ));
+    for table in TENANT_TABLES {
+        statements.push(format!(
+            "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.{} TO {name}",
+            quote_ident(table)
+        ));
     }
-    statements.push(
-        client
-            .query_one(
-                "SELECT format('GRANT EXECUTE ON FUNCTION public.app_set_tenant(text, integer) TO %I', $1::text)",
-                &[&role.name],
-            )
+    // One transaction: a failed grant leaves the old password in place.
+    let mut script = String::from("BEGIN;\n");
+    for sql in &statements {
+        script.push_str(sql);
+        script.push_str(";\n");
+    }
+    script.push_str("COMMIT;");
+    if let Err(error) = client.batch_execute(&script).await {
+        let _ = client.batch_execute("ROLLBACK").await;
+        return Err(MigrateError::Role(error));
+    }
+    verify_role(client, &role.name).await?;
+    // The multi-user rotation's alternate user inherits everything from the
+    // app role (GRANT app TO app_clone); it must be no stronger than it.
+    let clone = format!("{}{CLONE_SUFFIX}", role.name);
+    if clone.len() <= MAX_IDENTIFIER_BYTES
+        && client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&clone])
             .await
             .map_err(MigrateError::Role)?
-            .get(0),
-    );
-    for table in TENANT_TABLES {
-        statements.push(
-            client
-                .query_one(
-                    "SELECT format('GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.%I TO %I', $2::text, $1::text)",
-                    &[&role.name, table],
-                )
-                .await
-                .map_err(MigrateError::Role)?
-                .get(0),
-        );
-    }
-    for sql in statements {
-        client
-            .batch_execute(&sql)
-            .await
-            .map_err(MigrateError::Role)?;
+            .is_some()
+    {
+        verify_role(client, &clone).await?;
     }
     tracing::info!(role = %role.name, created = !exists, "application role ready");
     Ok(())
+}
+
+/// Everything about `name` that the self-audit would hold against it, as
+/// the admin sees it: attributes, privileged memberships (direct or
+/// inherited), and objects owned by it or a role it belongs to.
+async fn verify_role(client: &Client, name: &str) -> Result<(), MigrateError> {
+    let row = client
+        .query_one(
+            "SELECT r.rolsuper, r.rolbypassrls, r.rolcreaterole, r.rolcreatedb, r.rolreplication,
+                    ARRAY(SELECT p.rolname::text FROM pg_roles p
+                           WHERE p.oid <> r.oid AND pg_has_role(r.oid, p.oid, 'MEMBER')
+                             AND (p.rolsuper OR p.rolbypassrls OR p.rolcreaterole OR p.rolcreatedb
+                                  OR p.rolreplication OR p.rolname = ANY ($2::text[]))
+                           ORDER BY 1),
+                    ARRAY(SELECT pg_describe_object(d.classid, d.objid, d.objsubid)
+                            FROM pg_shdepend d
+                           WHERE d.deptype = 'o' AND d.refclassid = 'pg_authid'::regclass
+                             AND pg_has_role(r.oid, d.refobjid, 'MEMBER')
+                             AND d.dbid IN (0, (SELECT oid FROM pg_database WHERE datname = current_database()))
+                           ORDER BY 1),
+                    ARRAY(SELECT d.datname::text FROM pg_database d, pg_shdepend s
+                           WHERE s.deptype = 'o' AND s.refclassid = 'pg_authid'::regclass
+                             AND pg_has_role(r.oid, s.refobjid, 'MEMBER')
+                             AND s.dbid = d.oid AND d.datname <> current_database()
+                           GROUP BY 1 ORDER BY 1)
+               FROM pg_roles r WHERE r.rolname = $1",
+            &[&name, &PRIVILEGED_ROLES],
+        )
+        .await
+        .map_err(MigrateError::Role)?;
+    let mut problems = Vec::new();
+    for (i, attribute) in [
+        "SUPERUSER",
+        "BYPASSRLS",
+        "CREATEROLE",
+        "CREATEDB",
+        "REPLICATION",
+    ]
+    .iter()
+    .enumerate()
+    {
+        if row.get::<_, bool>(i) {
+            problems.push(format!("has {attribute}"));
+        }
+    }
+    let memberships: Vec<String> = row.get(5);
+    if !memberships.is_empty() {
+        problems.push(format!("is a member of {}", memberships.join(", ")));
+    }
+    let owned: Vec<String> = row.get(6);
+    if !owned.is_empty() {
+        problems.push(format!("owns {}", owned.join(", ")));
+    }
+    let elsewhere: Vec<String> = row.get(7);
+    if !elsewhere.is_empty() {
+        problems.push(format!(
+            "owns objects in database(s) {}",
+            elsewhere.join(", ")
+        ));
+    }
+    if problems.is_empty() {
+        return Ok(());
+    }
+    Err(MigrateError::Refused(format!(
+        "role {name} exists but is not fit to be the application role: it {}. Migrate does not \
+         repair this (a non-superuser admin may not, and an unexpected role may be in use \
+         elsewhere): fix the role by hand or choose another name",
+        problems.join("; it ")
+    )))
+}
+
+/// PostgreSQL truncates longer names with only a NOTICE, so a role looked
+/// up by its full name would never be found again.
+const MAX_IDENTIFIER_BYTES: usize = 63;
+
+fn check_role_name(name: &str) -> Result<(), MigrateError> {
+    if name.is_empty() || name.len() > MAX_IDENTIFIER_BYTES || name.contains('\0') {
+        return Err(MigrateError::Refused(format!(
+            "the application role name must be 1 to {MAX_IDENTIFIER_BYTES} bytes, got {} bytes",
+            name.len()
+        )));
+    }
+    if name.starts_with("pg_") {
+        return Err(MigrateError::Refused(
+            "the application role name may not start with pg_ (reserved by PostgreSQL)".into(),
+        ));
+    }
+    Ok(())
+}
+
+/// A double-quoted identifier, exactly as `quote_ident` would make it.
+fn quote_ident(name: &str) -> String {
+    format!("\"{}\"", name.replace('"', "\"\""))
+}
+
+/// The password as a quoted SCRAM-SHA-256 verifier (what `psql \password`
+/// sends): PostgreSQL stores a pre-hashed value as given, so the clear
+/// text never leaves this process.
+fn scram_literal(password: &str) -> Result<String, MigrateError> {
+    if password.is_empty() {
+        return Err(MigrateError::Refused(
+            "the application role's password is empty".into(),
+        ));
+    }
+    let verifier = postgres_protocol::password::scram_sha_256(password.as_bytes());
+    // base64, digits and the separators `$` and `:`: nothing to escape, and
+    // anything else would mean the verifier is not what we think it is.
+    if !verifier
+        .bytes()
+        .all(|b| b.is_ascii_alphanumeric() || b"+/=$:-".contains(&b))
+    {
+        return Err(MigrateError::Refused(
+            "internal error: unexpected characters in the SCRAM verifier".into(),
+        ));
+    }
+    Ok(format!("'{verifier}'"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_password_is_sent_as_a_salted_scram_verifier() {
+        let a = scram_literal("s3cret'; DROP ROLE x; --").unwrap();
+        let b = scram_literal("s3cret'; DROP ROLE x; --").unwrap();
+        assert!(a.starts_with("'SCRAM-SHA-256$4096:"), "{a}");
+        assert!(!a.contains("s3cret"));
+        assert_ne!(a, b, "a fresh salt each time");
+        assert!(scram_literal("").is_err());
+    }
+
+    #[test]
+    fn identifiers_are_quoted_and_names_checked() {
+        assert_eq!(quote_ident("tenant_app"), "\"tenant_app\"");
+        assert_eq!(quote_ident("a\"b"), "\"a\"\"b\"");
+        assert!(check_role_name("tenant_app").is_ok());
+        assert!(check_role_name("").is_err());
+        assert!(check_role_name(&"x".repeat(64)).is_err());
+        assert!(check_role_name("pg_app").is_err());
+        assert!(check_role_name("a\0b").is_err());
+    }
+
+    #[test]
+    fn each_error_names_its_step() {
+        assert_eq!(MigrateError::Tls("x".into()).step(), "connect");
+        assert_eq!(MigrateError::Refused("x".into()).step(), "app role");
+    }
 }

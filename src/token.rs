@@ -8,8 +8,10 @@
 //! once per `JWT_JWKS_REFETCH_SECONDS` (default [`DEFAULT_JWKS_REFETCH`]).
 //! Every failure fails closed: stale keys outlive a failed refetch only up
 //! to twice the maximum age, then requests get 503, and failed fetches are
-//! retried at a bounded rate, never in a storm. Nothing here touches the
-//! database.
+//! retried at a bounded rate, never in a storm. A key set given inline
+//! (`JWT_JWKS`, for a function without a route to the IdP) is loaded once
+//! and never ages or refetches: an unknown `kid` is simply refused. Nothing
+//! here touches the database.
 
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -146,6 +148,23 @@ impl TokenManager {
         if manager.config.jwks_url.is_some() {
             manager.refresh_jwks(None).await;
         }
+        if let Some(document) = &manager.config.jwks_inline {
+            // Checked by the configuration already; a failure here leaves no
+            // keys, so RS256/ES256 tokens get 503, never a pass.
+            match parse_jwks(document.as_bytes()) {
+                Ok(jwks) => {
+                    tracing::info!(
+                        keys = jwks.keys.len() + jwks.anonymous.len(),
+                        "JWKS loaded from JWT_JWKS"
+                    );
+                    *manager.keys.write().await = Some(KeySet {
+                        jwks,
+                        fetched_at: SystemTime::now(),
+                    });
+                }
+                Err(error) => tracing::error!(%error, "JWT_JWKS is unusable"),
+            }
+        }
         manager
     }
 
@@ -210,6 +229,10 @@ impl TokenManager {
         let Some(set) = guard.as_ref() else {
             return Freshness::Unusable;
         };
+        // Inline keys are as fresh as the deployment that set them.
+        if self.config.jwks_inline.is_some() {
+            return Freshness::Fresh;
+        }
         let max_age = self.config.jwks_max_age;
         // A clock that went backwards makes the age unknown: refetch.
         let age = SystemTime::now()
@@ -482,6 +505,19 @@ async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<Jwks, String> {
         body.extend_from_slice(&chunk);
     }
     parse_jwks(&body)
+}
+
+/// Checks a JWKS document as the configuration gives it (`JWT_JWKS`):
+/// within the size cap and holding at least one usable signing key; the
+/// number of keys.
+pub fn check_jwks_document(body: &[u8]) -> Result<usize, String> {
+    if body.len() > MAX_JWKS_BYTES {
+        return Err(format!(
+            "JWKS document is larger than {MAX_JWKS_BYTES} bytes"
+        ));
+    }
+    let jwks = parse_jwks(body)?;
+    Ok(jwks.keys.len() + jwks.anonymous.len())
 }
 
 /// Parses a JWKS document key by key, so one key of a kind we do not

@@ -980,3 +980,59 @@ fn the_function_refuses_to_start_on_unsafe_token_settings() {
     assert!(ok, "{output}");
     assert_eq!(output.trim().split('.').count(), 3, "{output}");
 }
+
+/// A function without a route to the IdP (private subnets, no NAT) gets
+/// its keys inline: `JWT_JWKS` holds the key set itself.
+#[tokio::test]
+async fn an_inline_jwks_verifies_without_any_network_and_never_ages() {
+    let rsa = rsa_key("inline-1");
+    let other = rsa_key("elsewhere");
+    let document = json!({"keys": [rsa.jwk]}).to_string();
+    let app = TestApp::spawn_with(&[
+        ("JWT_JWKS", &document),
+        ("JWT_ISSUER", ISSUER),
+        ("JWT_AUDIENCE", CLIENT),
+        // Were the inline keys to age like fetched ones, they would be
+        // unusable after twice this.
+        ("JWT_JWKS_MAX_AGE_SECONDS", "1"),
+    ])
+    .await;
+    let token = sign_kid(
+        Algorithm::RS256,
+        "inline-1",
+        &rsa.encoding,
+        &id_claims("acme"),
+    );
+    let r = app.get("/users", &token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+
+    // A key the set does not hold: 401 at once, there is nowhere to fetch.
+    let started = Instant::now();
+    let unknown = sign_kid(
+        Algorithm::RS256,
+        "elsewhere",
+        &other.encoding,
+        &id_claims("acme"),
+    );
+    let (detail, _) = assert_unauthorized(&app, Some(&bearer(&unknown))).await;
+    assert!(detail.contains("signing key is unknown"), "{detail}");
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // The right kid with the wrong key is a bad signature, not a refetch.
+    let forged = sign_kid(
+        Algorithm::RS256,
+        "inline-1",
+        &other.encoding,
+        &id_claims("acme"),
+    );
+    let (detail, _) = assert_unauthorized(&app, Some(&bearer(&forged))).await;
+    assert!(detail.contains("signature"), "{detail}");
+
+    tokio::time::sleep(Duration::from_millis(2100)).await;
+    let r = app.get("/users", &token).await;
+    assert_eq!(
+        r.status,
+        StatusCode::OK,
+        "inline keys do not expire: {}",
+        r.text()
+    );
+}

@@ -11,6 +11,8 @@ pub struct Cluster {
     pub port: u16,
     dir: PathBuf,
     bindir: PathBuf,
+    /// Extra `-c name=value` server settings, kept across `down`/`up`.
+    settings: String,
 }
 
 fn bindir() -> PathBuf {
@@ -39,6 +41,12 @@ fn bindir() -> PathBuf {
 impl Cluster {
     /// Creates (initdb) and starts a cluster on a free loopback port.
     pub fn start() -> Self {
+        Self::start_with(&[])
+    }
+
+    /// Like [`Cluster::start`], with server settings (`log_statement`,
+    /// `password_encryption`, ...) given on the command line.
+    pub fn start_with(settings: &[(&str, &str)]) -> Self {
         let dir =
             std::env::temp_dir().join(format!("tu-cluster-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -46,6 +54,10 @@ impl Cluster {
             port: free_port(),
             dir,
             bindir: bindir(),
+            settings: settings
+                .iter()
+                .map(|(k, v)| format!(" -c {k}={v}"))
+                .collect(),
         };
         if super::is_root() {
             Command::new("chown")
@@ -87,9 +99,10 @@ impl Cluster {
 
     pub fn up(&self) {
         let options = format!(
-            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off",
+            "-p {} -k {} -c listen_addresses=127.0.0.1 -c fsync=off{}",
             self.port,
-            self.dir.display()
+            self.dir.display(),
+            self.settings
         );
         let data = self.dir.join("data");
         let log = self.dir.join("server.log");
@@ -122,6 +135,68 @@ impl Cluster {
         format!("postgres://postgres@127.0.0.1:{}/postgres", self.port)
             .parse()
             .unwrap()
+    }
+}
+
+impl Cluster {
+    /// From now on every role but the superuser `postgres` logs in with a
+    /// SCRAM password over TCP, as on RDS (the superuser keeps trust: it is
+    /// the test's own hand, standing in for no one in AWS).
+    pub async fn require_passwords(&self) {
+        let hba = "local all postgres trust\n\
+                   host all postgres 127.0.0.1/32 trust\n\
+                   host all all 127.0.0.1/32 scram-sha-256\n";
+        std::fs::write(self.dir.join("data").join("pg_hba.conf"), hba).unwrap();
+        let admin = super::connect(&self.admin()).await;
+        admin
+            .batch_execute("SELECT pg_reload_conf()")
+            .await
+            .unwrap();
+        // The reload is asynchronous; wait until the postmaster has it.
+        for _ in 0..100 {
+            let rows = admin
+                .query(
+                    "SELECT 1 FROM pg_hba_file_rules WHERE auth_method = 'scram-sha-256'",
+                    &[],
+                )
+                .await
+                .unwrap();
+            if !rows.is_empty() {
+                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                return;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+        panic!("pg_hba.conf reload not seen");
+    }
+
+    /// A role shaped like the RDS master user (LOGIN, CREATEROLE, CREATEDB,
+    /// not a superuser) owning a new database `dbname`; its settings.
+    pub async fn rds_master(
+        &self,
+        name: &str,
+        password: &str,
+        dbname: &str,
+    ) -> tokio_postgres::Config {
+        let admin = super::connect(&self.admin()).await;
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE {name} WITH LOGIN CREATEROLE CREATEDB PASSWORD '{password}'"
+            ))
+            .await
+            .unwrap();
+        admin
+            .batch_execute(&format!("CREATE DATABASE {dbname} OWNER {name}"))
+            .await
+            .unwrap();
+        let mut config = self.admin();
+        config.user(name).password(password).dbname(dbname);
+        config
+    }
+
+    /// The server's log so far (`log_statement` and friends write here).
+    pub fn server_log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("server.log")).unwrap_or_default()
     }
 }
 

@@ -167,6 +167,18 @@ impl Moto {
         ]
     }
 
+    /// The environment of a function whose own role reads the secrets (the
+    /// migrate function: no role to assume): moto's endpoint and keys that
+    /// may read any secret.
+    pub fn own_role_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("AWS_ENDPOINT_URL".into(), self.endpoint.clone()),
+            ("AWS_REGION".into(), "us-east-1".into()),
+            ("AWS_ACCESS_KEY_ID".into(), self.admin_key.0.clone()),
+            ("AWS_SECRET_ACCESS_KEY".into(), self.admin_key.1.clone()),
+        ]
+    }
+
     /// A Secrets Manager client with the admin's keys (the test's hand).
     pub fn secrets(&self) -> aws_sdk_secretsmanager::Client {
         let config = aws_sdk_secretsmanager::Config::builder()
