@@ -9,8 +9,9 @@
 #   make check   formatting, lints, and the SAM template lints
 #   make lambda  release arm64 bootstrap for provided.al2023
 #   make bench   benchmarks against the pgbench floor -> BENCHMARKS.md
+#   make bench-fleet  200 environments through the pooler -> BENCHMARKS.md
 
-.PHONY: dev test check lambda sam-build bench migrate serve
+.PHONY: dev test check lambda sam-build bench bench-fleet migrate serve
 
 dev:
 	scripts/with-postgres.sh dev cargo run --quiet -- dev
@@ -27,6 +28,10 @@ check:
 # Benchmarks (not part of make test): needs wrk and pgbench; writes BENCHMARKS.md.
 bench:
 	scripts/with-postgres.sh test sh -c 'cargo bench --locked --bench tokens && cargo bench --locked --bench service'
+
+# 200 environments through PgBouncer vs 8 direct connections -> BENCHMARKS.md.
+bench-fleet:
+	scripts/with-postgres.sh test cargo bench --locked --bench fleet
 
 lambda:
 	cargo lambda build --release --arm64 --locked
