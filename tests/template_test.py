@@ -324,6 +324,11 @@ class TemplateTest(unittest.TestCase):
         self.assertEqual(env["JWT_AUDIENCE"], {"Ref": "UserPoolClient"})
         self.assertEqual(env["JWT_ALGORITHMS"], "RS256")
         self.assertEqual(env["TENANT_CLAIM"], "custom:tenant_id")
+        self.assertEqual(env["JWT_TOKEN_USE"], "id")
+        # An existing IdP need not be Cognito: token_use only when asked for.
+        self.assertNotIn("JWT_TOKEN_USE", Stack(EXPANDED, EXISTING_IDP).env("TenantUsersFunction"))
+        self.assertEqual(Stack(EXPANDED, {**EXISTING_IDP, "JwtTokenUse": "access"})
+                         .env("TenantUsersFunction")["JWT_TOKEN_USE"], "access")
         self.assertNotIn("JWT_JWKS", env)
         self.assertEqual(env["DB_HOST"], {"Fn::GetAtt": ["DbProxy", "Endpoint"]})
         self.assertEqual(env["DB_SECRET_ARN"], {"Ref": "AppSecret"})
@@ -380,6 +385,21 @@ class TemplateTest(unittest.TestCase):
             self.assertNotIn("SecurityGroupIngress", s.props(name))
         inline = Stack(EXPANDED, INLINE)
         self.assertNotIn("FunctionToJwks", inline.resources)
+        for name in ("FunctionToHttpsExistingNetwork", "FunctionToExistingProxy", "AdminToExistingDatabase"):
+            self.assertNotIn(name, s.resources)
+
+    def test_existing_network_or_database_opens_ports_without_groups_to_name(self):
+        def egress(stack):
+            return {(ref_name(p["GroupId"]), p.get("CidrIp"), p["FromPort"])
+                    for p in (stack.props(n) for n in stack.of_type("AWS::EC2::SecurityGroupEgress"))}
+        net = egress(Stack(EXPANDED, {**EXISTING_NETWORK, **INLINE}))
+        self.assertIn(("FunctionSecurityGroup", "0.0.0.0/0", 443), net)
+        self.assertNotIn(("FunctionSecurityGroup", "EndpointSecurityGroup", 443), net)
+        db = Stack(EXPANDED, {**EXISTING_DATABASE, **EXISTING_MASTER, **INLINE})
+        self.assertEqual({e for e in egress(db) if e[2] == 5432},
+                         {("FunctionSecurityGroup", "0.0.0.0/0", 5432), ("AdminSecurityGroup", "0.0.0.0/0", 5432)})
+        for name in db.of_type("AWS::EC2::SecurityGroupIngress"):
+            self.assertNotEqual(ref_name(db.props(name)["GroupId"]), "FunctionSecurityGroup")
 
     # --- item 1: bring your own, each independently ---------------------------
     def test_existing_network_switches_off_vpc_endpoints_and_nat(self):
