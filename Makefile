@@ -6,7 +6,8 @@
 #                then every event fixture through `cargo lambda watch`, then
 #                schemathesis against openapi.yaml (ALLOW_TEST_FIXTURES=1: only
 #                here is the fixture secret of events/env.json accepted)
-#   make check   formatting, lints, and the SAM template lints
+#   make check   formatting, lints, the SAM template lints, the policy scanner
+#                (checkov) and the checks over the expanded template
 #   make lambda  release arm64 bootstrap for provided.al2023
 #   make bench   benchmarks against the pgbench floor -> BENCHMARKS.md
 #   make bench-fleet  200 environments through the pooler -> BENCHMARKS.md
@@ -19,11 +20,19 @@ dev:
 test:
 	ALLOW_TEST_FIXTURES=1 scripts/with-postgres.sh test sh -c 'cargo test --locked --lib --tests && scripts/lambda-fixtures.sh && scripts/schemathesis.sh'
 
+# checkov as pinned in .ci/requirements-checkov.txt (.ci/run installs it in
+# a virtualenv of its own and sets CHECKOV); --skip-download keeps it offline.
+CHECKOV ?= checkov
+
 check:
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 	cfn-lint template.yaml
 	SAM_CLI_TELEMETRY=0 sam validate --lint --region us-east-1
+	mkdir -p target
+	AWS_DEFAULT_REGION=us-east-1 python3 tests/template_test.py --write-expanded target/template-expanded.json
+	$(CHECKOV) --quiet --compact --skip-download --framework cloudformation \
+		-f template.yaml -f target/template-expanded.json
 
 # Benchmarks (not part of make test): needs wrk and pgbench; writes BENCHMARKS.md.
 bench:
