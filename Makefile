@@ -9,8 +9,11 @@
 #   make check   formatting, lints, and the SAM template lints
 #   make lambda  release arm64 bootstrap for provided.al2023
 #   make bench   benchmarks against the pgbench floor -> BENCHMARKS.md
+#   make bench-lambda  the release binary under the Lambda runtime interface
+#                emulator, per memory size (cgroups: root), against a
+#                hello-world function -> BENCHMARKS.md + chart
 
-.PHONY: dev test check lambda sam-build bench migrate serve
+.PHONY: dev test check lambda sam-build bench bench-lambda migrate serve
 
 dev:
 	scripts/with-postgres.sh dev cargo run --quiet -- dev
@@ -27,6 +30,13 @@ check:
 # Benchmarks (not part of make test): needs wrk and pgbench; writes BENCHMARKS.md.
 bench:
 	scripts/with-postgres.sh test sh -c 'cargo bench --locked --bench tokens && cargo bench --locked --bench service'
+
+# Needs root (cgroup v1), the SAM CLI (its emulator, its events), PostgreSQL on
+# 127.0.0.1:5432, PgBouncer and moto_server; python3 + matplotlib for the chart.
+bench-lambda:
+	python3 -c 'import matplotlib' 2>/dev/null || pip install -q -r scripts/bench-requirements.txt
+	cargo build --release --locked --bin tenant-users --example hello
+	PATH=$$PATH:/usr/sbin cargo bench --locked --bench lambda
 
 lambda:
 	cargo lambda build --release --arm64 --locked
