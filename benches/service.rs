@@ -105,19 +105,23 @@ fn main() {
         sh("git", &["rev-parse", "--short=12", "HEAD"]),
         sh("nproc", &[]),
     );
-    out.push_str(&report.text);
-    // Keep the section `make bench-lambda` owns.
+    // Keep the sections this run does not own: the goals summary (kept up
+    // to date by hand from both runs) first, `make bench-lambda`'s last.
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    if let (Some(a), Some(b)) = (
-        old.find("<!-- bench-lambda:start -->"),
-        old.find("<!-- bench-lambda:end -->"),
-    ) && a < b
-    {
-        out.push('\n');
-        out.push_str(&old[a..b + "<!-- bench-lambda:end -->".len()]);
-        out.push('\n');
-    }
+    let kept = |name: &str| {
+        let (start, end) = (
+            format!("<!-- {name}:start -->"),
+            format!("<!-- {name}:end -->"),
+        );
+        match (old.find(&start), old.find(&end)) {
+            (Some(a), Some(b)) if a < b => format!("\n{}\n", &old[a..b + end.len()]),
+            _ => String::new(),
+        }
+    };
+    out.push_str(&kept("summary"));
+    out.push_str(&report.text);
+    out.push_str(&kept("bench-lambda"));
     std::fs::write(path, out).unwrap();
     println!("\nwritten to BENCHMARKS.md");
 }
@@ -326,11 +330,9 @@ fn spread(xs: &[f64], digits: usize) -> String {
     let mut v = xs.to_vec();
     v.sort_by(|a, b| a.partial_cmp(b).unwrap());
     match (v.first(), v.last()) {
-        (Some(lo), Some(hi)) => format!(
-            "{:.d$} ({lo:.d$}–{hi:.d$})",
-            median(v.clone()),
-            d = digits
-        ),
+        (Some(lo), Some(hi)) => {
+            format!("{:.d$} ({lo:.d$}–{hi:.d$})", median(v.clone()), d = digits)
+        }
         _ => "n/a".into(),
     }
 }
