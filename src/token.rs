@@ -608,11 +608,40 @@ fn jwks_client() -> reqwest::Client {
             attempt.follow()
         }
     });
-    reqwest::Client::builder()
+    // reqwest's own fallback, should ours not build, needs a process-wide
+    // rustls provider; the SDK's client takes the same one.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+    let builder = reqwest::Client::builder()
         .timeout(JWKS_TIMEOUT)
-        .redirect(redirects)
-        .build()
-        .unwrap_or_default()
+        .redirect(redirects);
+    let builder = match jwks_tls() {
+        Ok(tls) => builder.tls_backend_preconfigured(tls),
+        Err(error) => {
+            tracing::warn!(%error, "JWKS TLS set-up failed; using reqwest's defaults");
+            builder
+        }
+    };
+    builder.build().unwrap_or_default()
+}
+
+/// rustls (ring) trusting the system's roots: what native-tls would
+/// trust, without OpenSSL parsing every root certificate at cold start.
+fn jwks_tls() -> Result<rustls::ClientConfig, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(format!(
+            "no system root certificates found ({} errors)",
+            found.errors.len()
+        ));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Reads the JWKS chunk by chunk and gives up as soon as it passes
