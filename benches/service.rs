@@ -736,6 +736,7 @@ async fn cold_start(report: &mut Report) {
     env.push(("JWT_HS256_SECRET".into(), SECRET.into()));
     env.push(("METRICS".into(), "off".into()));
     let token = common::sign_hs256(&common::claims_for("1000"));
+    tenant_users::token::install_tls_provider();
     let client = reqwest::Client::new();
 
     let mut starts = Vec::new();

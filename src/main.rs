@@ -23,6 +23,8 @@ type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 fn main() -> ExitCode {
     tenant_users::telemetry::init_logs();
+    tenant_users::token::install_tls_provider();
+    tenant_users::token::fast_rs256::install();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     // Lambda hands an execution environment one request at a time: a

@@ -608,9 +608,7 @@ fn jwks_client() -> reqwest::Client {
             attempt.follow()
         }
     });
-    // reqwest's own fallback, should ours not build, needs a process-wide
-    // rustls provider; the SDK's client takes the same one.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    install_tls_provider();
     let builder = reqwest::Client::builder()
         .timeout(JWKS_TIMEOUT)
         .redirect(redirects);
@@ -622,6 +620,14 @@ fn jwks_client() -> reqwest::Client {
         }
     };
     builder.build().unwrap_or_default()
+}
+
+/// reqwest is built on rustls without a compiled-in crypto provider: every
+/// reqwest client in the process (the JWKS client's fallback, the custom
+/// resource's) needs ring installed as the process default first, or
+/// building one panics. Idempotent.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
 }
 
 /// rustls (ring) trusting the system's roots: what native-tls would
