@@ -11,8 +11,11 @@
 #   make lambda  release arm64 bootstrap for provided.al2023
 #   make bench   benchmarks against the pgbench floor -> BENCHMARKS.md
 #   make bench-fleet  200 environments through the pooler -> BENCHMARKS.md
+#   make bench-lambda  the release binary under the Lambda runtime interface
+#                emulator, per memory size (cgroups: root), against a
+#                hello-world function -> BENCHMARKS.md + chart
 
-.PHONY: dev test check lambda sam-build bench bench-fleet migrate serve
+.PHONY: dev test check lambda sam-build bench bench-lambda bench-fleet migrate serve
 
 dev:
 	scripts/with-postgres.sh dev cargo run --quiet -- dev
@@ -41,6 +44,13 @@ bench:
 # 200 environments through PgBouncer vs 8 direct connections -> BENCHMARKS.md.
 bench-fleet:
 	scripts/with-postgres.sh test cargo bench --locked --bench fleet
+
+# Needs root (cgroup v1), the SAM CLI (its emulator, its events), PostgreSQL on
+# 127.0.0.1:5432, PgBouncer and moto_server; python3 + matplotlib for the chart.
+bench-lambda:
+	python3 -c 'import matplotlib' 2>/dev/null || pip install -q -r scripts/bench-requirements.txt
+	cargo build --release --locked --bin tenant-users --example hello
+	PATH=$$PATH:/usr/sbin cargo bench --locked --bench lambda
 
 lambda:
 	cargo lambda build --release --arm64 --locked

@@ -184,6 +184,7 @@ pub struct CustomResource {
 
 impl CustomResource {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
+        crate::token::install_tls_provider();
         CustomResource {
             settings: Settings::from_lookup(get).map_err(|e| e.to_string()),
             // S3 pre-signed URLs are https; redirects are not part of the

@@ -123,7 +123,9 @@ impl<'a> TenantQuery<'a> {
 /// at cold start) and reopened when found closed.
 pub struct Database {
     config: DbConfig,
-    tls: Result<MakeTlsConnector, String>,
+    /// `None` with `DB_SSLMODE=disable`: no TLS library set up at all (the
+    /// system root store costs tens of milliseconds of a cold start).
+    tls: Result<Option<MakeTlsConnector>, String>,
     secret: Option<SecretSource>,
     credentials: std::sync::Mutex<Option<DbCredentials>>,
     /// Spaces out secret fetches and logins after any credential failure.
@@ -147,7 +149,10 @@ impl Database {
         Self {
             statement_timeout_ms: i32::try_from(config.statement_timeout.as_millis())
                 .unwrap_or(i32::MAX),
-            tls: tls_connector(&config.tls),
+            tls: match config.tls.mode {
+                SslMode::Disable => Ok(None),
+                SslMode::Require | SslMode::VerifyFull => tls_connector(&config.tls).map(Some),
+            },
             secret,
             credentials: std::sync::Mutex::new(None),
             gate: CredentialGate::new(max_backoff),
@@ -269,6 +274,7 @@ impl Database {
         let tls = self
             .tls
             .as_ref()
+            .map(Option::as_ref)
             .map_err(|e| DbError::Misconfigured(e.clone()))?;
         let (pg, fresh) = self.connect_config().await?;
         let client = match connect(&pg, tls).await {
@@ -393,6 +399,7 @@ impl Database {
         let tls = self
             .tls
             .as_ref()
+            .map(Option::as_ref)
             .map_err(|e| DbError::Misconfigured(e.clone()))?;
         let (pg, _) = self.connect_config().await?;
         let client = connect(&pg, tls).await.map_err(DbError::Unavailable)?;
@@ -426,15 +433,30 @@ impl Database {
 
 async fn connect(
     pg: &tokio_postgres::Config,
-    tls: &MakeTlsConnector,
+    tls: Option<&MakeTlsConnector>,
 ) -> Result<Client, tokio_postgres::Error> {
-    let (client, connection) = pg.connect(tls.clone()).await?;
-    tokio::spawn(async move {
-        if let Err(error) = connection.await {
-            tracing::warn!(error = %error_chain(&error), "database connection closed");
+    fn drive<F>(connection: F)
+    where
+        F: std::future::Future<Output = Result<(), tokio_postgres::Error>> + Send + 'static,
+    {
+        tokio::spawn(async move {
+            if let Err(error) = connection.await {
+                tracing::warn!(error = %error_chain(&error), "database connection closed");
+            }
+        });
+    }
+    match tls {
+        Some(tls) => {
+            let (client, connection) = pg.connect(tls.clone()).await?;
+            drive(connection);
+            Ok(client)
         }
-    });
-    Ok(client)
+        None => {
+            let (client, connection) = pg.connect(tokio_postgres::NoTls).await?;
+            drive(connection);
+            Ok(client)
+        }
+    }
 }
 
 /// The database (or the proxy in front of it) refused our credentials:

@@ -21,12 +21,36 @@ const USAGE: &str =
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-#[tokio::main]
-async fn main() -> ExitCode {
+fn main() -> ExitCode {
     tenant_users::telemetry::init_logs();
+    tenant_users::token::install_tls_provider();
+    tenant_users::token::fast_rs256::install();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    let result = match args.as_slice() {
+    // Lambda hands an execution environment one request at a time: a
+    // multi-threaded runtime there only adds thread hand-offs (most of a
+    // warm invocation's CPU in a profile) and worker start-up. The local
+    // server and the tools serve or wait on several things at once.
+    let runtime = match args.as_slice() {
+        [] | ["lambda"] => tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build(),
+        _ => tokio::runtime::Builder::new_multi_thread()
+            .enable_all()
+            .build(),
+    };
+    let runtime = match runtime {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(&args))
+}
+
+async fn run(args: &[&str]) -> ExitCode {
+    let result = match args {
         [] | ["lambda"] => lambda().await,
         ["serve"] => serve().await,
         ["migrate"] => run_migrate().await,

@@ -171,9 +171,38 @@ type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
 /// Where EMF records go: stdout in Lambda, nowhere locally unless asked.
 #[derive(Clone)]
 pub struct Metrics {
-    namespace: String,
     service: String,
     sink: Option<Sink>,
+    /// The part of every record that never changes (the metric
+    /// directives), rendered once: per request only the values are written.
+    directives: Arc<str>,
+}
+
+/// `{"_aws":{"CloudWatchMetrics":[...]` for `namespace`, ready to be
+/// followed by `,"Timestamp":...}`.
+fn render_directives(namespace: &str) -> Arc<str> {
+    let directives = json!([{
+        "Namespace": namespace,
+        "Dimensions": [["Service", "TenantId"], ["Service"]],
+        "Metrics": [
+            {"Name": "Latency", "Unit": "Milliseconds"},
+            {"Name": "DatabaseTime", "Unit": "Milliseconds"},
+            {"Name": "Requests", "Unit": "Count"},
+            {"Name": "Errors", "Unit": "Count"},
+            {"Name": "ServerErrors", "Unit": "Count"},
+        ],
+    }]);
+    format!("{{\"_aws\":{{\"CloudWatchMetrics\":{directives}").into()
+}
+
+/// A JSON string literal for `raw` (quotes and escapes included).
+fn json_str(raw: &str) -> String {
+    serde_json::to_string(raw).unwrap_or_else(|_| "\"\"".into())
+}
+
+/// A JSON number; non-finite values (never expected) become 0.
+fn json_f64(x: f64) -> f64 {
+    if x.is_finite() { x } else { 0.0 }
 }
 
 impl Metrics {
@@ -192,8 +221,9 @@ impl Metrics {
                 Box::new(std::io::stdout()) as Box<dyn Write + Send>
             ))
         });
+        let namespace = get("METRICS_NAMESPACE").unwrap_or_else(|| "TenantUsers".into());
         Self {
-            namespace: get("METRICS_NAMESPACE").unwrap_or_else(|| "TenantUsers".into()),
+            directives: render_directives(&namespace),
             service: get("SERVICE_NAME").unwrap_or_else(|| "tenant-users".into()),
             sink,
         }
@@ -201,7 +231,7 @@ impl Metrics {
 
     pub fn disabled() -> Self {
         Self {
-            namespace: "TenantUsers".into(),
+            directives: render_directives("TenantUsers"),
             service: "tenant-users".into(),
             sink: None,
         }
@@ -210,7 +240,7 @@ impl Metrics {
     /// EMF records into `sink` (tests read them back).
     pub fn to_writer(namespace: &str, sink: Box<dyn Write + Send>) -> Self {
         Self {
-            namespace: namespace.into(),
+            directives: render_directives(namespace),
             service: "tenant-users".into(),
             sink: Some(Arc::new(Mutex::new(sink))),
         }
@@ -224,34 +254,24 @@ impl Metrics {
             .duration_since(UNIX_EPOCH)
             .map(|d| d.as_millis() as u64)
             .unwrap_or(0);
-        let record = json!({
-            "_aws": {
-                "Timestamp": timestamp,
-                "CloudWatchMetrics": [{
-                    "Namespace": self.namespace,
-                    "Dimensions": [["Service", "TenantId"], ["Service"]],
-                    "Metrics": [
-                        {"Name": "Latency", "Unit": "Milliseconds"},
-                        {"Name": "DatabaseTime", "Unit": "Milliseconds"},
-                        {"Name": "Requests", "Unit": "Count"},
-                        {"Name": "Errors", "Unit": "Count"},
-                        {"Name": "ServerErrors", "Unit": "Count"},
-                    ],
-                }],
-            },
-            "Service": self.service,
-            // Unauthenticated requests have no tenant; they are counted
-            // under one placeholder so the dimension set stays complete.
-            "TenantId": summary.tenant.unwrap_or("unauthenticated"),
-            "Latency": summary.latency_ms,
-            "DatabaseTime": summary.db_ms,
-            "Requests": 1,
-            "Errors": u8::from(summary.status >= 400),
-            "ServerErrors": u8::from(summary.status >= 500),
-            "Route": summary.route,
-            "StatusCode": summary.status,
-            "RequestId": summary.request_id,
-        });
+        // Unauthenticated requests have no tenant; they are counted under
+        // one placeholder so the dimension set stays complete.
+        let record = format!(
+            "{directives},\"Timestamp\":{timestamp}}},\"Service\":{service},\"TenantId\":{tenant},\
+             \"Latency\":{latency},\"DatabaseTime\":{db},\"Requests\":1,\"Errors\":{errors},\
+             \"ServerErrors\":{server_errors},\"Route\":{route},\"StatusCode\":{status},\
+             \"RequestId\":{request_id}}}",
+            directives = self.directives,
+            service = json_str(&self.service),
+            tenant = json_str(summary.tenant.unwrap_or("unauthenticated")),
+            latency = json_f64(summary.latency_ms),
+            db = json_f64(summary.db_ms),
+            errors = u8::from(summary.status >= 400),
+            server_errors = u8::from(summary.status >= 500),
+            route = json_str(summary.route),
+            status = summary.status,
+            request_id = json_str(summary.request_id),
+        );
         if let Ok(mut out) = sink.lock() {
             let _ = writeln!(out, "{record}");
             let _ = out.flush();

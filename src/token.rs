@@ -12,14 +12,23 @@
 //! (`JWT_JWKS`, for a function without a route to the IdP) is loaded once
 //! and never ages or refetches: an unknown `kid` is simply refused. Nothing
 //! here touches the database.
+//!
+//! A JWKS-verified token is remembered (by the SHA-256 of the whole token,
+//! in a bounded cache) so a client that sends it again is not charged
+//! another RSA/ECDSA check: the signature, issuer, audience and tenant of
+//! those exact bytes cannot change. What can change is re-checked on every
+//! hit: `exp` and `nbf` against the clock, and the key set (the cache is
+//! used only while the keys are fresh, and emptied whenever a fetch loads
+//! new keys, so a withdrawn key stops its tokens at once).
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime};
 
 use jsonwebtoken::jwk::{Jwk, KeyAlgorithm, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey, Validation, errors::ErrorKind};
 use serde_json::{Map, Value};
+use sha2::{Digest, Sha256};
 use tokio::sync::{Mutex, RwLock};
 
 use crate::config::TokenConfig;
@@ -38,6 +47,10 @@ const JWKS_TIMEOUT: Duration = Duration::from_secs(5);
 /// can make us hold in memory.
 pub const MAX_JWKS_BYTES: usize = 1024 * 1024;
 const MAX_JWKS_REDIRECTS: usize = 3;
+/// Verified tokens remembered per execution environment: one request at a
+/// time means few live tokens; this bounds memory at a few hundred KiB
+/// whatever callers send.
+pub const VERIFIED_CACHE_ENTRIES: usize = 4096;
 
 /// Why a request was not authenticated. The `Display` text is safe to show
 /// to the caller; it never echoes the token.
@@ -110,6 +123,23 @@ enum Lookup {
     NoUsableKeys,
 }
 
+/// What a verification established, and the two claims that make it expire.
+#[derive(Clone)]
+struct Verified {
+    context: TenantContext,
+    exp: u64,
+    nbf: Option<u64>,
+}
+
+/// Verified tokens by SHA-256 of the token, for one key generation;
+/// oldest out first when full.
+#[derive(Default)]
+struct VerifiedCache {
+    generation: u64,
+    entries: HashMap<[u8; 32], Verified>,
+    order: VecDeque<[u8; 32]>,
+}
+
 pub struct TokenManager {
     config: TokenConfig,
     /// One validation per accepted algorithm, built once (not per request).
@@ -122,6 +152,8 @@ pub struct TokenManager {
     /// one's fetch uses its result instead of fetching again.
     generation: AtomicU64,
     http: Option<reqwest::Client>,
+    verified: std::sync::Mutex<VerifiedCache>,
+    verified_capacity: usize,
 }
 
 impl TokenManager {
@@ -129,6 +161,7 @@ impl TokenManager {
     /// keys. A failed fetch is logged, not fatal: requests then get 503
     /// until a later (rate-limited) fetch succeeds.
     pub async fn new(config: TokenConfig) -> Self {
+        fast_rs256::install();
         let hmac = config.hs256_secret.as_deref().map(DecodingKey::from_secret);
         let http = config.jwks_url.as_ref().map(|_| jwks_client());
         let validations = config
@@ -144,6 +177,8 @@ impl TokenManager {
             fetches: Mutex::new(FetchLog::default()),
             generation: AtomicU64::new(0),
             http,
+            verified: std::sync::Mutex::new(VerifiedCache::default()),
+            verified_capacity: VERIFIED_CACHE_ENTRIES,
         };
         if manager.config.jwks_url.is_some() {
             manager.refresh_jwks(None).await;
@@ -198,30 +233,121 @@ impl TokenManager {
                 if self.freshness().await != Freshness::Fresh {
                     self.refresh_jwks(Some(Refetch::Schedule)).await;
                 }
-                match self.lookup(kid, header.alg, token, validation).await? {
-                    Lookup::Verified(claims) => claims,
-                    // The schedule above already tried (or was rate-limited).
-                    Lookup::NoUsableKeys => return Err(AuthError::KeysUnavailable),
-                    Lookup::UnknownKid => {
-                        if !self.refresh_jwks(Some(Refetch::UnknownKid)).await {
-                            return Err(AuthError::Invalid("token signing key is unknown".into()));
-                        }
-                        match self.lookup(kid, header.alg, token, validation).await? {
-                            Lookup::Verified(claims) => claims,
-                            Lookup::UnknownKid => {
-                                return Err(AuthError::Invalid(
-                                    "token signing key is unknown".into(),
-                                ));
-                            }
-                            Lookup::NoUsableKeys => return Err(AuthError::KeysUnavailable),
-                        }
-                    }
+                // Taken before verifying: keys replaced meanwhile make the
+                // entry this verification adds unusable.
+                let generation = self.generation.load(Ordering::Acquire);
+                let digest: [u8; 32] = Sha256::digest(token.as_bytes()).into();
+                if let Some(hit) = self.cached(&digest, generation).await {
+                    return hit;
                 }
+                let claims = self
+                    .verify_with_jwks(kid, header.alg, token, validation)
+                    .await?;
+                let (exp, nbf) = (claim_u64(&claims, "exp"), claim_u64(&claims, "nbf"));
+                self.check_audience(&claims)?;
+                self.check_token_use(&claims)?;
+                let context = self.context_from(claims)?;
+                if let (Some(exp), Ok(nbf)) = (exp.ok().flatten(), nbf) {
+                    self.remember(
+                        digest,
+                        generation,
+                        Verified {
+                            context: context.clone(),
+                            exp,
+                            nbf,
+                        },
+                    );
+                }
+                return Ok(context);
             }
         };
         self.check_audience(&claims)?;
         self.check_token_use(&claims)?;
         self.context_from(claims)
+    }
+
+    /// The verdict on a token verified before, if it still holds: the keys
+    /// are fresh and the same generation that verified it, and `exp`/`nbf`
+    /// pass against the clock now, with the same leeway as a verification.
+    async fn cached(
+        &self,
+        digest: &[u8; 32],
+        generation: u64,
+    ) -> Option<Result<TenantContext, AuthError>> {
+        if self.freshness().await != Freshness::Fresh {
+            return None;
+        }
+        let mut cache = self.verified.lock().ok()?;
+        if cache.generation != generation {
+            cache.entries.clear();
+            cache.order.clear();
+            cache.generation = generation;
+            return None;
+        }
+        let hit = cache.entries.get(digest)?.clone();
+        let now = jsonwebtoken::get_current_timestamp();
+        let leeway = self.config.leeway_seconds;
+        if hit.exp < now.saturating_sub(leeway) {
+            cache.entries.remove(digest);
+            return Some(Err(AuthError::Invalid("token has expired".into())));
+        }
+        if hit.nbf.is_some_and(|nbf| nbf > now.saturating_add(leeway)) {
+            return Some(Err(AuthError::Invalid(
+                "token is not valid yet (nbf)".into(),
+            )));
+        }
+        Some(Ok(hit.context))
+    }
+
+    fn remember(&self, digest: [u8; 32], generation: u64, verified: Verified) {
+        let Ok(mut cache) = self.verified.lock() else {
+            return;
+        };
+        if cache.generation != generation {
+            if generation < cache.generation {
+                return;
+            }
+            cache.entries.clear();
+            cache.order.clear();
+            cache.generation = generation;
+        }
+        while cache.entries.len() >= self.verified_capacity {
+            let Some(oldest) = cache.order.pop_front() else {
+                break;
+            };
+            cache.entries.remove(&oldest);
+        }
+        if cache.entries.insert(digest, verified).is_none() {
+            cache.order.push_back(digest);
+        }
+    }
+
+    /// Verifies with the JWKS key the token names, fetching the keys again
+    /// once for a `kid` we do not know.
+    async fn verify_with_jwks(
+        &self,
+        kid: Option<&str>,
+        alg: Algorithm,
+        token: &str,
+        validation: &Validation,
+    ) -> Result<Map<String, Value>, AuthError> {
+        match self.lookup(kid, alg, token, validation).await? {
+            Lookup::Verified(claims) => Ok(claims),
+            // The schedule already tried (or was rate-limited).
+            Lookup::NoUsableKeys => Err(AuthError::KeysUnavailable),
+            Lookup::UnknownKid => {
+                if !self.refresh_jwks(Some(Refetch::UnknownKid)).await {
+                    return Err(AuthError::Invalid("token signing key is unknown".into()));
+                }
+                match self.lookup(kid, alg, token, validation).await? {
+                    Lookup::Verified(claims) => Ok(claims),
+                    Lookup::UnknownKid => {
+                        Err(AuthError::Invalid("token signing key is unknown".into()))
+                    }
+                    Lookup::NoUsableKeys => Err(AuthError::KeysUnavailable),
+                }
+            }
+        }
     }
 
     async fn freshness(&self) -> Freshness {
@@ -411,6 +537,15 @@ impl TokenManager {
     }
 }
 
+/// A numeric claim as jsonwebtoken reads it: absent (`None`), a whole
+/// number of seconds, or anything else (`Err`: not cached).
+fn claim_u64(claims: &Map<String, Value>, name: &str) -> Result<Option<u64>, ()> {
+    match claims.get(name) {
+        None => Ok(None),
+        Some(v) => v.as_u64().map(Some).ok_or(()),
+    }
+}
+
 fn validation(config: &TokenConfig, alg: Algorithm) -> Validation {
     let mut v = Validation::new(alg);
     v.leeway = config.leeway_seconds;
@@ -473,11 +608,46 @@ fn jwks_client() -> reqwest::Client {
             attempt.follow()
         }
     });
-    reqwest::Client::builder()
+    install_tls_provider();
+    let builder = reqwest::Client::builder()
         .timeout(JWKS_TIMEOUT)
-        .redirect(redirects)
-        .build()
-        .unwrap_or_default()
+        .redirect(redirects);
+    let builder = match jwks_tls() {
+        Ok(tls) => builder.tls_backend_preconfigured(tls),
+        Err(error) => {
+            tracing::warn!(%error, "JWKS TLS set-up failed; using reqwest's defaults");
+            builder
+        }
+    };
+    builder.build().unwrap_or_default()
+}
+
+/// reqwest is built on rustls without a compiled-in crypto provider: every
+/// reqwest client in the process (the JWKS client's fallback, the custom
+/// resource's) needs ring installed as the process default first, or
+/// building one panics. Idempotent.
+pub fn install_tls_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// rustls (ring) trusting the system's roots: what native-tls would
+/// trust, without OpenSSL parsing every root certificate at cold start.
+fn jwks_tls() -> Result<rustls::ClientConfig, String> {
+    let found = rustls_native_certs::load_native_certs();
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
+    if added == 0 {
+        return Err(format!(
+            "no system root certificates found ({} errors)",
+            found.errors.len()
+        ));
+    }
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    Ok(rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth())
 }
 
 /// Reads the JWKS chunk by chunk and gives up as soon as it passes
@@ -657,5 +827,282 @@ mod tests {
             .await
             .expect("a document of exactly the cap is read");
         assert!(jwks.keys.contains_key("k"));
+    }
+}
+
+/// RS256 signatures checked with `ring` (already built for the AWS SDK's
+/// TLS, and cross-compiled for arm64 with it): several times faster than
+/// the `rsa` crate, which rebuilds the public key for every verification.
+/// Everything else (signing, other algorithms, keys given as DER or of a
+/// size `ring` does not take) stays with jsonwebtoken's RustCrypto
+/// provider, so what verifies, and what is refused, does not change.
+pub mod fast_rs256 {
+    use std::sync::OnceLock;
+
+    use jsonwebtoken::crypto::{CryptoProvider, JwtVerifier, rust_crypto};
+    use jsonwebtoken::signature::{Error, Verifier};
+    use jsonwebtoken::{Algorithm, DecodingKey, DecodingKeyKind};
+
+    struct RingRs256 {
+        n: Vec<u8>,
+        e: Vec<u8>,
+    }
+
+    impl Verifier<Vec<u8>> for RingRs256 {
+        fn verify(&self, message: &[u8], signature: &Vec<u8>) -> Result<(), Error> {
+            ring::signature::RsaPublicKeyComponents {
+                n: &self.n,
+                e: &self.e,
+            }
+            .verify(
+                &ring::signature::RSA_PKCS1_2048_8192_SHA256,
+                message,
+                signature,
+            )
+            .map_err(|_| Error::new())
+        }
+    }
+
+    impl JwtVerifier for RingRs256 {
+        fn algorithm(&self) -> Algorithm {
+            Algorithm::RS256
+        }
+    }
+
+    /// Bits of a big-endian modulus.
+    fn bits(n: &[u8]) -> usize {
+        let n = &n[n.iter().take_while(|b| **b == 0).count()..];
+        n.first()
+            .map_or(0, |top| n.len() * 8 - top.leading_zeros() as usize)
+    }
+
+    fn verifier(
+        alg: &Algorithm,
+        key: &DecodingKey,
+    ) -> jsonwebtoken::errors::Result<Box<dyn JwtVerifier>> {
+        if *alg == Algorithm::RS256
+            && let DecodingKeyKind::RsaModulusExponent { n, e } = key.kind()
+            && (2048..=8192).contains(&bits(n))
+        {
+            return Ok(Box::new(RingRs256 {
+                n: n.clone(),
+                e: e.clone(),
+            }));
+        }
+        (rust_crypto::DEFAULT_PROVIDER.verifier_factory)(alg, key)
+    }
+
+    /// Makes this the process's jsonwebtoken provider, if none was chosen
+    /// yet (the first use of jsonwebtoken fixes it). Idempotent.
+    pub fn install() {
+        static PROVIDER: OnceLock<CryptoProvider> = OnceLock::new();
+        let base = &rust_crypto::DEFAULT_PROVIDER;
+        let provider = PROVIDER.get_or_init(|| CryptoProvider {
+            signer_factory: base.signer_factory,
+            verifier_factory: verifier,
+            key_utils: base.key_utils.clone(),
+        });
+        let _ = provider.install_default();
+    }
+
+    #[cfg(test)]
+    mod tests {
+        use super::*;
+
+        #[test]
+        fn modulus_bits_ignore_leading_zeros() {
+            assert_eq!(bits(&[0, 0x80, 0]), 16);
+            assert_eq!(bits(&[0x01]), 1);
+            assert_eq!(bits(&[]), 0);
+            assert_eq!(bits(&[0xff; 256]), 2048);
+        }
+    }
+}
+
+/// The verified-token cache must never let through a token that a full
+/// verification would refuse now.
+#[cfg(test)]
+mod cache_tests {
+    use super::*;
+    use base64::Engine as _;
+    use base64::engine::general_purpose::URL_SAFE_NO_PAD;
+    use jsonwebtoken::{EncodingKey, Header};
+    use rsa::pkcs1::EncodeRsaPrivateKey;
+    use rsa::traits::PublicKeyParts;
+    use std::sync::Arc;
+
+    const ISSUER: &str = "https://idp.cache.test/";
+    const AUDIENCE: &str = "cache-client";
+
+    struct Key {
+        kid: &'static str,
+        encoding: EncodingKey,
+        jwk: Value,
+    }
+
+    fn key(kid: &'static str) -> Key {
+        let key = rsa::RsaPrivateKey::new(&mut rand::thread_rng(), 2048).unwrap();
+        Key {
+            kid,
+            encoding: EncodingKey::from_rsa_der(key.to_pkcs1_der().unwrap().as_bytes()),
+            jwk: serde_json::json!({
+                "kty": "RSA", "kid": kid, "use": "sig", "alg": "RS256",
+                "n": URL_SAFE_NO_PAD.encode(key.n().to_bytes_be()),
+                "e": URL_SAFE_NO_PAD.encode(key.e().to_bytes_be()),
+            }),
+        }
+    }
+
+    fn sign(key: &Key, tenant: &str, exp: u64) -> String {
+        let mut header = jsonwebtoken::Header::new(Algorithm::RS256);
+        header.kid = Some(key.kid.into());
+        let claims = serde_json::json!({
+            "sub": "someone", "custom:tenant_id": tenant, "iss": ISSUER, "aud": AUDIENCE,
+            "exp": exp, "iat": jsonwebtoken::get_current_timestamp(),
+        });
+        let _: &Header = &header;
+        jsonwebtoken::encode(&header, &claims, &key.encoding).unwrap()
+    }
+
+    /// A JWKS endpoint whose document the test can replace, answering any
+    /// number of requests.
+    async fn jwks_server(document: Arc<std::sync::Mutex<String>>) -> String {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/jwks.json", listener.local_addr().unwrap());
+        tokio::spawn(async move {
+            while let Ok((mut stream, _)) = listener.accept().await {
+                let document = document.clone();
+                tokio::spawn(async move {
+                    let mut request = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match stream.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => request.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body = document.lock().unwrap().clone();
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = stream.write_all(response.as_bytes()).await;
+                });
+            }
+        });
+        url
+    }
+
+    fn document(keys: &[&Key]) -> String {
+        serde_json::json!({"keys": keys.iter().map(|k| k.jwk.clone()).collect::<Vec<_>>()})
+            .to_string()
+    }
+
+    async fn manager(url: &str, leeway: &str) -> TokenManager {
+        let vars = [
+            ("JWT_JWKS_URL", url),
+            ("JWT_ISSUER", ISSUER),
+            ("JWT_AUDIENCE", AUDIENCE),
+            ("JWT_ALGORITHMS", "RS256"),
+            ("JWT_LEEWAY_SECONDS", leeway),
+            // Unknown kids may refetch at once: the test controls when.
+            ("JWT_JWKS_REFETCH_SECONDS", "1"),
+        ];
+        let get = |k: &str| {
+            vars.iter()
+                .find(|(key, _)| *key == k)
+                .map(|(_, v)| v.to_string())
+        };
+        TokenManager::new(crate::config::token_config(&get).unwrap()).await
+    }
+
+    fn cached_entries(manager: &TokenManager) -> usize {
+        manager.verified.lock().unwrap().entries.len()
+    }
+
+    #[tokio::test]
+    async fn a_token_that_expires_after_caching_is_refused() {
+        let a = key("a");
+        let url = jwks_server(Arc::new(std::sync::Mutex::new(document(&[&a])))).await;
+        let tokens = manager(&url, "0").await;
+        let token = sign(&a, "acme", jsonwebtoken::get_current_timestamp() + 1);
+        assert!(tokens.verify(&token).await.is_ok());
+        assert_eq!(cached_entries(&tokens), 1, "the verdict is cached");
+        assert!(tokens.verify(&token).await.is_ok(), "a hit while valid");
+        tokio::time::sleep(Duration::from_millis(2100)).await;
+        assert_eq!(
+            tokens.verify(&token).await.err(),
+            Some(AuthError::Invalid("token has expired".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn a_key_withdrawn_by_a_jwks_change_stops_its_cached_tokens() {
+        let (a, b) = (key("a"), key("b"));
+        let served = Arc::new(std::sync::Mutex::new(document(&[&a])));
+        let url = jwks_server(served.clone()).await;
+        let tokens = manager(&url, "0").await;
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let old = sign(&a, "acme", exp);
+        assert!(tokens.verify(&old).await.is_ok());
+        assert!(tokens.verify(&old).await.is_ok());
+        // The IdP rotates: key a withdrawn, key b published. A token
+        // naming b makes the service fetch the new set.
+        *served.lock().unwrap() = document(&[&b]);
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        assert!(tokens.verify(&sign(&b, "acme", exp)).await.is_ok());
+        assert_eq!(
+            tokens.verify(&old).await.err(),
+            Some(AuthError::Invalid("token signing key is unknown".into())),
+            "the cached verdict went with the key"
+        );
+    }
+
+    #[tokio::test]
+    async fn different_tenant_claims_are_different_entries() {
+        let a = key("a");
+        let url = jwks_server(Arc::new(std::sync::Mutex::new(document(&[&a])))).await;
+        let tokens = manager(&url, "0").await;
+        let exp = jsonwebtoken::get_current_timestamp() + 600;
+        let (acme, globex) = (sign(&a, "acme", exp), sign(&a, "globex", exp));
+        for _ in 0..2 {
+            assert_eq!(
+                tokens.verify(&acme).await.unwrap().tenant().as_str(),
+                "acme"
+            );
+            assert_eq!(
+                tokens.verify(&globex).await.unwrap().tenant().as_str(),
+                "globex"
+            );
+        }
+        assert_eq!(cached_entries(&tokens), 2);
+        // A forged copy of a cached token with another tenant in its
+        // payload is another key, verified (and refused) in full.
+        let mut parts: Vec<String> = acme.split('.').map(str::to_owned).collect();
+        let payload = String::from_utf8(URL_SAFE_NO_PAD.decode(&parts[1]).unwrap()).unwrap();
+        parts[1] = URL_SAFE_NO_PAD.encode(payload.replace("acme", "globex"));
+        assert_eq!(
+            tokens.verify(&parts.join(".")).await.err(),
+            Some(AuthError::Invalid("token signature is invalid".into()))
+        );
+    }
+
+    #[tokio::test]
+    async fn the_cache_is_bounded() {
+        let a = key("a");
+        let url = jwks_server(Arc::new(std::sync::Mutex::new(document(&[&a])))).await;
+        let mut tokens = manager(&url, "0").await;
+        tokens.verified_capacity = 3;
+        let now = jsonwebtoken::get_current_timestamp();
+        for i in 0..5 {
+            assert!(
+                tokens
+                    .verify(&sign(&a, "acme", now + 600 + i))
+                    .await
+                    .is_ok()
+            );
+        }
+        assert_eq!(cached_entries(&tokens), 3);
     }
 }

@@ -131,6 +131,8 @@ impl Moto {
             .map(|(k, v)| format!("{k}={}", urlencode(v)))
             .collect::<Vec<_>>()
             .join("&");
+        // reqwest runs on rustls with ring, installed by the service.
+        tenant_users::token::install_tls_provider();
         let response = reqwest::Client::new()
             .post(&self.endpoint)
             .header("content-type", "application/x-www-form-urlencoded")
