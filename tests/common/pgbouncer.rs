@@ -181,13 +181,21 @@ impl PgBouncer {
                 .status()
                 .unwrap();
         }
-        let mut command = super::as_postgres("pgbouncer");
+        // Debian installs it in /usr/sbin, which a non-root PATH lacks.
+        let program = super::find_program("pgbouncer", &["/usr/sbin", "/usr/local/sbin"])
+            .unwrap_or_else(|| {
+                panic!(
+                    "pgbouncer is not on PATH nor in /usr/sbin: install it \
+                     (apt-get install pgbouncer, dnf install pgbouncer, brew install pgbouncer)"
+                )
+            });
+        let mut command = super::as_postgres(program);
         command.arg(&ini_path);
         let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("pgbouncer installed (apt-get install pgbouncer)");
+            .expect("pgbouncer starts");
         self.child = Some(child);
         wait_for_port(self.port, Duration::from_secs(10));
     }

@@ -1,0 +1,143 @@
+#!/usr/bin/env bash
+# Runs every event fixture through `sam local invoke`: the release arm64
+# bootstrap that `sam build` packages, in a Lambda-shaped arm64 container
+# (under qemu on an amd64 host) with SAM's runtime emulator, against a
+# throwaway PostgreSQL that the container reaches over the docker bridge.
+# Each status is checked against events/manifest.json, and the body where the
+# fixture's point is tenant isolation. Ends with one line
+# "sam local fixtures: N passed, M failed".
+#
+# Sets the machine up first when needed (root or sudo): docker.io and its
+# daemon, qemu-user-static and its binfmt entry, PostgreSQL's server binaries,
+# and a local Debian 12 arm64 base image (no container registry is assumed:
+# the image is built with mmdebstrap once and reused while its inputs are
+# unchanged). Never touches a server on 5432: the cluster is its own, on a
+# free port, stopped and removed on exit.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+export SAM_CLI_TELEMETRY=0
+. scripts/lib/host.sh
+
+command -v sam >/dev/null || { echo "sam is required: make .venv (requirements-dev.txt)" >&2; exit 1; }
+command -v cargo-lambda >/dev/null || { echo "cargo-lambda is required: make .venv (requirements-dev.txt)" >&2; exit 1; }
+
+need_packages postgresql postgresql-client
+docker_up
+binfmt_arm64
+base=$(rootfs_image tenant-users-lambda-base arm64 ca-certificates)
+
+# The address containers on the default bridge reach the host at. SAM's
+# --docker-network host does not put the function in the host's network, so
+# the database listens here (and on loopback for this script).
+bridge_ip=$(dk network inspect bridge --format '{{range .IPAM.Config}}{{.Gateway}}{{end}}')
+bridge_net=$(dk network inspect bridge --format '{{range .IPAM.Config}}{{.Subnet}}{{end}}')
+[ -n "$bridge_ip" ] && [ -n "$bridge_net" ] || { echo "no address on docker's default bridge" >&2; exit 1; }
+
+bindir=${PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)}
+[ -x "$bindir/initdb" ] || { echo "PostgreSQL server binaries not found: apt-get install postgresql" >&2; exit 1; }
+pgdir=$(mktemp -d "${TMPDIR:-/tmp}/tenant-users-sam-pg.XXXXXX")
+as_owner=()
+if [ "$(id -u)" = 0 ]; then
+  chown postgres "$pgdir"
+  as_owner=(runuser -u postgres --)
+fi
+work=$(mktemp -d "${TMPDIR:-/tmp}/tenant-users-sam.XXXXXX")
+cluster_stop() {
+  "${as_owner[@]}" "$bindir/pg_ctl" -D "$pgdir/data" -m immediate stop >/dev/null 2>&1 || true
+  rm -rf "$pgdir" "$work"
+}
+trap cluster_stop EXIT
+trap 'exit 130' INT TERM
+
+port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
+"${as_owner[@]}" "$bindir/initdb" -D "$pgdir/data" -U postgres --auth=trust -E UTF8 \
+  --no-instructions >"$pgdir/initdb.log" 2>&1 || { cat "$pgdir/initdb.log" >&2; exit 1; }
+# Trust stays on loopback (this script, as postgres); the container logs in
+# as the application role with its password, over the bridge only.
+echo "host all all $bridge_net scram-sha-256" >>"$pgdir/data/pg_hba.conf"
+"${as_owner[@]}" "$bindir/pg_ctl" -D "$pgdir/data" -l "$pgdir/server.log" -w -o \
+  "-p $port -k $pgdir -c listen_addresses=127.0.0.1,$bridge_ip -c fsync=off" start >/dev/null \
+  || { cat "$pgdir/server.log" >&2; exit 1; }
+echo "sam-local: throwaway PostgreSQL on 127.0.0.1 and $bridge_ip, port $port" >&2
+
+export TEST_DATABASE_ADMIN_URL="postgres://postgres@127.0.0.1:$port/postgres"
+. scripts/lib/testdb.sh
+trap 'testdb_cleanup; cluster_stop' EXIT
+testdb_create
+psql "$TESTDB_ADMIN_URL" -Xq -f events/seed.sql >/dev/null
+container_db_url=${TESTDB_APP_URL/@127.0.0.1:/@$bridge_ip:}
+
+# events/env.json with the database the container reaches and the one switch
+# that admits the fixture secret; generated here, never committed.
+python3 - "$container_db_url" >"$work/env.json" <<'PY'
+import json, sys
+env = json.load(open("events/env.json"))
+fn = env["TenantUsersFunction"]
+fn["DATABASE_URL"] = sys.argv[1]
+fn["ALLOW_TEST_FIXTURES"] = "1"
+fn["RUST_LOG"] = "warn"
+json.dump(env, sys.stdout)
+PY
+
+start=$SECONDS
+sam build --beta-features TenantUsersFunction >"$work/build.log" 2>&1 \
+  || { cat "$work/build.log" >&2; exit 1; }
+echo "sam-local: sam build in $((SECONDS - start)) s" >&2
+
+# Checks of the body where the fixture's point is isolation: a token for
+# acme lists acme's rows only, and globex's row is neither shown to acme nor
+# changed or removed by acme's requests.
+check_body() {
+  python3 - "$@" <<'PY'
+import json, sys
+file, raw = sys.argv[1], sys.argv[2]
+body = json.loads(json.loads(raw).get("body") or "null")
+hank = "8b3e4c50-af6d-4e7c-9091-2c3d4e5f6071"
+if file == "list-users.json":
+    emails = [u["email"] for u in body["users"]]
+    assert emails and all(e.endswith("@acme.test") for e in emails), emails
+elif file == "get-user-as-owner-tenant.json":
+    assert body["user_id"] == hank and body["email"] == "hank@globex.test", body
+elif file.endswith("-other-tenant.json"):
+    assert "globex" not in json.dumps(body) and "Hank" not in json.dumps(body), body
+PY
+}
+
+passed=0
+failed=0
+while IFS=' ' read -r file expected; do
+  out=$(timeout 300 sam local invoke TenantUsersFunction \
+    --template .aws-sam/build/template.yaml \
+    --event "events/$file" --env-vars "$work/env.json" \
+    --invoke-image "$base" --skip-pull-image --region us-east-1 \
+    2>"$work/invoke.log") || true
+  got=$(printf '%s' "$out" | python3 -c 'import json,sys
+try: print(json.loads(sys.stdin.read().strip().splitlines()[-1])["statusCode"])
+except Exception: print("no-response")')
+  why=""
+  if [ "$got" != "$expected" ]; then
+    why="expected $expected, got $got"
+  elif ! check=$(check_body "$file" "$(printf '%s' "$out" | tail -n 1)" 2>&1); then
+    why="body: $check"
+  fi
+  if [ -z "$why" ]; then
+    passed=$((passed + 1))
+    echo "ok   $file ($got)"
+  else
+    failed=$((failed + 1))
+    echo "FAIL $file: $why" >&2
+    echo "$out" >&2
+    tail -n 30 "$work/invoke.log" >&2
+  fi
+done < <(python3 -c 'import json
+for f, s in json.load(open("events/manifest.json")).items(): print(f, s)')
+
+# After every other-tenant request, globex's row is as seeded.
+if [ "$(psql "$TESTDB_ADMIN_URL" -XAtc "select name from users where user_id = '8b3e4c50-af6d-4e7c-9091-2c3d4e5f6071'")" = "Hank Scorpio" ]; then
+  passed=$((passed + 1))
+else
+  failed=$((failed + 1))
+  echo "FAIL globex's row was changed or removed by another tenant's requests" >&2
+fi
+echo "sam local fixtures: $passed passed, $failed failed"
+[ "$failed" -eq 0 ]
