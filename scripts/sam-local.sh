@@ -21,20 +21,43 @@ export SAM_CLI_TELEMETRY=0
 command -v sam >/dev/null || { echo "sam is required: make .venv (requirements-dev.txt)" >&2; exit 1; }
 command -v cargo-lambda >/dev/null || { echo "cargo-lambda is required: make .venv (requirements-dev.txt)" >&2; exit 1; }
 
-need_packages postgresql postgresql-client
-docker_up
-binfmt_arm64
-base=$(rootfs_image tenant-users-lambda-base arm64 ca-certificates)
+# On Linux the machine is set up here and the base image built locally (no
+# registry needed); elsewhere (Docker Desktop on macOS/Windows) Docker is the
+# user's, and SAM pulls the public base image (SAM_LOCAL_IMAGE=public does
+# that on Linux too, where a registry is reachable).
+image_mode=${SAM_LOCAL_IMAGE:-$([ "$(uname -s)" = Linux ] && echo local || echo public)}
+invoke_image=()
+listen=127.0.0.1
+if [ "$(uname -s)" = Linux ]; then
+  need_packages postgresql postgresql-client
+  docker_up
+  # The address containers on the default bridge reach the host at. SAM's
+  # --docker-network host does not put the function in the host's network,
+  # so the database listens here too, and the function finds it under the
+  # name Docker Desktop gives the host (--add-host below).
+  bridge_ip=$(dk network inspect bridge --format '{{range .IPAM.Config}}{{.Gateway}}{{end}}')
+  bridge_net=$(dk network inspect bridge --format '{{range .IPAM.Config}}{{.Subnet}}{{end}}')
+  [ -n "$bridge_ip" ] && [ -n "$bridge_net" ] || { echo "no address on docker's default bridge" >&2; exit 1; }
+  listen="127.0.0.1,$bridge_ip"
+  invoke_image=(--add-host "host.docker.internal:$bridge_ip")
+  if [ "$image_mode" = local ]; then
+    binfmt_arm64
+    base=$(rootfs_image tenant-users-lambda-base arm64 ca-certificates)
+    invoke_image+=(--invoke-image "$base" --skip-pull-image)
+  fi
+else
+  docker info >/dev/null 2>&1 || { echo "Docker is not running (start Docker Desktop)" >&2; exit 1; }
+fi
 
-# The address containers on the default bridge reach the host at. SAM's
-# --docker-network host does not put the function in the host's network, so
-# the database listens here (and on loopback for this script).
-bridge_ip=$(dk network inspect bridge --format '{{range .IPAM.Config}}{{.Gateway}}{{end}}')
-bridge_net=$(dk network inspect bridge --format '{{range .IPAM.Config}}{{.Subnet}}{{end}}')
-[ -n "$bridge_ip" ] && [ -n "$bridge_net" ] || { echo "no address on docker's default bridge" >&2; exit 1; }
-
-bindir=${PG_BINDIR:-$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)}
-[ -x "$bindir/initdb" ] || { echo "PostgreSQL server binaries not found: apt-get install postgresql" >&2; exit 1; }
+bindir=${PG_BINDIR:-}
+[ -n "$bindir" ] || bindir=$(ls -d /usr/lib/postgresql/*/bin 2>/dev/null | sort -V | tail -n 1 || true)
+[ -n "$bindir" ] || ! command -v initdb >/dev/null || bindir=$(dirname "$(command -v initdb)")
+[ -n "$bindir" ] || bindir=$(ls -d /opt/homebrew/opt/postgresql@*/bin /usr/local/opt/postgresql@*/bin \
+  2>/dev/null | sort -V | tail -n 1 || true)
+[ -x "$bindir/initdb" ] || {
+  echo "PostgreSQL server binaries not found: apt-get install postgresql (macOS: brew install postgresql@16), or set PG_BINDIR" >&2
+  exit 1
+}
 pgdir=$(mktemp -d "${TMPDIR:-/tmp}/tenant-users-sam-pg.XXXXXX")
 as_owner=()
 if [ "$(id -u)" = 0 ]; then
@@ -52,32 +75,24 @@ trap 'exit 130' INT TERM
 port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 "${as_owner[@]}" "$bindir/initdb" -D "$pgdir/data" -U postgres --auth=trust -E UTF8 \
   --no-instructions >"$pgdir/initdb.log" 2>&1 || { cat "$pgdir/initdb.log" >&2; exit 1; }
-# Trust stays on loopback (this script, as postgres); the container logs in
-# as the application role with its password, over the bridge only.
-echo "host all all $bridge_net scram-sha-256" >>"$pgdir/data/pg_hba.conf"
+# Trust stays on loopback (this script, as postgres); from the bridge, the
+# function logs in as the application role with its password.
+[ -n "${bridge_net:-}" ] && echo "host all all $bridge_net scram-sha-256" >>"$pgdir/data/pg_hba.conf"
 "${as_owner[@]}" "$bindir/pg_ctl" -D "$pgdir/data" -l "$pgdir/server.log" -w -o \
-  "-p $port -k $pgdir -c listen_addresses=127.0.0.1,$bridge_ip -c fsync=off" start >/dev/null \
+  "-p $port -k $pgdir -c listen_addresses=$listen -c fsync=off" start >/dev/null \
   || { cat "$pgdir/server.log" >&2; exit 1; }
-echo "sam-local: throwaway PostgreSQL on 127.0.0.1 and $bridge_ip, port $port" >&2
+echo "sam-local: throwaway PostgreSQL on $listen, port $port; base image: ${base:-public}" >&2
 
 export TEST_DATABASE_ADMIN_URL="postgres://postgres@127.0.0.1:$port/postgres"
 . scripts/lib/testdb.sh
 trap 'testdb_cleanup; cluster_stop' EXIT
 testdb_create
 psql "$TESTDB_ADMIN_URL" -Xq -f events/seed.sql >/dev/null
-container_db_url=${TESTDB_APP_URL/@127.0.0.1:/@$bridge_ip:}
+container_db_url=${TESTDB_APP_URL/@127.0.0.1:/@host.docker.internal:}
 
 # events/env.json with the database the container reaches and the one switch
 # that admits the fixture secret; generated here, never committed.
-python3 - "$container_db_url" >"$work/env.json" <<'PY'
-import json, sys
-env = json.load(open("events/env.json"))
-fn = env["TenantUsersFunction"]
-fn["DATABASE_URL"] = sys.argv[1]
-fn["ALLOW_TEST_FIXTURES"] = "1"
-fn["RUST_LOG"] = "warn"
-json.dump(env, sys.stdout)
-PY
+scripts/sam-env.sh "$container_db_url" >"$work/env.json"
 
 start=$SECONDS
 sam build --beta-features TenantUsersFunction >"$work/build.log" 2>&1 \
@@ -106,10 +121,10 @@ PY
 passed=0
 failed=0
 while IFS=' ' read -r file expected; do
-  out=$(timeout 300 sam local invoke TenantUsersFunction \
+  out=$(sam local invoke TenantUsersFunction \
     --template .aws-sam/build/template.yaml \
     --event "events/$file" --env-vars "$work/env.json" \
-    --invoke-image "$base" --skip-pull-image --region us-east-1 \
+    "${invoke_image[@]}" --region us-east-1 \
     2>"$work/invoke.log") || true
   got=$(printf '%s' "$out" | python3 -c 'import json,sys
 try: print(json.loads(sys.stdin.read().strip().splitlines()[-1])["statusCode"])
