@@ -17,5 +17,6 @@ mod model;
 mod openapi;
 mod proxy;
 mod rotation;
+mod round_trips;
 mod routes;
 mod telemetry;

@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod delay;
 pub mod moto;
 pub mod pgbouncer;
 
