@@ -83,10 +83,10 @@ fn template_variables() -> serde_norway::Mapping {
         .as_mapping()
         .cloned()
         .unwrap_or_default();
-    let own = template["Resources"]["TenantUsersFunction"]["Properties"]["Environment"]
-        ["Variables"]
-        .as_mapping()
-        .expect("TenantUsersFunction declares its environment");
+    let own =
+        template["Resources"]["TenantUsersFunction"]["Properties"]["Environment"]["Variables"]
+            .as_mapping()
+            .expect("TenantUsersFunction declares its environment");
     vars.extend(own.clone());
     vars
 }
