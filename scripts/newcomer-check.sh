@@ -27,6 +27,7 @@ docker_up
 image=$(rootfs_image tenant-users-newcomer amd64 "$packages")
 
 work=$(mktemp -d "${TMPDIR:-/tmp}/tenant-users-newcomer.XXXXXX")
+chmod 755 "$work" # the container's user reads its script here
 name="tenant-users-newcomer-$$"
 trap 'dk rm -f "$name" >/dev/null 2>&1 || true; as_root rm -rf "$work"' EXIT
 git clone -q --no-hardlinks --branch "$(git rev-parse --abbrev-ref HEAD)" "$PWD" "$work/tenant-users"

@@ -101,7 +101,8 @@ rootfs_image() {
   printf '%s' "$dockerfile" >"$dir/Dockerfile"
   # The legacy builder honours --platform for a FROM scratch image; plain
   # `docker import` labels everything amd64, and SAM would then try to pull.
-  if ! DOCKER_BUILDKIT=0 dk build -q --platform "linux/$arch" -t "$image" "$dir" >/dev/null; then
+  if ! DOCKER_BUILDKIT=0 dk build -q --platform "linux/$arch" -t "$image" "$dir" >/dev/null 2>"$dir/build.log"; then
+    cat "$dir/build.log" >&2
     as_root rm -rf "$dir"
     return 1
   fi
