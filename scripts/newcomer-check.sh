@@ -18,8 +18,8 @@ cargo_bin=$(dirname "$(command -v cargo)")
 [ -d "$rustup_home/toolchains" ] || { echo "needs a rustup toolchain (RUSTUP_HOME=$rustup_home)" >&2; exit 1; }
 
 # README's Debian prerequisites line, as a reader would paste it.
-readme_packages=$(sed -n '/^## Quick start/,/^## /p' README.md | grep -m1 '^sudo apt-get install ' \
-  | sed 's/^sudo apt-get install //; s/ *#.*//')
+readme_packages=$(awk '/^## Quick start/ { q = 1 }
+  q && /^sudo apt-get install / { sub(/^sudo apt-get install /, ""); sub(/ *#.*/, ""); print; exit }' README.md)
 [ -n "$readme_packages" ] || { echo "README's Quick start has no 'sudo apt-get install' line" >&2; exit 1; }
 packages="build-essential,git,make,python3,sudo,ca-certificates,$(echo $readme_packages | tr ' ' ,)"
 
