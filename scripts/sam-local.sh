@@ -31,6 +31,10 @@ listen=127.0.0.1
 if [ "$(uname -s)" = Linux ]; then
   need_packages postgresql postgresql-client
   docker_up
+  if [ -n "${DOCKER_SUDO:-}" ]; then
+    echo "sam needs the Docker socket: sudo usermod -aG docker $USER, then log in again" >&2
+    exit 1
+  fi
   # The address containers on the default bridge reach the host at. SAM's
   # --docker-network host does not put the function in the host's network,
   # so the database listens here too, and the function finds it under the
