@@ -29,7 +29,8 @@ image_mode=${SAM_LOCAL_IMAGE:-$([ "$(uname -s)" = Linux ] && echo local || echo 
 invoke_image=()
 listen=127.0.0.1
 if [ "$(uname -s)" = Linux ]; then
-  need_packages postgresql postgresql-client
+  command -v psql >/dev/null || need_packages postgresql-client
+  ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null || need_packages postgresql
   docker_up
   if [ -n "${DOCKER_SUDO:-}" ]; then
     echo "sam needs the Docker socket: sudo usermod -aG docker $USER, then log in again" >&2
@@ -41,7 +42,11 @@ if [ "$(uname -s)" = Linux ]; then
   # name Docker Desktop gives the host (--add-host below).
   bridge_ip=$(dk network inspect bridge --format '{{range .IPAM.Config}}{{.Gateway}}{{end}}')
   bridge_net=$(dk network inspect bridge --format '{{range .IPAM.Config}}{{.Subnet}}{{end}}')
-  [ -n "$bridge_ip" ] && [ -n "$bridge_net" ] || { echo "no address on docker's default bridge" >&2; exit 1; }
+  [ -n "$bridge_net" ] || { echo "docker's default bridge has no subnet" >&2; exit 1; }
+  # Docker 20.10 leaves Gateway out of the default bridge's IPAM: it is the
+  # subnet's first address.
+  [ -n "$bridge_ip" ] || bridge_ip=$(python3 -c 'import ipaddress, sys
+print(next(ipaddress.ip_network(sys.argv[1]).hosts()))' "$bridge_net")
   listen="127.0.0.1,$bridge_ip"
   invoke_image=(--add-host "host.docker.internal:$bridge_ip")
   if [ "$image_mode" = local ]; then
