@@ -6,9 +6,11 @@
 #                then every event fixture through `cargo lambda watch`, then
 #                schemathesis against openapi.yaml (ALLOW_TEST_FIXTURES=1: only
 #                here is the fixture secret of events/env.json accepted)
-#   make check   formatting, lints, and the SAM template lints
+#   make check   formatting, lints, the SAM template lints, the policy scanner
+#                (checkov) and the checks over the expanded template
 #   make lambda  release arm64 bootstrap for provided.al2023
 #   make bench   benchmarks against the pgbench floor -> BENCHMARKS.md
+#   make bench-fleet  200 environments through the pooler -> BENCHMARKS.md
 #   make sam-local   every event fixture through `sam local invoke` in an
 #                arm64 container (Docker; sets the machine up, see README)
 #   make newcomer-check  README's `make dev` and `make test` in a fresh
@@ -17,7 +19,7 @@
 # The Python tools (moto, cargo-lambda, schemathesis, cfn-lint, SAM CLI) come
 # from .venv, made here with the versions pinned in requirements-dev.txt.
 
-.PHONY: dev test check lambda sam-build sam-local newcomer-check bench migrate serve .venv
+.PHONY: dev test check lambda sam-build sam-local newcomer-check bench bench-fleet migrate serve .venv
 
 VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
@@ -40,15 +42,27 @@ test: $(VENV)/.installed
 	  scripts/schemathesis.sh || status=1; \
 	  exit $$status'
 
+# checkov as pinned in .ci/requirements-checkov.txt (.ci/run installs it in
+# a virtualenv of its own and sets CHECKOV); --skip-download keeps it offline.
+CHECKOV ?= checkov
+
 check: $(VENV)/.installed
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 	cfn-lint template.yaml
 	SAM_CLI_TELEMETRY=0 sam validate --lint --region us-east-1
+	mkdir -p target
+	AWS_DEFAULT_REGION=us-east-1 python3 tests/template_test.py --write-expanded target/template-expanded.json
+	$(CHECKOV) --quiet --compact --skip-download --framework cloudformation \
+		-f template.yaml -f target/template-expanded.json
 
 # Benchmarks (not part of make test): needs wrk and pgbench; writes BENCHMARKS.md.
 bench:
 	scripts/with-postgres.sh test sh -c 'cargo bench --locked --bench tokens && cargo bench --locked --bench service'
+
+# 200 environments through PgBouncer vs 8 direct connections -> BENCHMARKS.md.
+bench-fleet:
+	scripts/with-postgres.sh test cargo bench --locked --bench fleet
 
 lambda: $(VENV)/.installed
 	cargo lambda build --release --arm64 --locked

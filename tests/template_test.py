@@ -1,0 +1,606 @@
+"""Checks over the expanded SAM template (run by `make check`).
+
+template.yaml is expanded offline with aws-sam-translator (the library
+`sam validate` and CloudFormation's SAM transform use), then every
+parameter combination a deployer can choose is resolved here: conditions
+evaluated, Fn::If branches taken, parameter Refs substituted. The tests then
+read the resources that would exist, the way CloudFormation would create
+them, and check the stack's promises: what is created by default, that each
+bring-your-own parameter switches its part off, least privilege in every
+IAM statement, and the custom resource's wiring.
+"""
+
+import copy
+import itertools
+import json
+import os
+import sys
+import unittest
+
+from samtranslator.translator.transform import transform
+from samtranslator.yaml_helper import yaml_parse
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+TEMPLATE = os.path.join(ROOT, "template.yaml")
+
+# Services whose permissions must always name their resources.
+SENSITIVE = ("sts:", "secretsmanager:", "kms:", "iam:", "rds-db:")
+
+EXISTING_NETWORK = {
+    "VpcId": "vpc-0abc",
+    "VpcSubnetIds": "subnet-0a,subnet-0b",
+    "VpcSecurityGroupIds": "sg-0proxyclient",
+}
+EXISTING_DATABASE = {
+    "DbSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf",
+    "DbProxyEndpoint": "proxy.proxy-xyz.us-east-1.rds.amazonaws.com",
+}
+EXISTING_MASTER = {
+    "DbMasterSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:rds!cluster-1-AbCdEf",
+    "DbAdminHost": "db.cluster-xyz.us-east-1.rds.amazonaws.com",
+}
+EXISTING_KMS = {"DbSecretKmsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/0000-1111"}
+EXISTING_IDP = {
+    "JwtIssuer": "https://idp.example.com/",
+    "JwtAudience": "client-a,client-b",
+    "JwtJwksUrl": "https://idp.example.com/.well-known/jwks.json",
+}
+INLINE = {"JwksMode": "inline", "JwksDocument": '{"keys":[]}'}
+
+
+class _Loader:
+    """No managed policy is named by short name, so nothing is looked up."""
+
+    def load(self):
+        return {}
+
+
+def expand(code_uri="s3://bucket/tenant-users.zip"):
+    """The template after the SAM transform, as CloudFormation receives it."""
+    os.environ.setdefault("AWS_DEFAULT_REGION", "us-east-1")
+    with open(TEMPLATE) as f:
+        raw = yaml_parse(f.read())
+    source = copy.deepcopy(raw)
+    # `sam deploy` uploads the code and puts its S3 location here; the
+    # location is what names a function version (see SchemaVersion).
+    for resource in source["Resources"].values():
+        if resource["Type"] == "AWS::Serverless::Function":
+            resource["Properties"]["CodeUri"] = code_uri
+    return raw, transform(source, {}, _Loader())
+
+
+class NoValue:
+    pass
+
+
+class Stack:
+    """The expanded template resolved for one set of parameter values."""
+
+    def __init__(self, template, overrides=None):
+        self.template = template
+        params = {}
+        for name, spec in template["Parameters"].items():
+            value = (overrides or {}).get(name, spec.get("Default"))
+            if spec["Type"] == "CommaDelimitedList":
+                # As CloudFormation: an empty list parameter is [""].
+                value = [v.strip() for v in str(value or "").split(",")]
+            params[name] = value
+        unknown = set(overrides or {}) - set(params)
+        assert not unknown, f"unknown parameters {unknown}"
+        self.params = params
+        self.conditions = {}
+        for name in template["Conditions"]:
+            self.condition(name)
+        self.resources = {
+            name: self.resolve(resource)
+            for name, resource in template["Resources"].items()
+            if "Condition" not in resource or self.conditions[resource["Condition"]]
+        }
+
+    # --- intrinsic functions -------------------------------------------------
+    def condition(self, name):
+        if name not in self.conditions:
+            self.conditions[name] = self.truth(self.template["Conditions"][name])
+        return self.conditions[name]
+
+    def truth(self, node):
+        (fn, arg), = node.items()
+        if fn == "Fn::Equals":
+            a, b = (self.value(x) for x in arg)
+            return a == b
+        if fn == "Fn::Not":
+            return not self.truth(arg[0])
+        if fn == "Fn::And":
+            return all(self.truth(x) for x in arg)
+        if fn == "Fn::Or":
+            return any(self.truth(x) for x in arg)
+        if fn == "Condition":
+            return self.condition(arg)
+        if fn == "Fn::Contains":
+            return self.value(arg[1]) in self.value(arg[0])
+        raise AssertionError(f"unsupported condition function {fn}")
+
+    def value(self, node):
+        """A condition or rule operand, fully resolved to a Python value."""
+        if isinstance(node, dict):
+            (fn, arg), = node.items()
+            if fn == "Ref":
+                return self.params[arg]
+            if fn == "Fn::Join":
+                return arg[0].join(self.value(arg[1]) if isinstance(arg[1], dict) else
+                                   [self.value(x) for x in arg[1]])
+            return self.truth(node)
+        return node
+
+    def resolve(self, node):
+        """Take every Fn::If branch and substitute parameters; keep the rest."""
+        if isinstance(node, list):
+            items = [self.resolve(x) for x in node]
+            return [x for x in items if not isinstance(x, NoValue)]
+        if not isinstance(node, dict):
+            return node
+        if len(node) == 1:
+            (fn, arg), = node.items()
+            if fn == "Fn::If":
+                name, yes, no = arg
+                return self.resolve(yes if self.condition(name) else no)
+            if fn == "Ref" and arg == "AWS::NoValue":
+                return NoValue()
+            if fn == "Ref" and arg in self.params:
+                return self.params[arg]
+        out = {}
+        for key, child in node.items():
+            child = self.resolve(child)
+            if not isinstance(child, NoValue):
+                out[key] = child
+        return out
+
+    def rules_hold(self):
+        """Evaluate the template's Rules the way CloudFormation does."""
+        failed = []
+        for name, rule in self.template.get("Rules", {}).items():
+            if "RuleCondition" in rule and not self.truth(rule["RuleCondition"]):
+                continue
+            for assertion in rule["Assertions"]:
+                if not self.truth(assertion["Assert"]):
+                    failed.append(name)
+        return failed
+
+    # --- reading ---------------------------------------------------------------
+    def of_type(self, kind):
+        return {n: r for n, r in self.resources.items() if r["Type"] == kind}
+
+    def props(self, name):
+        return self.resources[name]["Properties"]
+
+    def env(self, function):
+        return self.props(function)["Environment"]["Variables"]
+
+    def statements(self):
+        """(owner, statement) for every identity policy statement."""
+        for name, res in self.resources.items():
+            props = res.get("Properties", {})
+            if res["Type"] == "AWS::IAM::Role":
+                for policy in props.get("Policies", []):
+                    for st in policy["PolicyDocument"]["Statement"]:
+                        yield name, st
+            if res["Type"] == "AWS::IAM::Policy":
+                for role in props["Roles"]:
+                    for st in props["PolicyDocument"]["Statement"]:
+                        yield ref_name(role), st
+
+
+def as_list(x):
+    return x if isinstance(x, list) else [x]
+
+
+def ref_name(node):
+    """The logical id a Ref or GetAtt points at, else None."""
+    if isinstance(node, dict):
+        if "Ref" in node:
+            return node["Ref"]
+        if "Fn::GetAtt" in node:
+            target = node["Fn::GetAtt"]
+            return target[0] if isinstance(target, list) else target.split(".")[0]
+    return None
+
+
+def mentions(node, logical_id):
+    return json.dumps(node).find(f'"{logical_id}"') >= 0
+
+
+RAW, EXPANDED = expand()
+
+# Every independent choice a deployer has, in all combinations.
+CHOICES = [
+    [{}, EXISTING_NETWORK],
+    [{}, EXISTING_DATABASE, {**EXISTING_DATABASE, **EXISTING_MASTER},
+     {**EXISTING_DATABASE, **EXISTING_MASTER, **EXISTING_KMS}],
+    [{}, EXISTING_IDP],
+    [{}, INLINE],
+]
+ALL_STACKS = [
+    (overrides, Stack(EXPANDED, overrides))
+    for overrides in ({k: v for part in combo for k, v in part.items()}
+                      for combo in itertools.product(*CHOICES))
+]
+DEFAULT = Stack(EXPANDED)
+
+
+class TemplateTest(unittest.TestCase):
+    # --- item 1: everything created by default ---------------------------------
+    def test_default_creates_network_with_endpoints_in_two_azs(self):
+        s = DEFAULT
+        self.assertIn("Vpc", s.resources)
+        azs = [s.props(n)["AvailabilityZone"] for n in ("PrivateSubnetA", "PrivateSubnetB")]
+        self.assertEqual({json.dumps(a) for a in azs},
+                         {json.dumps({"Fn::Select": [i, {"Fn::GetAZs": ""}]}) for i in (0, 1)})
+        endpoints = {s.props(n)["ServiceName"]["Fn::Sub"]: s.props(n)
+                     for n in s.of_type("AWS::EC2::VPCEndpoint")}
+        for service in ("secretsmanager", "sts"):
+            ep = endpoints[f"com.amazonaws.${{AWS::Region}}.{service}"]
+            self.assertEqual(ep["VpcEndpointType"], "Interface")
+            self.assertIs(ep["PrivateDnsEnabled"], True)
+            self.assertEqual(len(ep["SubnetIds"]), 2)
+        s3 = endpoints["com.amazonaws.${AWS::Region}.s3"]
+        self.assertEqual(s3["VpcEndpointType"], "Gateway")
+        self.assertEqual(s3["RouteTableIds"], [{"Ref": "PrivateRouteTable"}])
+        # No Cognito endpoint: its private DNS would capture the JWKS host.
+        self.assertFalse(any("cognito" in k for k in endpoints))
+        self.assertIs(s.props("Vpc")["EnableDnsHostnames"], True)
+
+    def test_default_creates_encrypted_serverless_aurora_with_managed_master(self):
+        s = DEFAULT
+        c = s.props("DbCluster")
+        self.assertEqual(c["Engine"], "aurora-postgresql")
+        self.assertIs(c["StorageEncrypted"], True)
+        self.assertIs(c["ManageMasterUserPassword"], True)
+        self.assertNotIn("MasterUserPassword", c)
+        self.assertEqual(c["EngineVersion"], s.params["DbEngineVersion"])
+        self.assertEqual(c["ServerlessV2ScalingConfiguration"]["MinCapacity"], 0.5)
+        self.assertIs(c["DeletionProtection"], True)
+        self.assertIs(Stack(EXPANDED, {"DeletionProtection": "false"})
+                      .props("DbCluster")["DeletionProtection"], False)
+        self.assertEqual(s.resources["DbCluster"]["DeletionPolicy"], "Snapshot")
+        self.assertEqual(s.props("DbWriter")["DBInstanceClass"], "db.serverless")
+        self.assertIs(s.props("DbWriter")["PubliclyAccessible"], False)
+        self.assertEqual(s.props("DbClusterParameters")["Parameters"]["rds.force_ssl"], "1")
+
+    def test_default_proxy_requires_tls_and_scram_with_the_app_secret(self):
+        p = DEFAULT.props("DbProxy")
+        self.assertIs(p["RequireTLS"], True)
+        self.assertEqual(p["EngineFamily"], "POSTGRESQL")
+        (auth,) = p["Auth"]
+        self.assertEqual(auth["ClientPasswordAuthType"], "POSTGRES_SCRAM_SHA_256")
+        self.assertEqual(auth["SecretArn"], {"Ref": "AppSecret"})
+        self.assertEqual(auth["IAMAuth"], "DISABLED")
+        self.assertEqual(ref_name(p["RoleArn"]), "ProxyRole")
+        targets = DEFAULT.props("DbProxyTargets")
+        self.assertEqual(targets["DBClusterIdentifiers"], [{"Ref": "DbCluster"}])
+
+    def test_default_app_secret_is_generated_for_the_app_role_with_masterarn(self):
+        s = DEFAULT
+        gen = s.props("AppSecret")["GenerateSecretString"]
+        self.assertEqual(gen["GenerateStringKey"], "password")
+        text, values = gen["SecretStringTemplate"]["Fn::Sub"]
+        body = json.loads(text.replace("${DbPort}", "5432"))
+        self.assertEqual(body["username"], "${AppDbUser}")
+        self.assertEqual(body["engine"], "postgres")
+        self.assertEqual(set(body), {"engine", "username", "host", "port", "dbname", "masterarn"})
+        self.assertEqual(values["MasterArn"], {"Fn::GetAtt": ["DbCluster", "MasterUserSecret.SecretArn"]})
+        self.assertEqual(values["Host"], {"Fn::GetAtt": ["DbCluster", "Endpoint.Address"]})
+        self.assertNotIn("password", text)
+
+    def test_default_rotation_is_hosted_multi_user_after_the_schema(self):
+        s = DEFAULT
+        self.assertIn("AWS::SecretsManager-2020-07-23", RAW["Transform"])
+        self.assertIn("AWS::Serverless-2016-10-31", RAW["Transform"])
+        rot = s.resources["AppSecretRotation"]
+        hosted = rot["Properties"]["HostedRotationLambda"]
+        self.assertEqual(hosted["RotationType"], "PostgreSQLMultiUser")
+        self.assertEqual(hosted["MasterSecretArn"],
+                         {"Fn::GetAtt": ["DbCluster", "MasterUserSecret.SecretArn"]})
+        self.assertEqual(hosted["VpcSubnetIds"],
+                         {"Fn::Join": [",", [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]]})
+        self.assertEqual(hosted["VpcSecurityGroupIds"], {"Ref": "AdminSecurityGroup"})
+        self.assertEqual(rot["Properties"]["RotationRules"]["ScheduleExpression"], "rate(30 days)")
+        # The first rotation clones the app role, which the migration creates.
+        self.assertIn("SchemaResource", rot["DependsOn"])
+
+    def test_default_user_pool_tenant_attribute_is_immutable_and_not_writable(self):
+        s = DEFAULT
+        (attr,) = [a for a in s.props("UserPool")["Schema"] if a["Name"] == "tenant_id"]
+        self.assertIs(attr["Mutable"], False)
+        client = s.props("UserPoolClient")
+        self.assertNotIn("custom:tenant_id", client["WriteAttributes"])
+        self.assertIn("custom:tenant_id", client["ReadAttributes"])
+        self.assertIs(s.props("UserPool")["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"], True)
+
+    def test_default_function_verifies_tokens_from_the_created_pool(self):
+        env = DEFAULT.env("TenantUsersFunction")
+        issuer = {"Fn::Sub": "https://cognito-idp.${AWS::Region}.${AWS::URLSuffix}/${UserPool}"}
+        self.assertEqual(env["JWT_ISSUER"], issuer)
+        self.assertEqual(env["JWT_JWKS_URL"], {"Fn::Sub": issuer["Fn::Sub"] + "/.well-known/jwks.json"})
+        self.assertEqual(env["JWT_AUDIENCE"], {"Ref": "UserPoolClient"})
+        self.assertEqual(env["JWT_ALGORITHMS"], "RS256")
+        self.assertEqual(env["TENANT_CLAIM"], "custom:tenant_id")
+        self.assertEqual(env["JWT_TOKEN_USE"], "id")
+        # An existing IdP need not be Cognito: token_use only when asked for.
+        self.assertNotIn("JWT_TOKEN_USE", Stack(EXPANDED, EXISTING_IDP).env("TenantUsersFunction"))
+        self.assertEqual(Stack(EXPANDED, {**EXISTING_IDP, "JwtTokenUse": "access"})
+                         .env("TenantUsersFunction")["JWT_TOKEN_USE"], "access")
+        self.assertNotIn("JWT_JWKS", env)
+        self.assertEqual(env["DB_HOST"], {"Fn::GetAtt": ["DbProxy", "Endpoint"]})
+        self.assertEqual(env["DB_SECRET_ARN"], {"Ref": "AppSecret"})
+        self.assertEqual(env["DB_SSLMODE"], "verify-full")
+
+    def test_http_api_has_a_jwt_authorizer_on_every_route(self):
+        for overrides, s in ((o, st) for o, st in ALL_STACKS if not o.get("JwksMode")):
+            body = s.props("Api")["Body"]
+            auth = body["components"]["securitySchemes"]["TokenAuthorizer"]["x-amazon-apigateway-authorizer"]
+            self.assertEqual(auth["type"], "jwt")
+            jwt = auth["jwtConfiguration"]
+            if "JwtIssuer" in overrides:
+                self.assertEqual(jwt["issuer"], overrides["JwtIssuer"])
+                self.assertEqual(jwt["audience"], {"Fn::Split": [",", overrides["JwtAudience"]]})
+            else:
+                self.assertEqual(jwt["audience"], [{"Ref": "UserPoolClient"}])
+                self.assertIn("${UserPool}", jwt["issuer"]["Fn::Sub"])
+            self.assertEqual(auth["identitySource"], "$request.header.Authorization")
+            for path, methods in body["paths"].items():
+                for method, op in methods.items():
+                    self.assertEqual(op["security"], [{"TokenAuthorizer": []}], f"{method} {path}")
+            self.assertEqual(len([1 for m in body["paths"].values() for _ in m]), 5)
+
+    def test_security_groups_open_only_the_documented_paths(self):
+        s = DEFAULT
+        edges = set()
+        for name, r in s.resources.items():
+            p = r.get("Properties", {})
+            if r["Type"] == "AWS::EC2::SecurityGroupEgress":
+                dest = ref_name(p.get("DestinationSecurityGroupId")) or p.get("CidrIp")
+                edges.add(("out", ref_name(p["GroupId"]), dest, p["FromPort"], p["ToPort"]))
+            if r["Type"] == "AWS::EC2::SecurityGroupIngress":
+                self.assertNotIn("CidrIp", p, f"{name} admits addresses, not groups")
+                edges.add(("in", ref_name(p["GroupId"]), ref_name(p["SourceSecurityGroupId"]),
+                           p["FromPort"], p["ToPort"]))
+        self.assertEqual(edges, {
+            ("out", "FunctionSecurityGroup", "ProxySecurityGroup", 5432, 5432),
+            ("in", "ProxySecurityGroup", "FunctionSecurityGroup", 5432, 5432),
+            ("out", "ProxySecurityGroup", "ClusterSecurityGroup", 5432, 5432),
+            ("in", "ClusterSecurityGroup", "ProxySecurityGroup", 5432, 5432),
+            ("out", "AdminSecurityGroup", "ClusterSecurityGroup", 5432, 5432),
+            ("in", "ClusterSecurityGroup", "AdminSecurityGroup", 5432, 5432),
+            ("out", "FunctionSecurityGroup", "EndpointSecurityGroup", 443, 443),
+            ("in", "EndpointSecurityGroup", "FunctionSecurityGroup", 443, 443),
+            ("in", "EndpointSecurityGroup", "AdminSecurityGroup", 443, 443),
+            # S3 (ResponseURL) has no group; the route table limits it.
+            ("out", "AdminSecurityGroup", "0.0.0.0/0", 443, 443),
+            # JwksMode nat (the default): the public JWKS URL.
+            ("out", "FunctionSecurityGroup", "0.0.0.0/0", 443, 443),
+        })
+        for name in s.of_type("AWS::EC2::SecurityGroup"):
+            # The inline rule only replaces the default allow-all egress.
+            self.assertEqual([e["CidrIp"] for e in s.props(name)["SecurityGroupEgress"]], ["127.0.0.1/32"])
+            self.assertNotIn("SecurityGroupIngress", s.props(name))
+        inline = Stack(EXPANDED, INLINE)
+        self.assertNotIn("FunctionToJwks", inline.resources)
+        for name in ("FunctionToHttpsExistingNetwork", "FunctionToExistingProxy", "AdminToExistingDatabase"):
+            self.assertNotIn(name, s.resources)
+
+    def test_existing_network_or_database_opens_ports_without_groups_to_name(self):
+        def egress(stack):
+            return {(ref_name(p["GroupId"]), p.get("CidrIp"), p["FromPort"])
+                    for p in (stack.props(n) for n in stack.of_type("AWS::EC2::SecurityGroupEgress"))}
+        net = egress(Stack(EXPANDED, {**EXISTING_NETWORK, **INLINE}))
+        self.assertIn(("FunctionSecurityGroup", "0.0.0.0/0", 443), net)
+        self.assertNotIn(("FunctionSecurityGroup", "EndpointSecurityGroup", 443), net)
+        db = Stack(EXPANDED, {**EXISTING_DATABASE, **EXISTING_MASTER, **INLINE})
+        self.assertEqual({e for e in egress(db) if e[2] == 5432},
+                         {("FunctionSecurityGroup", "0.0.0.0/0", 5432), ("AdminSecurityGroup", "0.0.0.0/0", 5432)})
+        for name in db.of_type("AWS::EC2::SecurityGroupIngress"):
+            self.assertNotEqual(ref_name(db.props(name)["GroupId"]), "FunctionSecurityGroup")
+
+    # --- item 1: bring your own, each independently ---------------------------
+    def test_existing_network_switches_off_vpc_endpoints_and_nat(self):
+        s = Stack(EXPANDED, EXISTING_NETWORK)
+        for gone in ("Vpc", "PrivateSubnetA", "PrivateSubnetB", "SecretsManagerEndpoint",
+                     "StsEndpoint", "S3Endpoint", "NatGateway", "InternetGateway", "PublicSubnet"):
+            self.assertNotIn(gone, s.resources)
+        vpc = s.props("TenantUsersFunction")["VpcConfig"]
+        self.assertEqual(vpc["SubnetIds"], ["subnet-0a", "subnet-0b"])
+        groups = vpc["SecurityGroupIds"]["Fn::Split"][1]["Fn::Join"][1]
+        self.assertEqual(groups[0], {"Ref": "FunctionSecurityGroup"})
+        self.assertEqual(groups[1], {"Fn::Join": [",", ["sg-0proxyclient"]]})
+        self.assertEqual(s.props("FunctionSecurityGroup")["VpcId"], "vpc-0abc")
+        self.assertEqual(s.props("DbSubnetGroup")["SubnetIds"], ["subnet-0a", "subnet-0b"])
+        self.assertEqual(s.props("AppSecretRotation")["HostedRotationLambda"]["VpcSubnetIds"],
+                         {"Fn::Join": [",", ["subnet-0a", "subnet-0b"]]})
+        self.assertEqual(s.rules_hold(), [])
+        self.assertEqual(Stack(EXPANDED, {"VpcId": "vpc-0abc"}).rules_hold(), ["VpcGivenWithSubnets"])
+
+    def test_existing_database_switches_off_aurora_proxy_secret_and_migration(self):
+        s = Stack(EXPANDED, EXISTING_DATABASE)
+        for gone in ("DbCluster", "DbWriter", "DbProxy", "DbProxyTargets", "AppSecret",
+                     "AppSecretPolicy", "AppSecretRotation", "ProxyRole", "ClusterSecurityGroup",
+                     "ProxySecurityGroup", "MigrateFunction", "MigrateRole", "SchemaResource",
+                     "MigrateFunctionAliaslive"):
+            self.assertNotIn(gone, s.resources)
+        self.assertFalse(s.of_type("AWS::Lambda::Version"))
+        env = s.env("TenantUsersFunction")
+        self.assertEqual(env["DB_SECRET_ARN"], EXISTING_DATABASE["DbSecretArn"])
+        self.assertEqual(env["DB_HOST"], EXISTING_DATABASE["DbProxyEndpoint"])
+        self.assertEqual(s.rules_hold(), [])
+        self.assertEqual(Stack(EXPANDED, {"DbSecretArn": EXISTING_DATABASE["DbSecretArn"]}).rules_hold(),
+                         ["ExistingDatabaseIsComplete"])
+
+    def test_existing_database_with_master_secret_still_migrates(self):
+        s = Stack(EXPANDED, {**EXISTING_DATABASE, **EXISTING_MASTER})
+        self.assertNotIn("DbCluster", s.resources)
+        cr = s.props("SchemaResource")
+        self.assertEqual(cr["MasterSecretArn"], EXISTING_MASTER["DbMasterSecretArn"])
+        self.assertEqual(cr["AppSecretArn"], EXISTING_DATABASE["DbSecretArn"])
+        self.assertEqual(cr["DbHost"], EXISTING_MASTER["DbAdminHost"])
+        (st,) = [st for owner, st in s.statements() if owner == "MigrateRole"]
+        self.assertEqual(st["Resource"], [EXISTING_MASTER["DbMasterSecretArn"], EXISTING_DATABASE["DbSecretArn"]])
+        no_host = Stack(EXPANDED, {**EXISTING_DATABASE, "DbMasterSecretArn": EXISTING_MASTER["DbMasterSecretArn"]})
+        self.assertEqual(no_host.props("SchemaResource")["DbHost"], EXISTING_DATABASE["DbProxyEndpoint"])
+
+    def test_existing_idp_switches_off_cognito(self):
+        s = Stack(EXPANDED, EXISTING_IDP)
+        self.assertNotIn("UserPool", s.resources)
+        self.assertNotIn("UserPoolClient", s.resources)
+        env = s.env("TenantUsersFunction")
+        self.assertEqual(env["JWT_ISSUER"], EXISTING_IDP["JwtIssuer"])
+        self.assertEqual(env["JWT_AUDIENCE"], EXISTING_IDP["JwtAudience"])
+        self.assertEqual(env["JWT_JWKS_URL"], EXISTING_IDP["JwtJwksUrl"])
+        self.assertEqual(s.rules_hold(), [])
+        partial = Stack(EXPANDED, {"JwtIssuer": EXISTING_IDP["JwtIssuer"]})
+        self.assertEqual(sorted(partial.rules_hold()), ["ExistingIdpIsComplete", "ExistingIdpNatNeedsUrl"])
+
+    def test_inline_jwks_needs_no_nat_and_no_url(self):
+        s = Stack(EXPANDED, INLINE)
+        for gone in ("NatGateway", "NatAddress", "InternetGateway", "PublicSubnet", "PrivateDefaultRoute"):
+            self.assertNotIn(gone, s.resources)
+        env = s.env("TenantUsersFunction")
+        self.assertEqual(env["JWT_JWKS"], INLINE["JwksDocument"])
+        self.assertNotIn("JWT_JWKS_URL", env)
+        self.assertEqual(Stack(EXPANDED, {"JwksMode": "inline"}).rules_hold(), ["InlineNeedsDocument"])
+        # Default (nat): a route to the internet exists for the JWKS URL.
+        self.assertEqual(ref_name(DEFAULT.props("PrivateDefaultRoute")["NatGatewayId"]), "NatGateway")
+
+    def test_every_combination_resolves_and_keeps_the_function(self):
+        for overrides, s in ALL_STACKS:
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual(s.rules_hold(), [])
+                env = s.env("TenantUsersFunction")
+                for key in ("DB_SECRET_ARN", "DB_SECRET_ROLE_ARN", "DB_HOST", "JWT_ISSUER", "JWT_AUDIENCE"):
+                    self.assertIn(key, env)
+                self.assertEqual(("JWT_JWKS" in env) + ("JWT_JWKS_URL" in env), 1)
+                # Nothing references a resource this combination does not create.
+                for name, res in s.resources.items():
+                    for dep in as_list(res.get("DependsOn", [])):
+                        self.assertIn(dep, s.resources, f"{name} depends on {dep}")
+                    for other in EXPANDED["Resources"]:
+                        if other not in s.resources and mentions(res, other):
+                            self.fail(f"{name} references {other}, absent with {overrides}")
+
+    # --- item 6: least privilege ----------------------------------------------------
+    def test_no_wildcard_resource_for_sensitive_services(self):
+        for overrides, s in ALL_STACKS:
+            for owner, st in s.statements():
+                actions = as_list(st["Action"])
+                for action in actions:
+                    self.assertNotIn("*", action, f"{owner}: wildcard action {action}")
+                if not any(a.startswith(SENSITIVE) for a in actions):
+                    continue
+                for resource in as_list(st["Resource"]):
+                    self.assertNotIn("*", json.dumps(resource), f"{owner} {actions} with {overrides}")
+                    self.assertNotEqual(resource, "", f"{owner} {actions} names nothing")
+
+    def test_execution_role_may_only_assume_the_reader_which_trusts_only_it(self):
+        for _, s in ALL_STACKS:
+            mine = [st for owner, st in s.statements() if owner == "ExecutionRole"]
+            self.assertEqual(mine, [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                                     "Resource": {"Fn::GetAtt": ["SecretReaderRole", "Arn"]}}])
+            managed = s.props("ExecutionRole")["ManagedPolicyArns"]
+            self.assertEqual(managed, [{"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"}])
+            (trust,) = s.props("SecretReaderRole")["AssumeRolePolicyDocument"]["Statement"]
+            self.assertEqual(trust["Principal"], {"AWS": {"Fn::GetAtt": ["ExecutionRole", "Arn"]}})
+            reader = [st for owner, st in s.statements() if owner == "SecretReaderRole"]
+            self.assertEqual(reader[0]["Action"], "secretsmanager:GetSecretValue")
+            self.assertEqual({st["Action"] for st in reader} - {"secretsmanager:GetSecretValue"},
+                             {"kms:Decrypt"} if len(reader) == 2 else set())
+
+    def test_kms_decrypt_only_through_secrets_manager_on_the_named_key(self):
+        s = Stack(EXPANDED, {**EXISTING_DATABASE, **EXISTING_MASTER, **EXISTING_KMS})
+        kms = [(o, st) for o, st in s.statements() if st["Action"] == "kms:Decrypt"]
+        self.assertEqual(sorted(o for o, _ in kms), ["MigrateRole", "SecretReaderRole"])
+        for _, st in kms:
+            self.assertEqual(st["Resource"], EXISTING_KMS["DbSecretKmsKeyArn"])
+            self.assertEqual(st["Condition"]["StringEquals"]["kms:ViaService"],
+                             {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"})
+        self.assertFalse([st for _, st in DEFAULT.statements() if st["Action"] == "kms:Decrypt"])
+
+    def test_service_trust_policies_carry_source_conditions(self):
+        trust = DEFAULT.props("ProxyRole")["AssumeRolePolicyDocument"]["Statement"]
+        self.assertEqual(trust, [{
+            "Effect": "Allow", "Principal": {"Service": "rds.amazonaws.com"}, "Action": "sts:AssumeRole",
+            "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}},
+        }])
+        for overrides, s in ALL_STACKS:
+            for name in s.of_type("AWS::IAM::Role"):
+                for st in s.props(name)["AssumeRolePolicyDocument"]["Statement"]:
+                    principal = st["Principal"]
+                    self.assertNotEqual(principal, "*")
+                    self.assertNotEqual(principal.get("AWS"), "*")
+                    service = principal.get("Service")
+                    # Lambda documents no confused-deputy keys for execution
+                    # roles; every other service principal must carry one.
+                    if service and service != "lambda.amazonaws.com":
+                        self.assertIn("aws:SourceAccount", json.dumps(st.get("Condition")), name)
+
+    def test_app_secret_readable_only_by_reader_proxy_migration_and_rotation(self):
+        s = DEFAULT
+        policy = s.props("AppSecretPolicy")
+        self.assertIs(policy["BlockPublicPolicy"], True)
+        (deny,) = policy["ResourcePolicy"]["Statement"]
+        self.assertEqual((deny["Effect"], deny["Principal"], deny["Action"]),
+                         ("Deny", "*", "secretsmanager:GetSecretValue"))
+        admitted = deny["Condition"]["ArnNotLike"]["aws:PrincipalArn"]
+        self.assertEqual([ref_name(a) for a in admitted[:3]], ["SecretReaderRole", "ProxyRole", "MigrateRole"])
+        self.assertEqual(admitted[3], {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${AWS::StackName}-*"})
+        self.assertEqual(len(admitted), 4)
+        # Identity side: exactly those roles of this stack may read it.
+        readers = sorted({owner for owner, st in s.statements()
+                          if "secretsmanager:GetSecretValue" in as_list(st["Action"])
+                          and {"Ref": "AppSecret"} in as_list(st["Resource"])})
+        self.assertEqual(readers, ["MigrateRole", "ProxyRole", "SecretReaderRole"])
+
+    # --- item 2: the migration custom resource ------------------------------------
+    def test_schema_custom_resource_is_wired_to_the_migrate_function(self):
+        s = DEFAULT
+        cr = s.resources["SchemaResource"]
+        self.assertEqual(cr["Type"], "Custom::TenantUsersSchema")
+        props = cr["Properties"]
+        self.assertEqual(set(props), {"ServiceToken", "MasterSecretArn", "AppSecretArn", "DbHost",
+                                      "DbPort", "DbName", "SchemaVersion"})
+        self.assertEqual(props["ServiceToken"], {"Ref": "MigrateFunctionAliaslive"})
+        self.assertEqual(s.props("MigrateFunctionAliaslive")["FunctionName"], {"Ref": "MigrateFunction"})
+        self.assertEqual(props["MasterSecretArn"], {"Fn::GetAtt": ["DbCluster", "MasterUserSecret.SecretArn"]})
+        self.assertEqual(props["AppSecretArn"], {"Ref": "AppSecret"})
+        # The writer instance, so the migration waits for it to exist.
+        self.assertEqual(props["DbHost"], {"Fn::GetAtt": ["DbWriter", "Endpoint.Address"]})
+        self.assertEqual((props["DbPort"], props["DbName"]), (5432, "tenant_users"))
+        fn = s.props("MigrateFunction")
+        self.assertEqual(fn["Handler"], "migrate")
+        self.assertEqual(fn["Environment"]["Variables"]["TENANT_USERS_ROLE"], "migrate")
+        self.assertEqual(fn["Runtime"], s.props("TenantUsersFunction")["Runtime"])
+        self.assertEqual(fn["VpcConfig"]["SubnetIds"], [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}])
+        self.assertEqual(fn["VpcConfig"]["SecurityGroupIds"], [{"Ref": "AdminSecurityGroup"}])
+        self.assertGreaterEqual(fn["Timeout"], 120)
+        (st,) = [st for owner, st in s.statements() if owner == "MigrateRole"]
+        self.assertEqual(st["Action"], "secretsmanager:GetSecretValue")
+        self.assertEqual(st["Resource"], [props["MasterSecretArn"], {"Ref": "AppSecret"}])
+
+    def test_schema_version_changes_with_code_and_role_name(self):
+        def version(template, overrides=None):
+            return Stack(template, overrides).props("SchemaResource")["SchemaVersion"]
+        _, other_code = expand("s3://bucket/tenant-users-next.zip")
+        first = version(EXPANDED)
+        self.assertEqual(version(EXPANDED), first)
+        self.assertNotEqual(version(other_code), first)
+        self.assertNotEqual(version(EXPANDED, {"AppDbUser": "other_app"}), first)
+        (versioned,) = [ref_name(x) for x in first["Fn::Join"][1] if ref_name(x)]
+        self.assertEqual(EXPANDED["Resources"][versioned]["Type"], "AWS::Lambda::Version")
+
+
+if __name__ == "__main__":
+    # `--write-expanded PATH` also saves the expanded template, so the policy
+    # scanner reads the resources SAM generates (stage, permissions, alias).
+    args = sys.argv[1:]
+    if args[:1] == ["--write-expanded"]:
+        with open(args[1], "w") as out:
+            json.dump(EXPANDED, out, indent=1)
+        args = args[2:]
+    unittest.main(argv=[sys.argv[0], "-v", *args])
