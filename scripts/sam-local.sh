@@ -5,7 +5,8 @@
 # throwaway PostgreSQL that the container reaches over the docker bridge.
 # Each status is checked against events/manifest.json, and the body where the
 # fixture's point is tenant isolation. Ends with one line
-# "sam local fixtures: N passed, M failed".
+# "sam local fixtures: N passed, M failed". Fixture file names as arguments
+# run only those (default: every fixture of events/manifest.json).
 #
 # Sets the machine up first when needed (root or sudo): docker.io and its
 # daemon, qemu-user-static and its binfmt entry, PostgreSQL's server binaries,
@@ -52,6 +53,10 @@ print(next(ipaddress.ip_network(sys.argv[1]).hosts()))' "$bridge_net")
   if [ "$image_mode" = local ]; then
     binfmt_arm64
     base=$(rootfs_image tenant-users-lambda-base arm64 ca-certificates)
+    # As in AWS's provided images: SAM starts the runtime emulator with the
+    # handler name (`bootstrap`) as the command, found through PATH.
+    base=$(layered_image "$base" 'ENV LAMBDA_TASK_ROOT=/var/task LAMBDA_RUNTIME_DIR=/var/runtime PATH=/var/task:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin
+WORKDIR /var/task')
     invoke_image+=(--invoke-image "$base" --skip-pull-image)
   fi
 else
@@ -104,7 +109,7 @@ container_db_url=${TESTDB_APP_URL/@127.0.0.1:/@host.docker.internal:}
 scripts/sam-env.sh "$container_db_url" >"$work/env.json"
 
 start=$SECONDS
-sam build --beta-features TenantUsersFunction >"$work/build.log" 2>&1 \
+[ -n "${SAM_LOCAL_SKIP_BUILD:-}" ] || sam build --beta-features TenantUsersFunction >"$work/build.log" 2>&1 \
   || { cat "$work/build.log" >&2; exit 1; }
 echo "sam-local: sam build in $((SECONDS - start)) s" >&2
 
@@ -133,7 +138,7 @@ while IFS=' ' read -r file expected; do
   out=$(sam local invoke TenantUsersFunction \
     --template .aws-sam/build/template.yaml \
     --event "events/$file" --env-vars "$work/env.json" \
-    "${invoke_image[@]}" --region us-east-1 \
+    "${invoke_image[@]}" --region us-east-1 ${SAM_LOCAL_DEBUG:+--debug} \
     2>"$work/invoke.log") || true
   got=$(printf '%s' "$out" | python3 -c 'import json,sys
 try: print(json.loads(sys.stdin.read().strip().splitlines()[-1])["statusCode"])
@@ -151,10 +156,16 @@ except Exception: print("no-response")')
     failed=$((failed + 1))
     echo "FAIL $file: $why" >&2
     echo "$out" >&2
-    tail -n 30 "$work/invoke.log" >&2
+    if [ -n "${SAM_LOCAL_DEBUG:-}" ]; then cat "$work/invoke.log" >&2; else tail -n 30 "$work/invoke.log" >&2; fi
   fi
-done < <(python3 -c 'import json
-for f, s in json.load(open("events/manifest.json")).items(): print(f, s)')
+done < <(python3 - "$@" <<'PY'
+import json, sys
+# Every fixture, or those named on the command line.
+for f, s in json.load(open("events/manifest.json")).items():
+    if len(sys.argv) < 2 or f in sys.argv[1:]:
+        print(f, s)
+PY
+)
 
 # After every other-tenant request, globex's row is as seeded.
 if [ "$(psql "$TESTDB_ADMIN_URL" -XAtc "select name from users where user_id = '8b3e4c50-af6d-4e7c-9091-2c3d4e5f6071'")" = "Hank Scorpio" ]; then

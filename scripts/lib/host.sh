@@ -110,3 +110,19 @@ rootfs_image() {
   echo "built $image in $((SECONDS - start)) s" >&2
   echo "$image"
 }
+
+# layered_image BASE DOCKERFILE_LINES: prints the name of BASE with the given
+# Dockerfile lines on top (built once, tagged by a hash of both).
+layered_image() {
+  local base=$1 lines=$2 hash image dir
+  hash=$(printf '%s\n' "$base" "$lines" | sha256sum | cut -c1-12)
+  image="${base%%:*}-$hash:${base##*:}"
+  if ! dk image inspect "$image" >/dev/null 2>&1; then
+    dir=$(mktemp -d)
+    printf 'FROM %s\n%s\n' "$base" "$lines" >"$dir/Dockerfile"
+    DOCKER_BUILDKIT=0 dk build -q --platform "linux/${base##*:}" -t "$image" "$dir" >/dev/null 2>"$dir/build.log" \
+      || { cat "$dir/build.log" >&2; rm -rf "$dir"; return 1; }
+    rm -rf "$dir"
+  fi
+  echo "$image"
+}
