@@ -134,12 +134,21 @@ PY
 
 passed=0
 failed=0
+retries=0
 while IFS=' ' read -r file expected; do
-  out=$(sam local invoke TenantUsersFunction \
-    --template .aws-sam/build/template.yaml \
-    --event "events/$file" --env-vars "$work/env.json" \
-    "${invoke_image[@]}" --region us-east-1 ${SAM_LOCAL_DEBUG:+--debug} \
-    2>"$work/invoke.log") || true
+  # SAM posts the event 0.7 s after starting the container at most; the
+  # runtime emulator, an arm64 program under qemu, can take longer to listen
+  # on a busy machine. SAM then reports "No response from invoke container"
+  # without the event having reached the function: only then, try again.
+  for attempt in 1 2 3 4; do
+    out=$(sam local invoke TenantUsersFunction \
+      --template .aws-sam/build/template.yaml \
+      --event "events/$file" --env-vars "$work/env.json" \
+      "${invoke_image[@]}" --region us-east-1 ${SAM_LOCAL_DEBUG:+--debug} \
+      2>"$work/invoke.log") || true
+    grep -q "No response from invoke container" "$work/invoke.log" || break
+    retries=$((retries + 1))
+  done
   got=$(printf '%s' "$out" | python3 -c 'import json,sys
 try: print(json.loads(sys.stdin.read().strip().splitlines()[-1])["statusCode"])
 except Exception: print("no-response")')
@@ -174,5 +183,6 @@ else
   failed=$((failed + 1))
   echo "FAIL globex's row was changed or removed by another tenant's requests" >&2
 fi
+echo "sam-local: $retries invocation(s) repeated because the emulator was not listening yet" >&2
 echo "sam local fixtures: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]
