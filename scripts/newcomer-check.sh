@@ -81,7 +81,9 @@ chmod +x "$work/as-newcomer.sh"
 # The container has its own network namespace: its 127.0.0.1:5432 is empty,
 # so `make test` starts its own cluster, as on a new machine.
 status=0
-dk run --name "$name" --rm --shm-size=1g \
+# IPv6 on: a machine has ::1 on loopback, and `localhost` (the test proxy's
+# certificate name) resolves to it first; docker turns it off by default.
+dk run --name "$name" --rm --shm-size=1g --sysctl net.ipv6.conf.all.disable_ipv6=0 \
   -v "$work:/work" \
   -v "$rustup_home:/opt/rustup:ro" -v "$cargo_bin:/opt/cargo-bin:ro" \
   -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
