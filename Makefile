@@ -14,20 +14,42 @@
 #   make bench-lambda  the release binary under the Lambda runtime interface
 #                emulator, per memory size (cgroups: root), against a
 #                hello-world function -> BENCHMARKS.md + chart
+#   make sam-local   every event fixture through `sam local invoke` in an
+#                arm64 container (Docker; sets the machine up, see README)
+#   make newcomer-check  README's `make dev` and `make test` in a fresh
+#                Debian 12 container as a non-root user, timed
+#
+# The Python tools (moto, cargo-lambda, schemathesis, cfn-lint, SAM CLI) come
+# from .venv, made here with the versions pinned in requirements-dev.txt.
 
-.PHONY: dev test check lambda sam-build bench bench-lambda bench-fleet migrate serve
+.PHONY: dev test check lambda sam-build sam-local newcomer-check bench bench-lambda bench-fleet migrate serve .venv
+
+VENV := $(CURDIR)/.venv
+export PATH := $(VENV)/bin:$(PATH)
+
+$(VENV)/.installed: requirements-dev.txt
+	@python3 -c 'import ensurepip, venv' 2>/dev/null || { echo "python3 cannot create a virtualenv: install python3-venv (sudo apt-get install python3-venv)" >&2; exit 1; }
+	python3 -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -r requirements-dev.txt
+	@touch $@
+
+.venv: $(VENV)/.installed
 
 dev:
 	scripts/with-postgres.sh dev cargo run --quiet -- dev
 
-test:
-	ALLOW_TEST_FIXTURES=1 scripts/with-postgres.sh test sh -c 'cargo test --locked --lib --tests && scripts/lambda-fixtures.sh && scripts/schemathesis.sh'
+test: $(VENV)/.installed
+	ALLOW_TEST_FIXTURES=1 scripts/with-postgres.sh test sh -c 'status=0; \
+	  cargo test --locked --lib --tests || status=1; \
+	  scripts/lambda-fixtures.sh || status=1; \
+	  scripts/schemathesis.sh || status=1; \
+	  exit $$status'
 
 # checkov as pinned in .ci/requirements-checkov.txt (.ci/run installs it in
 # a virtualenv of its own and sets CHECKOV); --skip-download keeps it offline.
 CHECKOV ?= checkov
 
-check:
+check: $(VENV)/.installed
 	cargo fmt --all -- --check
 	cargo clippy --locked --all-targets -- -D warnings
 	cfn-lint template.yaml
@@ -52,12 +74,18 @@ bench-lambda:
 	cargo build --release --locked --bin tenant-users --example hello
 	PATH=$$PATH:/usr/sbin cargo bench --locked --bench lambda
 
-lambda:
+lambda: $(VENV)/.installed
 	cargo lambda build --release --arm64 --locked
 	@ls -l target/lambda/tenant-users/bootstrap
 
-sam-build:
+sam-build: $(VENV)/.installed
 	SAM_CLI_TELEMETRY=0 sam build --beta-features
+
+sam-local: $(VENV)/.installed
+	scripts/sam-local.sh
+
+newcomer-check:
+	scripts/newcomer-check.sh
 
 migrate:
 	cargo run --quiet -- migrate

@@ -35,6 +35,12 @@ fi
 if [ -z "$bindir" ] && command -v initdb >/dev/null; then
   bindir=$(dirname "$(command -v initdb)")
 fi
+if [ -z "$bindir" ]; then
+  # Off PATH elsewhere too: RHEL/Fedora's PGDG packages, Homebrew's keg-only
+  # postgresql@N.
+  bindir=$(ls -d /usr/pgsql-*/bin /opt/homebrew/opt/postgresql@*/bin /usr/local/opt/postgresql@*/bin \
+    2>/dev/null | sort -V | tail -n 1 || true)
+fi
 if [ -z "$bindir" ] || [ ! -x "$bindir/initdb" ] || [ ! -x "$bindir/pg_ctl" ]; then
   cat >&2 <<'MSG'
 PostgreSQL server binaries (initdb, pg_ctl) were not found.

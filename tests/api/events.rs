@@ -27,6 +27,8 @@ async fn every_fixture_gives_its_status_through_the_lambda_adapter() {
         .iter()
         .filter(|(k, _)| k.starts_with("JWT_") || *k == "TENANT_CLAIM")
         .map(|(k, v)| (k.as_str(), v.as_str().unwrap()))
+        // Empty is unset, as Config::from_lookup reads the environment.
+        .filter(|(_, v)| !v.trim().is_empty())
         // The fixture secret is refused by value anywhere else.
         .chain([("ALLOW_TEST_FIXTURES", "1")])
         .collect();
@@ -65,4 +67,104 @@ async fn every_fixture_gives_its_status_through_the_lambda_adapter() {
             assert_eq!(content_type, "application/json", "{file}");
         }
     }
+}
+
+fn read(path: &str) -> String {
+    let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
+    std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))
+}
+
+/// The variables `template.yaml` gives the API function: its own and the
+/// Globals', with their values (intrinsics such as `!Ref` as tagged values).
+fn template_variables() -> serde_norway::Mapping {
+    let template: serde_norway::Value =
+        serde_norway::from_str(&read("template.yaml")).expect("template.yaml is YAML");
+    let mut vars = template["Globals"]["Function"]["Environment"]["Variables"]
+        .as_mapping()
+        .cloned()
+        .unwrap_or_default();
+    let own =
+        template["Resources"]["TenantUsersFunction"]["Properties"]["Environment"]["Variables"]
+            .as_mapping()
+            .expect("TenantUsersFunction declares its environment");
+    vars.extend(own.clone());
+    vars
+}
+
+/// `sam local invoke` hands a function only the variables its template
+/// declares and silently drops the rest of `--env-vars`; and every declared
+/// variable env.json leaves out keeps its deployment value (a secret ARN, a
+/// JWKS URL, verify-full) in the fixture run. So the two name the same set.
+#[test]
+fn env_json_sets_exactly_the_variables_the_template_declares() {
+    let env: Value = serde_json::from_str(&read("events/env.json")).unwrap();
+    let env: std::collections::BTreeSet<String> = env["TenantUsersFunction"]
+        .as_object()
+        .expect("env.json names the function")
+        .keys()
+        .cloned()
+        .collect();
+    let declared: std::collections::BTreeSet<String> = template_variables()
+        .keys()
+        .map(|k| k.as_str().expect("variable names are strings").to_owned())
+        .collect();
+    let undeclared: Vec<_> = env.difference(&declared).collect();
+    let unset: Vec<_> = declared.difference(&env).collect();
+    assert!(
+        undeclared.is_empty(),
+        "events/env.json sets {undeclared:?}, which template.yaml does not declare: sam local drops them"
+    );
+    assert!(
+        unset.is_empty(),
+        "template.yaml declares {unset:?}, which events/env.json does not set: the fixtures would run with the deployment's value"
+    );
+}
+
+/// The variables only the fixtures set are declared empty, so a deployment
+/// has none of them; and empty means unset to the function: an empty
+/// `JWT_HS256_SECRET` is no key at all, whatever `JWT_ALGORITHMS` says.
+#[test]
+fn fixture_only_variables_are_empty_in_the_template_and_empty_is_unset() {
+    let vars = template_variables();
+    for key in [
+        "DATABASE_URL",
+        "JWT_HS256_SECRET",
+        "JWT_ALLOW_HS256",
+        "RUST_LOG",
+        "ALLOW_TEST_FIXTURES",
+    ] {
+        assert_eq!(
+            vars.get(key).and_then(|v| v.as_str()),
+            Some(""),
+            "template.yaml declares {key} with an empty default"
+        );
+    }
+
+    let config = |extra: &[(&str, &str)]| {
+        let mut env: Vec<(String, String)> = [
+            ("DATABASE_URL", "postgres://app:pw@127.0.0.1:5432/app"),
+            ("JWT_HS256_SECRET", ""),
+            ("JWT_ALLOW_HS256", ""),
+            ("ALLOW_TEST_FIXTURES", ""),
+            ("AWS_LAMBDA_FUNCTION_NAME", "tenant-users"),
+        ]
+        .iter()
+        .chain(extra)
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
+        env.reverse(); // later entries win
+        tenant_users::config::Config::from_lookup(|key| {
+            env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
+        })
+    };
+    let err = |extra: &[(&str, &str)]| match config(extra) {
+        Ok(_) => panic!("{extra:?}: an empty JWT_HS256_SECRET was taken as a key"),
+        Err(e) => e.0,
+    };
+    assert!(err(&[]).contains("no way to verify tokens"));
+    assert!(err(&[("JWT_ALGORITHMS", "HS256")]).contains("JWT_HS256_SECRET is not set"));
+    assert!(
+        err(&[("JWT_ALGORITHMS", "HS256"), ("JWT_HS256_SECRET", "   ")])
+            .contains("JWT_HS256_SECRET is not set")
+    );
 }

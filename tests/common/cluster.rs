@@ -15,27 +15,49 @@ pub struct Cluster {
     settings: String,
 }
 
+/// The server binaries: `PG_BINDIR`, else `initdb` on PATH, else the
+/// newest version in the places distributions install them (Debian/Ubuntu,
+/// RHEL/Fedora's PGDG packages, Homebrew), which are not on PATH.
 fn bindir() -> PathBuf {
     if let Ok(dir) = std::env::var("PG_BINDIR") {
         return dir.into();
     }
-    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
-        .map(|entries| {
-            entries
-                .filter_map(|e| Some(e.ok()?.path().join("bin")))
-                .collect()
-        })
-        .unwrap_or_default();
-    found.sort_by_key(|p| {
-        p.parent()
-            .and_then(|v| v.file_name())
-            .and_then(|v| v.to_str())
-            .and_then(|v| v.parse::<u32>().ok())
+    if let Some(initdb) = super::find_program("initdb", &[]) {
+        return initdb.parent().expect("a file has a parent").to_path_buf();
+    }
+    // /usr/lib/postgresql/16/bin, /usr/pgsql-16/bin, .../postgresql@16/bin
+    let version = |p: &PathBuf| -> u32 {
+        p.to_string_lossy()
+            .rsplit(['/', '-', '@'])
+            .find_map(|part| part.parse().ok())
             .unwrap_or(0)
-    });
-    found
-        .pop()
-        .expect("PostgreSQL server binaries under /usr/lib/postgresql (or set PG_BINDIR)")
+    };
+    let mut found: Vec<PathBuf> = [
+        ("/usr/lib/postgresql", ""),
+        ("/usr", "pgsql-"),
+        ("/opt/homebrew/opt", "postgresql@"),
+        ("/usr/local/opt", "postgresql@"),
+    ]
+    .iter()
+    .flat_map(|(root, prefix)| {
+        std::fs::read_dir(root)
+            .into_iter()
+            .flatten()
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_string_lossy().starts_with(prefix))
+            .map(|e| e.path().join("bin"))
+            .filter(|bin| bin.join("initdb").is_file())
+            .collect::<Vec<_>>()
+    })
+    .collect();
+    found.sort_by_key(version);
+    found.pop().unwrap_or_else(|| {
+        panic!(
+            "PostgreSQL server binaries (initdb) are not on PATH nor in /usr/lib/postgresql/*/bin: \
+             install them (apt-get install postgresql, dnf install postgresql-server, \
+             brew install postgresql@16) or set PG_BINDIR"
+        )
+    })
 }
 
 impl Cluster {

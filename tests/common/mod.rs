@@ -37,6 +37,16 @@ pub fn is_root() -> bool {
 
 /// A command for `program` as the `postgres` user when we are root:
 /// PostgreSQL and PgBouncer refuse to run as root.
+/// `name` on PATH, else in one of `extra` (places distributions install
+/// server programs that a user's PATH often lacks, such as /usr/sbin).
+pub fn find_program(name: &str, extra: &[&str]) -> Option<std::path::PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(extra.iter().map(std::path::PathBuf::from))
+        .map(|dir| dir.join(name))
+        .find(|candidate| candidate.is_file())
+}
+
 pub fn as_postgres(program: impl AsRef<std::ffi::OsStr>) -> std::process::Command {
     if is_root() {
         let mut c = std::process::Command::new("runuser");

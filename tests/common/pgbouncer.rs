@@ -181,13 +181,21 @@ impl PgBouncer {
                 .status()
                 .unwrap();
         }
-        let mut command = super::as_postgres("pgbouncer");
+        // Debian installs it in /usr/sbin, which a non-root PATH lacks.
+        let program = super::find_program("pgbouncer", &["/usr/sbin", "/usr/local/sbin"])
+            .unwrap_or_else(|| {
+                panic!(
+                    "pgbouncer is not on PATH nor in /usr/sbin: install it \
+                     (apt-get install pgbouncer, dnf install pgbouncer, brew install pgbouncer)"
+                )
+            });
+        let mut command = super::as_postgres(program);
         command.arg(&ini_path);
         let child = command
             .stdout(Stdio::null())
             .stderr(Stdio::null())
             .spawn()
-            .expect("pgbouncer installed (apt-get install pgbouncer)");
+            .expect("pgbouncer starts");
         self.child = Some(child);
         wait_for_port(self.port, Duration::from_secs(10));
     }
@@ -205,13 +213,7 @@ impl PgBouncer {
     pub fn reload_with_users(&self, users: &[(&str, &str)]) {
         self.write_users(users);
         let pid = std::fs::read_to_string(self.dir.join("pgbouncer.pid")).unwrap();
-        assert!(
-            Command::new("kill")
-                .args(["-HUP", pid.trim()])
-                .status()
-                .unwrap()
-                .success()
-        );
+        assert!(signal("HUP", pid.trim()).unwrap().success());
         std::thread::sleep(Duration::from_millis(200));
     }
 
@@ -245,10 +247,15 @@ impl PgBouncer {
     }
 
     fn stop(&mut self) {
-        if let Ok(pid) = std::fs::read_to_string(self.dir.join("pgbouncer.pid")) {
-            let _ = Command::new("kill").args(["-TERM", pid.trim()]).status();
-        }
+        let told = std::fs::read_to_string(self.dir.join("pgbouncer.pid"))
+            .ok()
+            .and_then(|pid| signal("TERM", pid.trim()).ok())
+            .is_some_and(|status| status.success());
         if let Some(mut child) = self.child.take() {
+            // Never wait on a child that was not told to stop.
+            if !told {
+                let _ = child.kill();
+            }
             let _ = child.wait();
         }
         let _ = std::fs::remove_file(self.dir.join("pgbouncer.pid"));
@@ -290,4 +297,12 @@ impl Drop for PgBouncer {
         self.stop();
         let _ = std::fs::remove_dir_all(&self.dir);
     }
+}
+
+/// Sends a signal with the shell's builtin `kill`: the `kill` program is in
+/// procps, which a minimal system (a fresh container) does not have.
+fn signal(name: &str, pid: &str) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("sh")
+        .args(["-c", &format!("kill -{name} \"$1\""), "sh", pid])
+        .status()
 }
