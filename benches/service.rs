@@ -20,13 +20,13 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
+use common::delay::delay_proxy;
 use common::moto::{Moto, free_port};
 use common::pgbouncer::PgBouncer;
 use common::{SECRET, TestApp, TestDb};
 use lambda_http::lambda_runtime::{Context, LambdaEvent, Service};
 use lambda_http::request::LambdaRequest;
 use serde_json::{Value, json};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Tenants "1000".."1099" (numeric, so pgbench can pick one with \set).
 const TENANTS: u32 = 100;
@@ -144,56 +144,6 @@ async fn run() -> Report {
 }
 
 // --- round trips -------------------------------------------------------
-
-/// A TCP relay that delays every chunk, in each direction, by `delay` from
-/// the moment it arrived (a delay line, not a serialising sleep), like a
-/// network hop of `delay` one way.
-async fn delay_proxy(target: u16, delay: Duration) -> u16 {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let port = listener.local_addr().unwrap().port();
-    tokio::spawn(async move {
-        while let Ok((inbound, _)) = listener.accept().await {
-            let outbound = tokio::net::TcpStream::connect(("127.0.0.1", target))
-                .await
-                .unwrap();
-            inbound.set_nodelay(true).unwrap();
-            outbound.set_nodelay(true).unwrap();
-            let (ri, wi) = inbound.into_split();
-            let (ro, wo) = outbound.into_split();
-            tokio::spawn(pipe(ri, wo, delay));
-            tokio::spawn(pipe(ro, wi, delay));
-        }
-    });
-    port
-}
-
-async fn pipe(
-    mut from: tokio::net::tcp::OwnedReadHalf,
-    mut to: tokio::net::tcp::OwnedWriteHalf,
-    delay: Duration,
-) {
-    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
-    tokio::spawn(async move {
-        let mut buf = vec![0u8; 64 * 1024];
-        loop {
-            match from.read(&mut buf).await {
-                Ok(0) | Err(_) => break,
-                Ok(n) => {
-                    if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
-                        break;
-                    }
-                }
-            }
-        }
-    });
-    while let Some((arrived, chunk)) = rx.recv().await {
-        tokio::time::sleep_until((arrived + delay).into()).await;
-        if to.write_all(&chunk).await.is_err() {
-            break;
-        }
-    }
-    let _ = to.shutdown().await;
-}
 
 fn db_port(db: &TestDb) -> u16 {
     db.base.get_ports().first().copied().unwrap_or(5432)
