@@ -126,6 +126,19 @@ pub struct AwsConfig {
     pub session_token: Option<String>,
 }
 
+impl AwsConfig {
+    /// The standard AWS variables, through the same lookup as the rest.
+    pub fn from_lookup(get: &impl Fn(&str) -> Option<String>) -> Self {
+        Self {
+            region: get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")),
+            endpoint_url: get("AWS_ENDPOINT_URL"),
+            access_key_id: get("AWS_ACCESS_KEY_ID"),
+            secret_access_key: get("AWS_SECRET_ACCESS_KEY"),
+            session_token: get("AWS_SESSION_TOKEN"),
+        }
+    }
+}
+
 impl std::fmt::Debug for AwsConfig {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("AwsConfig")
@@ -284,13 +297,7 @@ pub fn db_config(get: &impl Fn(&str) -> Option<String>) -> Result<DbConfig, Conf
                 host: get("DB_HOST"),
                 port,
                 dbname: get("DB_NAME"),
-                aws: AwsConfig {
-                    region: get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")),
-                    endpoint_url: get("AWS_ENDPOINT_URL"),
-                    access_key_id: get("AWS_ACCESS_KEY_ID"),
-                    secret_access_key: get("AWS_SECRET_ACCESS_KEY"),
-                    session_token: get("AWS_SESSION_TOKEN"),
-                },
+                aws: AwsConfig::from_lookup(get),
                 refresh_interval: Duration::from_secs(bounded(
                     get,
                     "DB_SECRET_REFRESH_SECONDS",

@@ -70,13 +70,7 @@ impl Settings {
             },
         };
         Ok(Settings {
-            aws: AwsConfig {
-                region: get("AWS_REGION").or_else(|| get("AWS_DEFAULT_REGION")),
-                endpoint_url: get("AWS_ENDPOINT_URL"),
-                access_key_id: get("AWS_ACCESS_KEY_ID"),
-                secret_access_key: get("AWS_SECRET_ACCESS_KEY"),
-                session_token: get("AWS_SESSION_TOKEN"),
-            },
+            aws: AwsConfig::from_lookup(&get),
             tls: TlsConfig {
                 mode,
                 ca_file: get("DB_CA_FILE").map(Into::into),
