@@ -61,7 +61,7 @@ check: $(VENV)/.installed
 
 # Benchmarks (not part of make test): needs wrk and pgbench; writes BENCHMARKS.md.
 bench:
-	scripts/with-postgres.sh test sh -c 'cargo bench --locked --bench tokens && cargo bench --locked --bench service'
+	scripts/with-postgres.sh test sh -c 'cargo bench --locked --features vendored-openssl --bench tokens && cargo bench --locked --features vendored-openssl --bench service'
 
 # 200 environments through PgBouncer vs 8 direct connections -> BENCHMARKS.md.
 bench-fleet:
@@ -69,10 +69,11 @@ bench-fleet:
 
 # Needs root (cgroup v1), the SAM CLI (its emulator, its events), PostgreSQL on
 # 127.0.0.1:5432, PgBouncer and moto_server; python3 + matplotlib for the chart.
-bench-lambda:
+# Built with the OpenSSL the arm64 bootstrap links (vendored-openssl).
+bench-lambda: $(VENV)/.installed
 	python3 -c 'import matplotlib' 2>/dev/null || pip install -q -r scripts/bench-requirements.txt
-	cargo build --release --locked --bin tenant-users --example hello
-	PATH=$$PATH:/usr/sbin cargo bench --locked --bench lambda
+	cargo build --release --locked --features vendored-openssl --bin tenant-users --example hello
+	PATH=$$PATH:/usr/sbin cargo bench --locked --features vendored-openssl --bench lambda
 
 lambda: $(VENV)/.installed
 	cargo lambda build --release --arm64 --locked

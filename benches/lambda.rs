@@ -9,9 +9,9 @@
 //! GET /users?limit=50, with RS256 tokens from a JWKS served here on
 //! loopback; the database is a throwaway one on the shared server, seeded
 //! here and migrated by `tenant-users migrate`. The function's own CPU is
-//! read from /proc/PID/stat (10 ms ticks, so per-invocation figures are
-//! counted over hundreds of invocations) and, for init, also from the
-//! per-thread schedstat (nanoseconds). Every figure is given as
+//! read from the per-thread schedstat (nanoseconds; per invocation over
+//! hundreds of invocations) and, as a cross-check, from /proc/PID/stat
+//! (10 ms ticks). Every figure is given as
 //! min/median/max over `BENCH_RUNS` runs (default 3).
 //!
 //! Writes its section of BENCHMARKS.md (between markers, so `make bench`
@@ -22,7 +22,8 @@
 //! BENCH_INVOCATIONS (back to back, 300), BENCH_PACED (at 20/s, 300),
 //! BENCH_TLS (1: also the TLS + secret + JWKS init figure), BENCH_WRITE (1:
 //! write BENCHMARKS.md and the chart; 0: print only), BENCH_SERVICE_BIN
-//! (another build of the service to measure).
+//! (another build of the service to measure), BENCH_PERF (a directory:
+//! `perf record` the function over the back-to-back invocations).
 
 #[path = "../tests/common/mod.rs"]
 #[allow(unused_imports)]
@@ -214,6 +215,47 @@ fn cpu_ns(pid: u32) -> u64 {
 }
 
 const TICK_MS: f64 = 10.0;
+
+/// CPU per invocation from two schedstat readings (ns) of the same threads.
+fn per_invocation_us(before_ns: u64, after_ns: u64, invocations: usize) -> f64 {
+    after_ns.saturating_sub(before_ns) as f64 / 1000.0 / invocations.max(1) as f64
+}
+
+/// `BENCH_PERF=DIR`: `perf record` on the function process over the
+/// back-to-back invocations, one file per function and run, for a profile
+/// of where a warm invocation's CPU goes (build with symbols:
+/// `CARGO_PROFILE_RELEASE_STRIP=false`, then `BENCH_SERVICE_BIN`).
+struct Profile(Option<Child>);
+
+impl Profile {
+    fn start(pid: u32) -> Self {
+        let Ok(dir) = std::env::var("BENCH_PERF") else {
+            return Self(None);
+        };
+        let _ = std::fs::create_dir_all(&dir);
+        let out = Path::new(&dir).join(format!("perf-{pid}.data"));
+        let child = Command::new("perf")
+            .args(["record", "-q", "-F", "20000", "-g", "-p", &pid.to_string(), "-o"])
+            .arg(&out)
+            .stdout(std::process::Stdio::null())
+            .spawn()
+            .map_err(|e| eprintln!("BENCH_PERF: cannot run perf: {e}"))
+            .ok();
+        std::thread::sleep(Duration::from_millis(300));
+        eprintln!("BENCH_PERF: recording {} into {}", pid, out.display());
+        Self(child)
+    }
+}
+
+impl Drop for Profile {
+    fn drop(&mut self) {
+        if let Some(child) = &mut self.0 {
+            // SIGINT: perf writes its file and exits.
+            let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            let _ = child.wait();
+        }
+    }
+}
 
 // --- cgroup -------------------------------------------------------------------
 
@@ -547,6 +589,7 @@ struct RunFigures {
     init_cpu_ms_sched: f64,
     /// Back to back, reused tokens.
     cpu_us: f64,
+    cpu_us_ticks: f64,
     b2b_p50: f64,
     b2b_p99: f64,
     paced_p50: f64,
@@ -622,19 +665,22 @@ async fn one_run(
     }
 
     let (periods0, throttled0) = environment.cgroup.throttled();
-    let ticks = cpu_ticks(pid);
+    let profile = Profile::start(pid);
+    let (ticks, ns) = (cpu_ticks(pid), cpu_ns(pid));
     let mut xs = Vec::with_capacity(load.invocations);
     for i in 0..load.invocations {
         let body = next(&load.reused[i % load.reused.len()]);
         xs.push(ms(invoke(&client, &url, body).await));
     }
-    f.cpu_us = (cpu_ticks(pid) - ticks) as f64 * TICK_MS * 1000.0 / load.invocations as f64;
+    f.cpu_us = per_invocation_us(ns, cpu_ns(pid), load.invocations);
+    f.cpu_us_ticks = (cpu_ticks(pid) - ticks) as f64 * TICK_MS * 1000.0 / load.invocations as f64;
+    drop(profile);
     f.b2b_p50 = percentile(&xs, 0.5);
     f.b2b_p99 = percentile(&xs, 0.99);
     let (periods1, throttled1) = environment.cgroup.throttled();
     f.throttled_share = (throttled1 - throttled0) as f64 / ((periods1 - periods0).max(1)) as f64;
 
-    let ticks = cpu_ticks(pid);
+    let ns = cpu_ns(pid);
     let mut xs = Vec::with_capacity(load.paced);
     let start = tokio::time::Instant::now();
     for i in 0..load.paced {
@@ -642,19 +688,18 @@ async fn one_run(
         let body = next(&load.reused[(i * 7) % load.reused.len()]);
         xs.push(ms(invoke(&client, &url, body).await));
     }
-    f.paced_cpu_us = (cpu_ticks(pid) - ticks) as f64 * TICK_MS * 1000.0 / load.paced.max(1) as f64;
+    f.paced_cpu_us = per_invocation_us(ns, cpu_ns(pid), load.paced);
     f.paced_p50 = percentile(&xs, 0.5);
     f.paced_p99 = percentile(&xs, 0.99);
 
     if !load.fresh.is_empty() {
-        let ticks = cpu_ticks(pid);
+        let ns = cpu_ns(pid);
         let mut xs = Vec::with_capacity(load.fresh.len());
         for token in &load.fresh {
             let body = next(token);
             xs.push(ms(invoke(&client, &url, body).await));
         }
-        f.first_cpu_us =
-            (cpu_ticks(pid) - ticks) as f64 * TICK_MS * 1000.0 / load.fresh.len() as f64;
+        f.first_cpu_us = per_invocation_us(ns, cpu_ns(pid), load.fresh.len());
         f.first_p50 = percentile(&xs, 0.5);
     }
     f
@@ -686,6 +731,8 @@ async fn cold_only(
 struct SizeResult {
     mb: u64,
     hello: Vec<RunFigures>,
+    /// hello + the database (`HELLO_DATABASE_URL`), where measured.
+    hello_db: Vec<RunFigures>,
     service: Vec<RunFigures>,
 }
 
@@ -699,14 +746,23 @@ impl SizeResult {
     fn service(&self, f: impl Fn(&RunFigures) -> f64) -> Spread {
         Self::spread(&self.service, f)
     }
+    fn hello_db(&self, f: impl Fn(&RunFigures) -> f64) -> Spread {
+        Self::spread(&self.hello_db, f)
+    }
     /// Ratio service ÷ hello per run (paired: same run index).
     fn ratio(&self, f: impl Fn(&RunFigures) -> f64) -> Spread {
-        let xs: Vec<f64> = self
-            .service
-            .iter()
-            .zip(&self.hello)
-            .map(|(s, h)| f(s) / f(h))
-            .collect();
+        Self::paired(&self.service, &self.hello, f)
+    }
+    /// Ratio service ÷ (hello + database) per run.
+    fn ratio_db(&self, f: impl Fn(&RunFigures) -> f64) -> Spread {
+        Self::paired(&self.service, &self.hello_db, f)
+    }
+    /// Ratio (hello + database) ÷ hello per run.
+    fn db_floor_ratio(&self, f: impl Fn(&RunFigures) -> f64) -> Spread {
+        Self::paired(&self.hello_db, &self.hello, f)
+    }
+    fn paired(a: &[RunFigures], b: &[RunFigures], f: impl Fn(&RunFigures) -> f64) -> Spread {
+        let xs: Vec<f64> = a.iter().zip(b).map(|(x, y)| f(x) / f(y)).collect();
         Spread::of(&xs)
     }
 }
@@ -722,6 +778,11 @@ async fn run() {
     let invocations: usize = env_or("BENCH_INVOCATIONS", 300);
     let paced: usize = env_or("BENCH_PACED", 300);
     let with_tls: bool = env_or::<u8>("BENCH_TLS", 1) == 1;
+    let db_floor_sizes: Vec<u64> = std::env::var("BENCH_DB_FLOOR_SIZES")
+        .unwrap_or_else(|_| "128,1769".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
     let write: bool = env_or::<u8>("BENCH_WRITE", 1) == 1;
     let cores = command_output("nproc", &[]);
     let commit = commit();
@@ -759,12 +820,17 @@ async fn run() {
         ("JWT_JWKS_URL".into(), jwks_url.clone()),
     ]);
     let hello_env = lambda_env(vec![]);
+    let hello_db_env = lambda_env(vec![
+        ("HELLO_DATABASE_URL".into(), db.app_url()),
+        ("HELLO_TENANT".into(), "1000".into()),
+    ]);
 
     let mut results = Vec::new();
     for &mb in &sizes {
         let mut result = SizeResult {
             mb,
             hello: Vec::new(),
+            hello_db: Vec::new(),
             service: Vec::new(),
         };
         for run in 0..runs {
@@ -787,6 +853,22 @@ async fn run() {
                 &logs.join(format!("hello-{mb}-{run}.log")),
             )
             .await;
+            if db_floor_sizes.contains(&mb) {
+                let d = one_run(
+                    &rie,
+                    &hello_bin,
+                    &hello_db_env,
+                    mb,
+                    &load,
+                    &logs.join(format!("hello-db-{mb}-{run}.log")),
+                )
+                .await;
+                println!(
+                    "{mb} MB run {run}: hello + database cold {:.1} ms init {:.1} ms cpu {:.0} µs p99 {:.2}/{:.2} ms",
+                    d.cold_ms, d.init_cpu_ms_sched, d.cpu_us, d.b2b_p99, d.paced_p99
+                );
+                result.hello_db.push(d);
+            }
             let load = Load { fresh, ..load };
             let s = one_run(
                 &rie,
@@ -798,7 +880,7 @@ async fn run() {
             )
             .await;
             println!(
-                "{mb} MB run {run}: hello cold {:.1} ms init {:.1}/{:.1} ms cpu {:.0} µs p99 {:.2}/{:.2} ms | service cold {:.1} ms init {:.1}/{:.1} ms cpu {:.0} µs first {:.0} µs p99 {:.2}/{:.2} ms (throttled {:.0} %)",
+                "{mb} MB run {run}: hello cold {:.1} ms init {:.1}/{:.1} ms cpu {:.0} µs p99 {:.2}/{:.2} ms | service cold {:.1} ms init {:.1}/{:.1} ms cpu {:.0} µs ({:.0} by ticks) first {:.0} µs p99 {:.2}/{:.2} ms (throttled {:.0} %)",
                 h.cold_ms,
                 h.init_cpu_ms_ticks,
                 h.init_cpu_ms_sched,
@@ -809,6 +891,7 @@ async fn run() {
                 s.init_cpu_ms_ticks,
                 s.init_cpu_ms_sched,
                 s.cpu_us,
+                s.cpu_us_ticks,
                 s.first_cpu_us,
                 s.b2b_p99,
                 s.paced_p99,
@@ -975,8 +1058,8 @@ fn render(
          RS256 access tokens (2048-bit key, JWKS served on loopback), 100 tenants of 60 users each, a plain `DATABASE_URL` (no TLS) on the local PostgreSQL, \
          JSON logs and EMF on. The floor is examples/hello (lambda_http + axum, current-thread runtime, the same 50-row JSON without a database), \
          measured in the same run; ratios pair the service's and hello's figures from the same run. \
-         CPU is the function process's own (utime + stime from /proc/PID/stat, 10 ms ticks; per invocation: counted over {invocations} back-to-back invocations; \
-         init also from the threads' schedstat, ns). Cold start: emulator up, then the first invocation sent until its answer. \
+         CPU is the function process's own: per invocation, the on-CPU time of its threads from schedstat (ns) over {invocations} back-to-back invocations \
+         (utime + stime from /proc/PID/stat, 10 ms ticks, is printed alongside in the run's log as a cross-check); init from both (schedstat, and [ticks]). Cold start: emulator up, then the first invocation sent until its answer. \
          Every figure: median (min–max) of {runs} runs; p50/p99 over {invocations} invocations back to back and {paced} paced at 20/s.\n"
     );
 
@@ -1062,6 +1145,40 @@ fn render(
     );
 
     // Per size.
+    let floors: Vec<&SizeResult> = results.iter().filter(|r| !r.hello_db.is_empty()).collect();
+    if !floors.is_empty() {
+        let _ = writeln!(t, "### The second floor: hello + the database\n");
+        let _ = writeln!(
+            t,
+            "examples/hello with `HELLO_DATABASE_URL`: one connection opened at init, and per invocation the service's own GET /users \
+             transaction (BEGIN, tenant scope, the same SELECT with LIMIT 51, COMMIT; pipelined, one round trip), rows read into the service's \
+             `User` and serialised; no token, logs, metrics, pool or guards. Its excess over hello is what one database round trip costs in \
+             this harness; the service's excess over it is what the service's own code adds.\n"
+        );
+        let _ = writeln!(
+            t,
+            "| MB | hello CPU (µs) | hello + db CPU (µs) | service CPU (µs) | hello + db ÷ hello | service ÷ hello + db | service ÷ hello | paced p99 (ms): hello / hello + db / service |"
+        );
+        let _ = writeln!(t, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+        for r in floors {
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {} | {} | {} | {} / {} / {} |",
+                r.mb,
+                r.hello(|f| f.cpu_us).show(0),
+                r.hello_db(|f| f.cpu_us).show(0),
+                r.service(|f| f.cpu_us).show(0),
+                r.db_floor_ratio(|f| f.cpu_us).show(2),
+                r.ratio_db(|f| f.cpu_us).show(2),
+                r.ratio(|f| f.cpu_us).show(2),
+                r.hello(|f| f.paced_p99).show(2),
+                r.hello_db(|f| f.paced_p99).show(2),
+                r.service(|f| f.paced_p99).show(2),
+            );
+        }
+        let _ = writeln!(t);
+    }
+
     let _ = writeln!(t, "### Cold start and init per memory size\n");
     let _ = writeln!(
         t,

@@ -106,12 +106,13 @@ fn main() {
         sh("nproc", &[]),
     );
     // Keep the sections this run does not own: the goals summary (kept up
-    // to date by hand from both runs) first, `make bench-lambda`'s last.
+    // to date by hand from the runs) first, then `make bench-lambda`'s and
+    // `make bench-fleet`'s.
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
     let old = std::fs::read_to_string(path).unwrap_or_default();
-    let kept = |name: &str| {
+    let kept = |name: &str, opening: &str| {
         let (start, end) = (
-            format!("<!-- {name}:start -->"),
+            format!("<!-- {name}:{opening} -->"),
             format!("<!-- {name}:end -->"),
         );
         match (old.find(&start), old.find(&end)) {
@@ -119,9 +120,10 @@ fn main() {
             _ => String::new(),
         }
     };
-    out.push_str(&kept("summary"));
+    out.push_str(&kept("summary", "start"));
     out.push_str(&report.text);
-    out.push_str(&kept("bench-lambda"));
+    out.push_str(&kept("bench-lambda", "start"));
+    out.push_str(&kept("fleet", "begin"));
     std::fs::write(path, out).unwrap();
     println!("\nwritten to BENCHMARKS.md");
 }

@@ -5,13 +5,24 @@
 //! costs is what Lambda's runtime API, the adapter and the kernel cost;
 //! every ratio in BENCHMARKS.md is taken against it, measured in the same
 //! run.
+//!
+//! With `HELLO_DATABASE_URL` it is the second floor, hello + the database:
+//! one connection opened at init, and per request the service's own
+//! transaction for GET /users (BEGIN, the tenant scope, `LIST_FIRST` with
+//! LIMIT 51, COMMIT, pipelined: one round trip) as `HELLO_TENANT`, the rows
+//! read into the service's own `User` and serialised. Still no token, no
+//! logs, no metrics, no pool or guards: the service ÷ this is what the
+//! service adds on top of one database round trip.
 
 use std::sync::Arc;
 
 use axum::Router;
 use axum::extract::State;
+use axum::http::StatusCode;
 use axum::routing::get;
 use serde::Serialize;
+use tenant_users::users;
+use tokio_postgres::types::{ToSql, Type};
 
 #[derive(Serialize)]
 struct User {
@@ -50,10 +61,60 @@ async fn list(State(page): State<Arc<Page>>) -> axum::Json<Arc<Page>> {
     axum::Json(page)
 }
 
+struct Db {
+    client: tokio_postgres::Client,
+    tenant: String,
+}
+
+async fn list_from_db(State(db): State<Arc<Db>>) -> Result<axum::Json<users::Page>, StatusCode> {
+    let (limit, timeout_ms): (i64, i32) = (51, 5000);
+    let c = &db.client;
+    let scope_params: [(&(dyn ToSql + Sync), Type); 2] =
+        [(&db.tenant, Type::TEXT), (&timeout_ms, Type::INT4)];
+    let list_params: [(&(dyn ToSql + Sync), Type); 2] =
+        [(&db.tenant, Type::TEXT), (&limit, Type::INT8)];
+    let (begin, scope, rows, commit) = tokio::join!(
+        c.execute_typed("BEGIN", &[]),
+        c.execute_typed("SELECT public.app_set_tenant($1, $2)", &scope_params),
+        c.query_typed(users::LIST_FIRST, &list_params),
+        c.execute_typed("COMMIT", &[]),
+    );
+    let failed = |_| StatusCode::INTERNAL_SERVER_ERROR;
+    begin.map_err(failed)?;
+    scope.map_err(failed)?;
+    commit.map_err(failed)?;
+    let rows = rows.map_err(failed)?;
+    Ok(axum::Json(users::Page {
+        users: rows
+            .iter()
+            .take(50)
+            .map(|row| users::User {
+                user_id: row.get(0),
+                email: row.get(1),
+                name: row.get(2),
+                created_at: row.get(3),
+                updated_at: row.get(4),
+            })
+            .collect(),
+        next_cursor: (rows.len() > 50)
+            .then(|| "MTc5NTY4MzYwMDAwMDAwMC4wMDAwMDAwMC0wMDAw".to_owned()),
+    }))
+}
+
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), lambda_http::Error> {
-    let router = Router::new()
-        .route("/users", get(list))
-        .with_state(Arc::new(page()));
+    let router = match std::env::var("HELLO_DATABASE_URL") {
+        Ok(url) => {
+            let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
+            tokio::spawn(connection);
+            let tenant = std::env::var("HELLO_TENANT").unwrap_or_else(|_| "t1".to_owned());
+            Router::new()
+                .route("/users", get(list_from_db))
+                .with_state(Arc::new(Db { client, tenant }))
+        }
+        Err(_) => Router::new()
+            .route("/users", get(list))
+            .with_state(Arc::new(page())),
+    };
     lambda_http::run(router).await
 }
