@@ -235,7 +235,16 @@ impl Profile {
         let _ = std::fs::create_dir_all(&dir);
         let out = Path::new(&dir).join(format!("perf-{pid}.data"));
         let child = Command::new("perf")
-            .args(["record", "-q", "-F", "20000", "-g", "-p", &pid.to_string(), "-o"])
+            .args([
+                "record",
+                "-q",
+                "-F",
+                "20000",
+                "-g",
+                "-p",
+                &pid.to_string(),
+                "-o",
+            ])
             .arg(&out)
             .stdout(std::process::Stdio::null())
             .spawn()
@@ -251,7 +260,9 @@ impl Drop for Profile {
     fn drop(&mut self) {
         if let Some(child) = &mut self.0 {
             // SIGINT: perf writes its file and exits.
-            let _ = Command::new("kill").args(["-INT", &child.id().to_string()]).status();
+            let _ = Command::new("kill")
+                .args(["-INT", &child.id().to_string()])
+                .status();
             let _ = child.wait();
         }
     }
