@@ -136,11 +136,12 @@ passed=0
 failed=0
 retries=0
 while IFS=' ' read -r file expected; do
-  # SAM posts the event 0.7 s after starting the container at most; the
-  # runtime emulator, an arm64 program under qemu, can take longer to listen
-  # on a busy machine. SAM then reports "No response from invoke container"
-  # without the event having reached the function: only then, try again.
-  for attempt in 1 2 3 4; do
+  # SAM posts the event as soon as the container's published port accepts.
+  # Behind docker's userland proxy (a daemon not started by docker_up) that
+  # is at once, and the runtime emulator, an arm64 program under qemu, may
+  # not listen yet: SAM reports "No response from invoke container" without
+  # the event having reached the function. Only then, try again.
+  for attempt in 1 2 3 4 5 6 7 8; do
     out=$(sam local invoke TenantUsersFunction \
       --template .aws-sam/build/template.yaml \
       --event "events/$file" --env-vars "$work/env.json" \
