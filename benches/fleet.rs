@@ -141,25 +141,16 @@ async fn environments(db: &Arc<TestDb>, env: &[(String, String)], n: usize) -> V
     apps
 }
 
-fn spread(xs: &[f64]) -> String {
+/// min / median / max of the runs, with `digits` decimals.
+fn spread(xs: &[f64], digits: usize) -> String {
     let mut v = xs.to_vec();
     v.sort_by(|a, b| a.total_cmp(b));
     format!(
-        "{:.0} / {:.0} / {:.0}",
+        "{:.d$} / {:.d$} / {:.d$}",
         v[0],
         v[v.len() / 2],
-        v[v.len() - 1]
-    )
-}
-
-fn spread_ms(xs: &[f64]) -> String {
-    let mut v = xs.to_vec();
-    v.sort_by(|a, b| a.total_cmp(b));
-    format!(
-        "{:.1} / {:.1} / {:.1}",
-        v[0],
-        v[v.len() / 2],
-        v[v.len() - 1]
+        v[v.len() - 1],
+        d = digits
     )
 }
 
@@ -247,9 +238,9 @@ async fn main() {
         let _ = writeln!(
             text,
             "| {label} | {} | {} | {} | {} |",
-            spread(&runs.iter().map(|r| r.throughput).collect::<Vec<_>>()),
-            spread_ms(&runs.iter().map(|r| r.p50_ms).collect::<Vec<_>>()),
-            spread_ms(&runs.iter().map(|r| r.p99_ms).collect::<Vec<_>>()),
+            spread(&runs.iter().map(|r| r.throughput).collect::<Vec<_>>(), 0),
+            spread(&runs.iter().map(|r| r.p50_ms).collect::<Vec<_>>(), 1),
+            spread(&runs.iter().map(|r| r.p99_ms).collect::<Vec<_>>(), 1),
             runs.iter().map(|r| r.errors).sum::<usize>(),
         );
     }
@@ -266,7 +257,7 @@ async fn main() {
          its tenant's rows, and afterwards each of the {TENANTS} tenants held exactly the rows created for it \
          (checked as the owner, RLS bypassed). The same check, smaller, runs in `make test` \
          (`proxy::many_environments_through_a_small_pool_never_cross_tenants`).\n{END}",
-        spread(&ratio)
+        spread(&ratio, 0)
     );
     println!("{text}");
 
