@@ -163,12 +163,26 @@ pub enum SslMode {
 pub struct TlsConfig {
     pub mode: SslMode,
     pub ca_file: Option<std::path::PathBuf>,
+    /// Which roots `verify-full` trusts besides `ca_file`.
+    pub roots: Roots,
+}
+
+/// The trust anchors of a verified database connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Roots {
+    /// The system's store (plus `DB_CA_FILE`).
+    System,
+    /// Only AWS's RDS and RDS Proxy CAs shipped in the binary
+    /// (`certs/rds-ca-bundle.pem`), or only `DB_CA_FILE` when it is set:
+    /// no public CA can vouch for a database.
+    RdsOnly,
 }
 
 impl TlsConfig {
     pub const DISABLED: TlsConfig = TlsConfig {
         mode: SslMode::Disable,
         ca_file: None,
+        roots: Roots::System,
     };
 
     /// `DB_SSLMODE` (default `disable`) and `DB_CA_FILE`, for the admin
@@ -181,6 +195,7 @@ impl TlsConfig {
                 .transpose()?
                 .unwrap_or(SslMode::Disable),
             ca_file: get("DB_CA_FILE").map(Into::into),
+            roots: Roots::System,
         })
     }
 }
@@ -319,6 +334,7 @@ pub fn db_config(get: &impl Fn(&str) -> Option<String>) -> Result<DbConfig, Conf
         tls: TlsConfig {
             mode: explicit_mode.unwrap_or(default_mode),
             ca_file: get("DB_CA_FILE").map(Into::into),
+            roots: Roots::System,
         },
         connect_timeout,
         statement_timeout,

@@ -4,10 +4,22 @@
 //!
 //! Create and Update read the RDS-managed master secret and the application
 //! secret (with the function's own credentials), connect as the master
-//! (TLS verified by default), apply `migrations/` and create or update the
+//! (TLS verified against AWS's RDS CAs only, SCRAM only: see
+//! [`crate::admin_conn`]), apply `migrations/` and create or update the
 //! application role with the application secret's password: the very same
 //! [`migrate`] the command line runs. Delete answers SUCCESS and touches
 //! nothing: a stack deletion never drops tenant data.
+//!
+//! The function trusts nothing its event says. Whoever may invoke it could
+//! otherwise name a host of theirs and receive the master password, or a
+//! URL of theirs and learn what it answers. So the database endpoint and
+//! both secrets come from the function's own environment (the template
+//! sets them); an event whose properties name others is answered FAILED
+//! before any secret is read or any connection made. And the answer goes
+//! only to an HTTPS pre-signed URL of CloudFormation's response buckets in
+//! the function's region ([`response_url_is_cloudformations`]); an event
+//! with any other `ResponseURL` is not acted on, and that URL never
+//! contacted.
 //!
 //! CloudFormation waits for an answer on a pre-signed S3 URL, up to an hour
 //! if none comes; so every event with a `ResponseURL` gets one, SUCCESS or
@@ -21,7 +33,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::config::{AwsConfig, ConfigError, SecretConfig, SslMode, TlsConfig};
+use crate::config::{AwsConfig, ConfigError, Roots, SecretConfig, SslMode, TlsConfig};
 use crate::migrate::{self, AppRole};
 use crate::secret::SecretSource;
 
@@ -39,10 +51,15 @@ const PUT_ATTEMPTS: u32 = 3;
 #[derive(Clone, Debug)]
 pub struct Settings {
     pub aws: AwsConfig,
-    /// `DB_SSLMODE` (default `verify-full`) and `DB_CA_FILE`.
+    /// `DB_SSLMODE` (default `verify-full`, against the shipped RDS CA
+    /// bundle; `DB_CA_FILE`, when set, is trusted instead of it).
     pub tls: TlsConfig,
     /// `DB_CONNECT_TIMEOUT_MS` (default 10 s).
     pub connect_timeout: Duration,
+    /// `DB_HOST`, `DB_PORT` (default 5432), `DB_NAME`,
+    /// `DB_MASTER_SECRET_ARN`, `DB_APP_SECRET_ARN`: the only database and
+    /// secrets this function ever uses.
+    pub target: Properties,
 }
 
 impl Settings {
@@ -69,19 +86,41 @@ impl Settings {
                 }
             },
         };
+        let required = |key: &str| {
+            get(key)
+                .map(|v| v.trim().to_owned())
+                .ok_or_else(|| ConfigError(format!("{key} is required")))
+        };
+        let db_port = match get("DB_PORT") {
+            None => 5432,
+            Some(v) => v
+                .trim()
+                .parse::<u16>()
+                .ok()
+                .filter(|p| *p > 0)
+                .ok_or_else(|| ConfigError(format!("DB_PORT must be a port number, got {v:?}")))?,
+        };
         Ok(Settings {
             aws: AwsConfig::from_lookup(&get),
             tls: TlsConfig {
                 mode,
                 ca_file: get("DB_CA_FILE").map(Into::into),
+                roots: Roots::RdsOnly,
             },
             connect_timeout,
+            target: Properties {
+                master_secret_arn: required("DB_MASTER_SECRET_ARN")?,
+                app_secret_arn: required("DB_APP_SECRET_ARN")?,
+                db_host: required("DB_HOST")?,
+                db_port,
+                db_name: required("DB_NAME")?,
+            },
         })
     }
 }
 
-/// The custom resource's `ResourceProperties`. CloudFormation sends every
-/// scalar as a string.
+/// The database and secrets the function works on: its environment's, which
+/// the custom resource's `ResourceProperties` may repeat but never change.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Properties {
     pub master_secret_arn: String,
@@ -92,31 +131,106 @@ pub struct Properties {
 }
 
 impl Properties {
-    pub fn parse(value: &Value) -> Result<Self, String> {
-        let text = |key: &str| -> Result<String, String> {
-            match value.get(key) {
-                Some(Value::String(s)) if !s.trim().is_empty() => Ok(s.trim().to_owned()),
-                Some(Value::Number(n)) => Ok(n.to_string()),
-                None | Some(Value::Null) => Err(format!("property {key} is missing")),
-                Some(_) => Err(format!("property {key} must be a string")),
+    /// Each of `MasterSecretArn`, `AppSecretArn`, `DbHost`, `DbPort` and
+    /// `DbName` that the event carries must equal the environment's (the
+    /// template sends them so that a change re-runs the resource); a
+    /// property that differs is named in the error, with both values (ARNs
+    /// and host names, never a secret). CloudFormation sends every scalar
+    /// as a string.
+    pub fn check(&self, value: &Value) -> Result<(), String> {
+        let port = self.db_port.to_string();
+        let expected = [
+            ("MasterSecretArn", self.master_secret_arn.as_str()),
+            ("AppSecretArn", self.app_secret_arn.as_str()),
+            ("DbHost", self.db_host.as_str()),
+            ("DbPort", port.as_str()),
+            ("DbName", self.db_name.as_str()),
+        ];
+        for (key, ours) in expected {
+            let sent = match value.get(key) {
+                None | Some(Value::Null) => continue,
+                Some(Value::String(s)) => s.trim().to_owned(),
+                Some(Value::Number(n)) => n.to_string(),
+                Some(_) => return Err(format!("property {key} must be a string")),
+            };
+            let same = if key == "DbHost" {
+                sent.eq_ignore_ascii_case(ours)
+            } else {
+                sent == ours
+            };
+            if !same {
+                return Err(format!(
+                    "property {key} is {sent:?}, but this function works only on {ours:?} \
+                     (its environment, set by the template); nothing was contacted"
+                ));
             }
-        };
-        let db_port = match value.get("DbPort") {
-            None | Some(Value::Null) => 5432,
-            Some(_) => text("DbPort")?
-                .parse::<u16>()
-                .ok()
-                .filter(|p| *p > 0)
-                .ok_or("property DbPort must be a port number")?,
-        };
-        Ok(Properties {
-            master_secret_arn: text("MasterSecretArn")?,
-            app_secret_arn: text("AppSecretArn")?,
-            db_host: text("DbHost")?,
-            db_port,
-            db_name: text("DbName")?,
-        })
+        }
+        Ok(())
     }
+}
+
+/// Whether `url` is where CloudFormation waits for a custom resource's
+/// answer: `https`, no user info, the default port, a host that is one of
+/// CloudFormation's response buckets for `region` (virtual-hosted style,
+/// e.g. `cloudformation-custom-resource-response-useast1.s3.amazonaws.com`,
+/// `....s3.us-east-1.amazonaws.com` or `....s3-us-east-1.amazonaws.com`;
+/// `.amazonaws.com.cn` in China) and a pre-signed query (SigV4's
+/// `X-Amz-Signature` or SigV2's `Signature`). Without a region, any
+/// region's bucket passes.
+pub fn response_url_is_cloudformations(url: &str, region: Option<&str>) -> Result<(), String> {
+    let parsed = reqwest::Url::parse(url).map_err(|e| format!("not a URL: {e}"))?;
+    if parsed.scheme() != "https" {
+        return Err(format!("scheme {:?} is not https", parsed.scheme()));
+    }
+    if !parsed.username().is_empty() || parsed.password().is_some() {
+        return Err("the URL carries user info".into());
+    }
+    if parsed.port().is_some_and(|p| p != 443) {
+        return Err("the URL names a port".into());
+    }
+    let Some(host) = parsed.domain() else {
+        return Err("the host is not a domain name".into());
+    };
+    let host = host.to_ascii_lowercase();
+    const BUCKET: &str = "cloudformation-custom-resource-response-";
+    let bucket_ok = |rest: &str| -> bool {
+        let Some((compact, endpoint)) = rest.split_once('.') else {
+            return false;
+        };
+        let region_ok = |r: &str| match region {
+            Some(region) => r == region,
+            None => !r.is_empty() && r.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-'),
+        };
+        let compact_ok = match region {
+            Some(region) => compact == region.replace('-', ""),
+            None => !compact.is_empty() && compact.bytes().all(|b| b.is_ascii_alphanumeric()),
+        };
+        let endpoint = endpoint
+            .strip_suffix(".amazonaws.com")
+            .or_else(|| endpoint.strip_suffix(".amazonaws.com.cn"));
+        let endpoint_ok = match endpoint {
+            Some("s3") => true,
+            Some(e) => e
+                .strip_prefix("s3.")
+                .or_else(|| e.strip_prefix("s3-"))
+                .is_some_and(region_ok),
+            None => false,
+        };
+        compact_ok && endpoint_ok
+    };
+    if !host.strip_prefix(BUCKET).is_some_and(bucket_ok) {
+        return Err(format!(
+            "host {host:?} is not a CloudFormation response bucket of {}",
+            region.unwrap_or("any region")
+        ));
+    }
+    let signed = parsed
+        .query_pairs()
+        .any(|(k, v)| (k == "X-Amz-Signature" || k == "Signature") && !v.is_empty());
+    if !signed {
+        return Err("the URL is not pre-signed".into());
+    }
+    Ok(())
 }
 
 /// The fields of a CloudFormation custom resource request we use.
@@ -140,6 +254,9 @@ struct Event {
 pub enum Unanswered {
     #[error("not a CloudFormation custom resource request: {0}")]
     NotAnEvent(String),
+    /// Not acted on, and the URL not contacted.
+    #[error("ResponseURL refused, event ignored: {0}")]
+    UntrustedResponseUrl(String),
     #[error("could not send the answer to CloudFormation: {0}")]
     Put(String),
 }
@@ -173,20 +290,36 @@ pub struct CustomResource {
     /// A configuration error is answered as FAILED on every event, rather
     /// than leaving CloudFormation to wait an hour for a crashed function.
     settings: Result<Settings, String>,
+    /// `AWS_REGION`: whose response buckets an answer may go to.
+    region: Option<String>,
     http: reqwest::Client,
 }
 
 impl CustomResource {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
         crate::token::install_tls_provider();
+        // S3 pre-signed URLs are https; redirects are not part of the
+        // protocol, and following one would resend the answer elsewhere.
+        let http = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .https_only(true)
+            .build()
+            .unwrap_or_default();
+        Self::with_http_client(get, http)
+    }
+
+    /// As [`from_lookup`](Self::from_lookup), answering through `http`:
+    /// tests give a client that resolves the response bucket's host name
+    /// to a local HTTPS server and trusts its certificate. Which URLs are
+    /// contacted at all is decided before the client is used.
+    pub fn with_http_client(get: impl Fn(&str) -> Option<String>, http: reqwest::Client) -> Self {
+        let region = get("AWS_REGION")
+            .or_else(|| get("AWS_DEFAULT_REGION"))
+            .filter(|r| !r.trim().is_empty());
         CustomResource {
             settings: Settings::from_lookup(get).map_err(|e| e.to_string()),
-            // S3 pre-signed URLs are https; redirects are not part of the
-            // protocol, and following one would resend the answer elsewhere.
-            http: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .build()
-                .unwrap_or_default(),
+            region,
+            http,
         }
     }
 
@@ -200,9 +333,21 @@ impl CustomResource {
     pub async fn handle(&self, event: Value, deadline: SystemTime) -> Result<Value, Unanswered> {
         let event: Event =
             serde_json::from_value(event).map_err(|e| Unanswered::NotAnEvent(e.to_string()))?;
-        let properties = Properties::parse(&event.resource_properties);
-        let physical_id = match (&properties, &event.physical_resource_id) {
-            (Ok(p), _) => format!("{PHYSICAL_ID_PREFIX}{}", p.db_name),
+        if let Err(why) =
+            response_url_is_cloudformations(&event.response_url, self.region.as_deref())
+        {
+            tracing::error!(request = %event.request_type, %why, "ResponseURL refused: event ignored, nothing contacted");
+            return Err(Unanswered::UntrustedResponseUrl(why));
+        }
+        let checked = match &self.settings {
+            Ok(settings) => settings
+                .target
+                .check(&event.resource_properties)
+                .map(|()| settings.clone()),
+            Err(config) => Err(config.clone()),
+        };
+        let physical_id = match (&self.settings, &event.physical_resource_id) {
+            (Ok(s), _) => format!("{PHYSICAL_ID_PREFIX}{}", s.target.db_name),
             // Keep what CloudFormation knows, so a failure is no replacement.
             (Err(_), Some(known)) => known.clone(),
             (Err(_), None) => format!("{PHYSICAL_ID_PREFIX}unknown"),
@@ -214,12 +359,10 @@ impl CustomResource {
                 tracing::info!("Delete: the schema and its data are kept");
                 Ok(())
             }
-            "Create" | "Update" => match (&self.settings, properties) {
+            "Create" | "Update" => match (&self.settings, checked) {
                 (Err(config), _) => Err(Failure::new("read configuration", config.clone())),
                 (_, Err(bad)) => Err(Failure::new("read properties", bad)),
-                (Ok(settings), Ok(properties)) => {
-                    bootstrap(settings.clone(), properties, deadline).await
-                }
+                (Ok(_), Ok(settings)) => bootstrap(settings, deadline).await,
             },
             other => Err(Failure::new(
                 "read request",
@@ -303,17 +446,13 @@ impl CustomResource {
 
 /// Secrets, then the database, bounded by the deadline and shielded from
 /// panics: whatever happens, the caller gets a step and a reason.
-async fn bootstrap(
-    settings: Settings,
-    properties: Properties,
-    deadline: SystemTime,
-) -> Result<(), Failure> {
+async fn bootstrap(settings: Settings, deadline: SystemTime) -> Result<(), Failure> {
     let budget = deadline
         .duration_since(SystemTime::now())
         .unwrap_or_default()
         .saturating_sub(ANSWER_RESERVE);
     let step: Arc<Mutex<&'static str>> = Arc::new(Mutex::new("read master secret"));
-    let task = tokio::spawn(steps(settings, properties, step.clone()));
+    let task = tokio::spawn(steps(settings, step.clone()));
     let abort = task.abort_handle();
     let current = || step.lock().map(|s| *s).unwrap_or("unknown step");
     match tokio::time::timeout(budget, task).await {
@@ -339,11 +478,8 @@ async fn bootstrap(
     }
 }
 
-async fn steps(
-    settings: Settings,
-    properties: Properties,
-    step: Arc<Mutex<&'static str>>,
-) -> Result<(), Failure> {
+async fn steps(settings: Settings, step: Arc<Mutex<&'static str>>) -> Result<(), Failure> {
+    let properties = &settings.target;
     let enter = |name: &'static str| {
         if let Ok(mut s) = step.lock() {
             *s = name;
@@ -419,50 +555,138 @@ pub async fn run_lambda() -> Result<(), lambda_runtime::Error> {
 mod tests {
     use super::*;
 
-    #[test]
-    fn properties_take_cloudformation_strings() {
-        let p = Properties::parse(&json!({
-            "ServiceToken": "arn:aws:lambda:eu-west-1:1:function:f",
-            "MasterSecretArn": "arn:m", "AppSecretArn": "arn:a",
-            "DbHost": "db.example", "DbPort": "6543", "DbName": "users",
-            "SchemaVersion": "3"
-        }))
-        .unwrap();
-        assert_eq!(p.db_port, 6543);
-        assert_eq!(p.db_name, "users");
-        let p = Properties::parse(&json!({
-            "MasterSecretArn": "arn:m", "AppSecretArn": "arn:a",
-            "DbHost": "db.example", "DbName": "users"
-        }))
-        .unwrap();
-        assert_eq!(p.db_port, 5432);
-        for (key, value) in [
-            ("DbPort", json!("x")),
-            ("DbPort", json!("0")),
-            ("DbName", json!("")),
-            ("DbHost", json!(["a"])),
-        ] {
-            let mut v = json!({
-                "MasterSecretArn": "arn:m", "AppSecretArn": "arn:a",
-                "DbHost": "db.example", "DbName": "users"
-            });
-            v[key] = value;
-            let e = Properties::parse(&v).unwrap_err();
-            assert!(e.contains(key), "{e}");
-        }
+    fn env(key: &str) -> Option<String> {
+        Some(
+            match key {
+                "DB_HOST" => "db.cluster-x.eu-west-1.rds.amazonaws.com",
+                "DB_NAME" => "users",
+                "DB_MASTER_SECRET_ARN" => "arn:m",
+                "DB_APP_SECRET_ARN" => "arn:a",
+                _ => return None,
+            }
+            .into(),
+        )
     }
 
     #[test]
-    fn tls_is_verified_unless_told_otherwise() {
-        let s = Settings::from_lookup(|_| None).unwrap();
-        assert_eq!(s.tls.mode, SslMode::VerifyFull);
-        assert_eq!(s.connect_timeout, Duration::from_secs(10));
-        let s = Settings::from_lookup(|k| (k == "DB_SSLMODE").then(|| "disable".into())).unwrap();
-        assert_eq!(s.tls.mode, SslMode::Disable);
-        assert!(Settings::from_lookup(|k| (k == "DB_SSLMODE").then(|| "prefer".into())).is_err());
-        assert!(
-            Settings::from_lookup(|k| (k == "DB_CONNECT_TIMEOUT_MS").then(|| "0".into())).is_err()
+    fn the_target_is_the_environments_and_properties_may_only_repeat_it() {
+        let s = Settings::from_lookup(env).unwrap();
+        assert_eq!(s.target.db_port, 5432);
+        assert_eq!(s.target.db_name, "users");
+        let same = json!({
+            "ServiceToken": "arn:aws:lambda:eu-west-1:1:function:f",
+            "MasterSecretArn": "arn:m", "AppSecretArn": "arn:a",
+            "DbHost": "DB.cluster-x.eu-west-1.rds.amazonaws.com", "DbPort": "5432",
+            "DbName": "users", "SchemaVersion": "3"
+        });
+        assert_eq!(s.target.check(&same), Ok(()));
+        assert_eq!(s.target.check(&json!({"DbPort": 5432})), Ok(()));
+        assert_eq!(
+            s.target.check(&json!({})),
+            Ok(()),
+            "properties are optional"
         );
+        for (key, value) in [
+            ("DbHost", json!("evil.example")),
+            ("DbPort", json!("6543")),
+            ("DbName", json!("other")),
+            ("MasterSecretArn", json!("arn:evil")),
+            ("AppSecretArn", json!("arn:evil")),
+            ("DbHost", json!(["a"])),
+        ] {
+            let mut v = same.clone();
+            v[key] = value;
+            let e = s.target.check(&v).unwrap_err();
+            assert!(e.starts_with(&format!("property {key} ")), "{e}");
+        }
+        for missing in [
+            "DB_HOST",
+            "DB_NAME",
+            "DB_MASTER_SECRET_ARN",
+            "DB_APP_SECRET_ARN",
+        ] {
+            let e = Settings::from_lookup(|k| if k == missing { None } else { env(k) })
+                .unwrap_err()
+                .to_string();
+            assert!(e.contains(missing), "{e}");
+        }
+        let bad_port = |k: &str| {
+            if k == "DB_PORT" {
+                Some("0".into())
+            } else {
+                env(k)
+            }
+        };
+        assert!(Settings::from_lookup(bad_port).is_err());
+    }
+
+    #[test]
+    fn tls_is_verified_against_the_rds_cas_unless_told_otherwise() {
+        let s = Settings::from_lookup(env).unwrap();
+        assert_eq!(s.tls.mode, SslMode::VerifyFull);
+        assert_eq!(s.tls.roots, Roots::RdsOnly);
+        assert_eq!(s.connect_timeout, Duration::from_secs(10));
+        let with = |key: &'static str, value: &'static str| {
+            move |k: &str| if k == key { Some(value.into()) } else { env(k) }
+        };
+        let s = Settings::from_lookup(with("DB_SSLMODE", "disable")).unwrap();
+        assert_eq!(s.tls.mode, SslMode::Disable);
+        assert!(Settings::from_lookup(with("DB_SSLMODE", "prefer")).is_err());
+        assert!(Settings::from_lookup(with("DB_CONNECT_TIMEOUT_MS", "0")).is_err());
+        // The shipped bundle parses and builds a connector.
+        assert!(crate::db::tls_connector(&s.tls).is_ok());
+        assert!(
+            crate::db::RDS_CA_BUNDLE
+                .matches("BEGIN CERTIFICATE")
+                .count()
+                > 20
+        );
+        assert!(crate::db::RDS_CA_BUNDLE.contains("Amazon RDS us-east-1 Root CA RSA2048 G1"));
+    }
+
+    #[test]
+    fn only_cloudformation_response_buckets_of_the_region_are_answered() {
+        let region = Some("us-east-1");
+        for good in [
+            "https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com/arn%3Aaws%3Acloudformation%3Aus-east-1%3A1%3Astack/s/1%7CSchema%7Cabc?AWSAccessKeyId=AKIA&Expires=1&Signature=abc%3D",
+            "https://cloudformation-custom-resource-response-useast1.s3.us-east-1.amazonaws.com/x?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Signature=0123",
+            "https://cloudformation-custom-resource-response-useast1.s3-us-east-1.amazonaws.com/x?X-Amz-Signature=0123",
+            "https://CloudFormation-Custom-Resource-Response-UsEast1.S3.amazonaws.com:443/x?Signature=1",
+        ] {
+            assert_eq!(
+                response_url_is_cloudformations(good, region),
+                Ok(()),
+                "{good}"
+            );
+        }
+        assert_eq!(
+            response_url_is_cloudformations(
+                "https://cloudformation-custom-resource-response-cnnorth1.s3.cn-north-1.amazonaws.com.cn/x?X-Amz-Signature=1",
+                Some("cn-north-1")
+            ),
+            Ok(())
+        );
+        for bad in [
+            "http://cloudformation-custom-resource-response-useast1.s3.amazonaws.com/x?Signature=1",
+            "https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com:8443/x?Signature=1",
+            "https://u:p@cloudformation-custom-resource-response-useast1.s3.amazonaws.com/x?Signature=1",
+            "https://cloudformation-custom-resource-response-euwest1.s3.amazonaws.com/x?Signature=1",
+            "https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com.evil.example/x?Signature=1",
+            "https://cloudformation-custom-resource-response-useast1.evil.example/x?Signature=1",
+            "https://evil-cloudformation-custom-resource-response-useast1.s3.amazonaws.com/x?Signature=1",
+            "https://s3.amazonaws.com/cloudformation-custom-resource-response-useast1/x?Signature=1",
+            "https://my-bucket.s3.amazonaws.com/x?X-Amz-Signature=1",
+            "https://cloudformation-custom-resource-response-useast1.s3.amazonaws.com/x",
+            "https://cloudformation-custom-resource-response-useast1.s3.eu-west-1.amazonaws.com/x?Signature=1",
+            "https://127.0.0.1/x?Signature=1",
+            "file:///etc/passwd",
+            "not a url",
+        ] {
+            assert!(
+                response_url_is_cloudformations(bad, region).is_err(),
+                "{bad}"
+            );
+        }
     }
 
     #[test]

@@ -24,7 +24,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, error::SqlState};
 
 use crate::audit;
-use crate::config::{DbConfig, DbSource, SslMode, TlsConfig};
+use crate::config::{DbConfig, DbSource, Roots, SslMode, TlsConfig};
 use crate::gate::CredentialGate;
 use crate::secret::{DbCredentials, SecretSource};
 use crate::tenant::TenantContext;
@@ -486,6 +486,11 @@ fn pg_config(creds: &DbCredentials) -> tokio_postgres::Config {
 /// The TLS connector for `DB_SSLMODE`: `require` encrypts without checking
 /// the certificate (as libpq's `require`); `verify-full` checks the chain
 /// against the system roots plus `DB_CA_FILE`, and the host name.
+/// AWS's RDS and RDS Proxy certificate authorities (every region), as
+/// `scripts/rds-ca-bundle.sh` extracts them from a pinned registry package;
+/// trusted by the migrate function's admin connection, and nothing else.
+pub const RDS_CA_BUNDLE: &str = include_str!("../certs/rds-ca-bundle.pem");
+
 pub fn tls_connector(config: &TlsConfig) -> Result<MakeTlsConnector, String> {
     let mut builder = native_tls::TlsConnector::builder();
     builder.min_protocol_version(Some(native_tls::Protocol::Tlsv12));
@@ -495,6 +500,16 @@ pub fn tls_connector(config: &TlsConfig) -> Result<MakeTlsConnector, String> {
             builder
                 .danger_accept_invalid_certs(true)
                 .danger_accept_invalid_hostnames(true);
+        }
+    }
+    if config.roots == Roots::RdsOnly {
+        builder.disable_built_in_roots(true);
+        if config.ca_file.is_none() {
+            let certs = pem_certificates(RDS_CA_BUNDLE.as_bytes())
+                .map_err(|e| format!("the shipped RDS CA bundle: {e}"))?;
+            for cert in certs {
+                builder.add_root_certificate(cert);
+            }
         }
     }
     if let Some(path) = &config.ca_file {

@@ -196,6 +196,7 @@ mod tests {
         let verify = TlsConfig {
             mode: SslMode::VerifyFull,
             ca_file: Some("/etc/rds-ca.pem".into()),
+            roots: crate::config::Roots::System,
         };
         let db = app_db_config(&admin, &role(), verify);
         assert_eq!(db.tls.mode, SslMode::VerifyFull);

@@ -8,6 +8,7 @@
 //! [`app`] wires them together; [`migrate`] and [`dev`] are the admin-side
 //! commands, and [`custom_resource`] runs `migrate` at deploy time.
 
+pub mod admin_conn;
 pub mod app;
 pub mod audit;
 pub mod config;

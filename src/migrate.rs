@@ -54,7 +54,7 @@ pub enum MigrateError {
     #[error("cannot connect as the admin: {0}")]
     Tls(String),
     #[error("cannot connect as the admin: {}", error_chain(.0))]
-    Connect(#[source] tokio_postgres::Error),
+    Connect(#[source] crate::admin_conn::ConnectError),
     #[error("migration failed: {}", describe_refinery(.0))]
     Migration(#[source] refinery::Error),
     /// A statement on the application role, its grants or schema `public`
@@ -129,21 +129,21 @@ pub async fn run_with_progress(
     let tls = match tls.mode {
         SslMode::Disable if url_requires => &TlsConfig {
             mode: SslMode::Require,
-            ca_file: tls.ca_file.clone(),
+            ..tls.clone()
         },
         _ => tls,
     };
-    let connector = crate::db::tls_connector(tls).map_err(MigrateError::Tls)?;
     let mut admin = admin.clone();
-    admin.ssl_mode(match tls.mode {
-        SslMode::Disable => tokio_postgres::config::SslMode::Disable,
-        SslMode::Require | SslMode::VerifyFull => tokio_postgres::config::SslMode::Require,
-    });
-    let (mut client, connection) = admin
-        .connect(connector)
+    let connector = match tls.mode {
+        SslMode::Disable => None,
+        SslMode::Require | SslMode::VerifyFull => {
+            admin.ssl_mode(tokio_postgres::config::SslMode::Require);
+            Some(crate::db::tls_connector(tls).map_err(MigrateError::Tls)?)
+        }
+    };
+    let (mut client, task) = crate::admin_conn::connect(&admin, connector)
         .await
         .map_err(MigrateError::Connect)?;
-    let task = tokio::spawn(connection);
     progress("migrate");
     let report = embedded::migrations::runner()
         .run_async(&mut client)

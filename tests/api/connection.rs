@@ -360,6 +360,7 @@ async fn make_dev_connects_the_app_role_with_the_admin_tls_settings() {
             TlsConfig {
                 mode: SslMode::VerifyFull,
                 ca_file: Some(bouncer.certs.ca_file()),
+                roots: tenant_users::config::Roots::System,
             },
             StatusCode::OK,
         ),

@@ -1,7 +1,9 @@
 //! The migrate function as CloudFormation calls it: Create/Update/Delete
 //! events fed to the handler in-process, real PostgreSQL with an RDS-shaped
-//! master and password logins, moto holding both secrets, and a local HTTP
-//! server standing in for the pre-signed ResponseURL.
+//! master and password logins, moto holding both secrets, and a local HTTPS
+//! server standing in for the pre-signed ResponseURL (the handler's client
+//! resolves CloudFormation's response bucket to it and trusts a test CA);
+//! fake PostgreSQL servers for what a hostile endpoint would ask.
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -17,6 +19,7 @@ use tokio_postgres::NoTls;
 use crate::common::cluster::Cluster;
 use crate::common::connect;
 use crate::common::moto::Moto;
+use crate::common::pgbouncer::Certs;
 
 const DB: &str = "appdb";
 const MASTER_PW: &str = "master-pw-4b1d";
@@ -38,17 +41,44 @@ impl Recorded {
     }
 }
 
-/// A few lines of HTTP/1.1: read one request per connection, record it,
-/// answer 200 as S3 does.
-async fn response_url() -> (String, mpsc::UnboundedReceiver<Recorded>) {
+/// CloudFormation's response bucket in us-east-1 (moto's region).
+const BUCKET_HOST: &str = "cloudformation-custom-resource-response-useast1.s3.amazonaws.com";
+
+/// The response bucket, played on loopback: HTTPS with a certificate for
+/// [`BUCKET_HOST`] from a throwaway CA, a few lines of HTTP/1.1 (one
+/// request per connection, recorded, answered 200 as S3 does). Returns the
+/// URL, what it received, and a client that reaches it by that name.
+async fn response_url() -> (String, mpsc::UnboundedReceiver<Recorded>, reqwest::Client) {
+    let dir = std::env::temp_dir().join(format!("tu-cfn-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certs = Certs::make_for(&dir, BUCKET_HOST, &format!("DNS:{BUCKET_HOST}"));
+    let identity = native_tls::Identity::from_pkcs8(
+        &std::fs::read(dir.join("server.crt")).unwrap(),
+        &std::fs::read(dir.join("server.key")).unwrap(),
+    )
+    .unwrap();
+    let acceptor =
+        tokio_native_tls::TlsAcceptor::from(native_tls::TlsAcceptor::new(identity).unwrap());
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let url = format!(
-        "http://{}/cfn-response/Schema?X-Amz-Signature=0123abcd",
-        listener.local_addr().unwrap()
-    );
+    let addr = listener.local_addr().unwrap();
+    tenant_users::token::install_tls_provider();
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .https_only(true)
+        .resolve(BUCKET_HOST, addr)
+        .add_root_certificate(
+            reqwest::Certificate::from_pem(&std::fs::read(certs.ca_file()).unwrap()).unwrap(),
+        )
+        .build()
+        .unwrap();
+    let _ = std::fs::remove_dir_all(&dir);
+    let url = format!("https://{BUCKET_HOST}/cfn-response/Schema?X-Amz-Signature=0123abcd");
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(async move {
-        while let Ok((mut stream, _)) = listener.accept().await {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let Ok(mut stream) = acceptor.accept(tcp).await else {
+                continue;
+            };
             let mut data = Vec::new();
             let mut buf = [0u8; 4096];
             let head_end = loop {
@@ -87,7 +117,7 @@ async fn response_url() -> (String, mpsc::UnboundedReceiver<Recorded>) {
             });
         }
     });
-    (url, rx)
+    (url, rx, client)
 }
 
 struct Deployment {
@@ -95,7 +125,10 @@ struct Deployment {
     moto: Moto,
     master_arn: String,
     app_arn: String,
+    /// The function's environment, as the template sets it.
+    env: Vec<(String, String)>,
     handler: CustomResource,
+    client: reqwest::Client,
     url: String,
     answers: mpsc::UnboundedReceiver<Recorded>,
 }
@@ -122,21 +155,42 @@ impl Deployment {
             )
             .await;
         let mut env = moto.own_role_env();
-        // The cluster speaks no TLS; the default (verify-full) is unit-tested.
-        env.push(("DB_SSLMODE".into(), "disable".into()));
-        let handler = CustomResource::from_lookup(move |key| {
-            env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
-        });
-        let (url, answers) = response_url().await;
+        // The cluster speaks no TLS; verify-full is tested against fake
+        // servers below.
+        for (k, v) in [
+            ("DB_SSLMODE", "disable".to_owned()),
+            ("DB_HOST", "127.0.0.1".to_owned()),
+            ("DB_PORT", cluster.port.to_string()),
+            ("DB_NAME", DB.to_owned()),
+            ("DB_MASTER_SECRET_ARN", master_arn.clone()),
+            ("DB_APP_SECRET_ARN", app_arn.clone()),
+        ] {
+            env.push((k.into(), v));
+        }
+        let (url, answers, client) = response_url().await;
+        let handler = handler_for(&env, client.clone());
         Deployment {
             cluster,
             moto,
             master_arn,
             app_arn,
+            env,
             handler,
+            client,
             url,
             answers,
         }
+    }
+
+    /// The function with its environment changed (`None` removes a key).
+    fn redeploy(&mut self, changes: &[(&str, Option<&str>)]) {
+        for (key, value) in changes {
+            self.env.retain(|(k, _)| k != key);
+            if let Some(v) = value {
+                self.env.push(((*key).into(), (*v).into()));
+            }
+        }
+        self.handler = handler_for(&self.env, self.client.clone());
     }
 
     fn properties(&self, schema_version: &str) -> Value {
@@ -221,6 +275,14 @@ impl Deployment {
         c.dbname(DB);
         c
     }
+}
+
+fn handler_for(env: &[(String, String)], client: reqwest::Client) -> CustomResource {
+    let env = env.to_vec();
+    CustomResource::with_http_client(
+        move |key| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone()),
+        client,
+    )
 }
 
 async fn can_log_in(config: &tokio_postgres::Config) -> bool {
@@ -322,9 +384,12 @@ async fn failures_answer_failed_naming_the_step_and_never_a_secret() {
         )
         .await;
     let missing = Moto::arn_of("no-such-secret");
+    d.redeploy(&[("DB_MASTER_SECRET_ARN", Some(&missing))]);
     let mut props = d.properties("1");
     props["MasterSecretArn"] = json!(missing);
     let answer = d.send(d.event("Create", None, props)).await;
+    let master_arn = d.master_arn.clone();
+    d.redeploy(&[("DB_MASTER_SECRET_ARN", Some(&master_arn))]);
     let reason = answer["Reason"].as_str().unwrap();
     assert_eq!(answer["Status"], "FAILED");
     assert!(
@@ -355,16 +420,19 @@ async fn failures_answer_failed_naming_the_step_and_never_a_secret() {
     assert!(reason.starts_with("app role failed: "), "{reason}");
     assert!(!answer.to_string().contains("app-pw-1"));
 
-    let mut props = d.properties("1");
-    props.as_object_mut().unwrap().remove("DbHost");
-    let answer = d.send(d.event("Update", Some(PHYSICAL_ID), props)).await;
+    // A function without its target says so on every event.
+    d.redeploy(&[("DB_HOST", None)]);
+    let answer = d
+        .send(d.event("Update", Some(PHYSICAL_ID), d.properties("1")))
+        .await;
     assert_eq!(answer["Status"], "FAILED");
     assert_eq!(answer["PhysicalResourceId"], PHYSICAL_ID);
     let reason = answer["Reason"].as_str().unwrap();
     assert!(
-        reason.starts_with("read properties failed: property DbHost is missing"),
+        reason.starts_with("read configuration failed: configuration: DB_HOST is required"),
         "{reason}"
     );
+    d.redeploy(&[("DB_HOST", Some("127.0.0.1"))]);
 
     // The rollback of a failed Create deletes nothing, and says so.
     let answer = d
@@ -390,6 +458,7 @@ async fn a_database_that_never_answers_gets_failed_before_the_deadline() {
             held.push(stream);
         }
     });
+    d.redeploy(&[("DB_PORT", Some(&port.to_string()))]);
     let mut props = d.properties("1");
     props["DbPort"] = json!(port.to_string());
     let started = Instant::now();
@@ -411,13 +480,210 @@ async fn tls_is_verified_by_default() {
     // No DB_SSLMODE: verify-full, which the plain-text cluster cannot meet;
     // the connection is refused rather than downgraded.
     let mut d = Deployment::new().await;
-    let env = d.moto.own_role_env();
-    d.handler = CustomResource::from_lookup(move |key| {
-        env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
-    });
+    d.redeploy(&[("DB_SSLMODE", None)]);
     let answer = d.send(d.event("Create", None, d.properties("1"))).await;
     assert_eq!(answer["Status"], "FAILED", "{answer}");
     let reason = answer["Reason"].as_str().unwrap();
     assert!(reason.starts_with("connect failed: "), "{reason}");
     assert!(!can_log_in(&d.login("tenant_app", "app-pw-1")).await);
+}
+
+/// What a hostile endpoint saw: the connections made to it, and every byte
+/// each one sent after the server's authentication request.
+#[derive(Default, Debug)]
+struct Seen {
+    connections: usize,
+    after_request: Vec<Vec<u8>>,
+}
+
+/// A fake PostgreSQL server on loopback that asks every client for a
+/// password with authentication request `code` (3 cleartext, 5 MD5), over
+/// TLS for `certs` (its server certificate) or in plain text, and records
+/// what comes back until the client hangs up.
+async fn password_phisher(
+    code: u32,
+    certs: Option<&std::path::Path>,
+) -> (u16, std::sync::Arc<std::sync::Mutex<Seen>>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let acceptor = certs.map(|dir| {
+        let identity = native_tls::Identity::from_pkcs8(
+            &std::fs::read(dir.join("server.crt")).unwrap(),
+            &std::fs::read(dir.join("server.key")).unwrap(),
+        )
+        .unwrap();
+        tokio_native_tls::TlsAcceptor::from(native_tls::TlsAcceptor::new(identity).unwrap())
+    });
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Seen::default()));
+    let record = seen.clone();
+    tokio::spawn(async move {
+        while let Ok((mut tcp, _)) = listener.accept().await {
+            record.lock().unwrap().connections += 1;
+            let record = record.clone();
+            let acceptor = acceptor.clone();
+            tokio::spawn(async move {
+                let mut stream: Box<dyn Rw> = match acceptor {
+                    Some(acceptor) => {
+                        // SSLRequest: length 8, code 80877103; answer 'S'.
+                        let mut request = [0u8; 8];
+                        tcp.read_exact(&mut request).await.unwrap();
+                        assert_eq!(&request[4..], &80877103u32.to_be_bytes());
+                        tcp.write_all(b"S").await.unwrap();
+                        match acceptor.accept(tcp).await {
+                            Ok(tls) => Box::new(tls),
+                            Err(_) => return,
+                        }
+                    }
+                    None => Box::new(tcp),
+                };
+                let mut len = [0u8; 4];
+                if stream.read_exact(&mut len).await.is_err() {
+                    return;
+                }
+                let mut startup = vec![0u8; u32::from_be_bytes(len) as usize - 4];
+                stream.read_exact(&mut startup).await.unwrap();
+                let mut request = vec![b'R'];
+                let salt: &[u8] = if code == 5 { b"salt" } else { b"" };
+                request.extend_from_slice(&(8 + salt.len() as u32).to_be_bytes());
+                request.extend_from_slice(&code.to_be_bytes());
+                request.extend_from_slice(salt);
+                stream.write_all(&request).await.unwrap();
+                let mut got = Vec::new();
+                let _ = tokio::time::timeout(Duration::from_secs(10), stream.read_to_end(&mut got))
+                    .await;
+                record.lock().unwrap().after_request.push(got);
+            });
+        }
+    });
+    (port, seen)
+}
+
+trait Rw: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send {}
+impl<T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send> Rw for T {}
+
+#[tokio::test]
+async fn an_event_naming_another_database_is_refused_before_any_connection() {
+    let mut d = Deployment::new().await;
+    let (port, seen) = password_phisher(3, None).await;
+    for (key, value) in [
+        ("DbPort", json!(port.to_string())),
+        ("DbHost", json!("db.attacker.example")),
+        ("DbName", json!("postgres")),
+        ("MasterSecretArn", json!(Moto::arn_of("someone-elses"))),
+        ("AppSecretArn", json!(Moto::arn_of("someone-elses"))),
+    ] {
+        let mut props = d.properties("1");
+        props[key] = value.clone();
+        let answer = d.send(d.event("Create", None, props)).await;
+        assert_eq!(answer["Status"], "FAILED", "{answer}");
+        let reason = answer["Reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with(&format!("read properties failed: property {key} is ")),
+            "{reason}"
+        );
+        assert!(reason.contains(value.as_str().unwrap()), "{reason}");
+        assert!(!answer.to_string().contains(MASTER_PW));
+    }
+    assert_eq!(seen.lock().unwrap().connections, 0, "nothing contacted");
+    assert!(!can_log_in(&d.login("tenant_app", "app-pw-1")).await);
+}
+
+#[tokio::test]
+async fn a_server_asking_for_a_cleartext_or_md5_password_gets_nothing() {
+    let mut d = Deployment::new().await;
+    let dir = std::env::temp_dir().join(format!("tu-phish-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let certs = Certs::make(&dir);
+    for (code, tls) in [(3, false), (5, false), (3, true), (5, true)] {
+        let (port, seen) = password_phisher(code, tls.then_some(dir.as_path())).await;
+        let port = port.to_string();
+        let ca = certs.ca_file().display().to_string();
+        if tls {
+            // verify-full against the test CA, which vouches for localhost.
+            d.redeploy(&[
+                ("DB_PORT", Some(&port)),
+                ("DB_HOST", Some("localhost")),
+                ("DB_SSLMODE", Some("verify-full")),
+                ("DB_CA_FILE", Some(&ca)),
+            ]);
+        } else {
+            d.redeploy(&[("DB_PORT", Some(&port)), ("DB_HOST", Some("127.0.0.1"))]);
+        }
+        let mut props = d.properties("1");
+        props["DbPort"] = json!(port);
+        props["DbHost"] = json!(if tls { "localhost" } else { "127.0.0.1" });
+        let answer = d.send(d.event("Create", None, props)).await;
+        assert_eq!(answer["Status"], "FAILED", "{answer}");
+        let reason = answer["Reason"].as_str().unwrap();
+        let method = if code == 3 { "cleartext" } else { "MD5" };
+        assert!(
+            reason.starts_with("connect failed: ")
+                && reason.contains(&format!(
+                    "asked for a{} {method} password",
+                    if code == 3 { "" } else { "n" }
+                )),
+            "{reason}"
+        );
+        // The client hung up without a byte: no PasswordMessage ('p').
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while seen.lock().unwrap().after_request.is_empty() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        let seen = seen.lock().unwrap();
+        assert_eq!(seen.connections, 1, "code {code}, tls {tls}");
+        assert_eq!(
+            seen.after_request,
+            vec![Vec::<u8>::new()],
+            "code {code}, tls {tls}"
+        );
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+}
+
+#[tokio::test]
+async fn a_response_url_that_is_not_cloudformations_is_never_contacted() {
+    let mut d = Deployment::new().await;
+    // Anything listening here would see a contact.
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let contacts = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = contacts.clone();
+    tokio::spawn(async move {
+        while let Ok(_conn) = listener.accept().await {
+            count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        }
+    });
+    for url in [
+        format!("http://{addr}/cfn-response/Schema?X-Amz-Signature=0123abcd"),
+        format!("https://{addr}/cfn-response/Schema?X-Amz-Signature=0123abcd"),
+        format!("http://{BUCKET_HOST}/cfn-response/Schema?X-Amz-Signature=0123abcd"),
+        format!("https://{BUCKET_HOST}:{}/x?X-Amz-Signature=1", addr.port()),
+        format!("https://{BUCKET_HOST}/cfn-response/Schema"),
+        "https://cloudformation-custom-resource-response-euwest1.s3.amazonaws.com/x?X-Amz-Signature=1".into(),
+    ] {
+        let mut event = d.event("Create", None, d.properties("1"));
+        event["ResponseURL"] = json!(url);
+        let e = d.handler.handle(event, SystemTime::now() + Duration::from_secs(30)).await;
+        assert!(
+            matches!(e, Err(tenant_users::custom_resource::Unanswered::UntrustedResponseUrl(_))),
+            "{url}: {e:?}"
+        );
+    }
+    assert_eq!(contacts.load(std::sync::atomic::Ordering::SeqCst), 0);
+    assert!(
+        d.answers.try_recv().is_err(),
+        "the bucket got nothing either"
+    );
+    // And the event was not acted on: no role was made.
+    assert!(!can_log_in(&d.login("tenant_app", "app-pw-1")).await);
+    let su = connect(&d.superuser()).await;
+    let role: i64 = su
+        .query_one(
+            "SELECT count(*) FROM pg_roles WHERE rolname = 'tenant_app'",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(role, 0);
 }
