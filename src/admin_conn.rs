@@ -29,9 +29,28 @@ pub async fn connect(
     config: &tokio_postgres::Config,
     connector: Option<postgres_native_tls::MakeTlsConnector>,
 ) -> Result<(Client, tokio::task::JoinHandle<()>), ConnectError> {
-    let (host, port) = endpoint(config).map_err(ConnectError::Reach)?;
-    let tcp = match config.get_connect_timeout() {
-        Some(limit) => tokio::time::timeout(*limit, TcpStream::connect((host.as_str(), port)))
+    let (host, port) = match endpoint(config).map_err(ConnectError::Reach)? {
+        Endpoint::Tcp(host, port) => (host, port),
+        #[cfg(unix)]
+        Endpoint::Unix(socket) => {
+            // A local server's socket: no TLS, the same guard.
+            let stream = tokio::net::UnixStream::connect(&socket)
+                .await
+                .map_err(ConnectError::Reach)?;
+            let mut config = config.clone();
+            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+            let (client, connection) = config.connect_raw(Guarded::new(stream), NoTls).await?;
+            return Ok((
+                client,
+                tokio::spawn(async move {
+                    let _ = connection.await;
+                }),
+            ));
+        }
+    };
+    let limit = config.get_connect_timeout().copied();
+    let tcp = match limit {
+        Some(limit) => tokio::time::timeout(limit, TcpStream::connect((host.as_str(), port)))
             .await
             .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "connect timed out"))
             .and_then(|r| r),
@@ -80,18 +99,25 @@ pub enum ConnectError {
     Postgres(#[from] tokio_postgres::Error),
 }
 
-fn endpoint(config: &tokio_postgres::Config) -> Result<(String, u16), io::Error> {
-    let host = match config.get_hosts() {
-        [tokio_postgres::config::Host::Tcp(host)] => host.clone(),
-        _ => {
-            return Err(io::Error::new(
-                io::ErrorKind::InvalidInput,
-                "the admin connection takes exactly one TCP host",
-            ));
-        }
-    };
+enum Endpoint {
+    Tcp(String, u16),
+    #[cfg(unix)]
+    Unix(std::path::PathBuf),
+}
+
+fn endpoint(config: &tokio_postgres::Config) -> Result<Endpoint, io::Error> {
     let port = config.get_ports().first().copied().unwrap_or(5432);
-    Ok((host, port))
+    match config.get_hosts() {
+        [tokio_postgres::config::Host::Tcp(host)] => Ok(Endpoint::Tcp(host.clone(), port)),
+        #[cfg(unix)]
+        [tokio_postgres::config::Host::Unix(dir)] => {
+            Ok(Endpoint::Unix(dir.join(format!(".s.PGSQL.{port}"))))
+        }
+        _ => Err(io::Error::new(
+            io::ErrorKind::InvalidInput,
+            "the admin connection takes exactly one host",
+        )),
+    }
 }
 
 /// Wraps the TLS connector so that the stream it yields is [`Guarded`].
