@@ -7,10 +7,15 @@ evaluated, Fn::If branches taken, parameter Refs substituted. The tests then
 read the resources that would exist, the way CloudFormation would create
 them, and check the stack's promises: what is created by default, that each
 bring-your-own parameter switches its part off, least privilege in every
-IAM statement, and the custom resource's wiring.
+IAM statement, and the custom resource's wiring. The application secret's
+resource policy is also evaluated, statement by statement, against the
+request contexts of the principals that matter (the readers, the rotation
+function, the execution role, a look-alike role, CloudFormation acting for
+the deployer, the account root).
 """
 
 import copy
+import fnmatch
 import itertools
 import json
 import os
@@ -26,10 +31,14 @@ TEMPLATE = os.path.join(ROOT, "template.yaml")
 # Services whose permissions must always name their resources.
 SENSITIVE = ("sts:", "secretsmanager:", "kms:", "iam:", "rds-db:")
 
+# Given in every stack below unless a test says otherwise: the deploy is
+# refused without it (rule MigrationNeedsS3PrefixList, tested on its own).
+REQUIRED = {"S3PrefixListId": "pl-63a5400a"}
 EXISTING_NETWORK = {
     "VpcId": "vpc-0abc",
     "VpcSubnetIds": "subnet-0a,subnet-0b",
     "VpcSecurityGroupIds": "sg-0proxyclient",
+    "AdminHttpsCidr": "10.1.0.0/16",
 }
 EXISTING_DATABASE = {
     "DbSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf",
@@ -38,6 +47,7 @@ EXISTING_DATABASE = {
 EXISTING_MASTER = {
     "DbMasterSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:rds!cluster-1-AbCdEf",
     "DbAdminHost": "db.cluster-xyz.us-east-1.rds.amazonaws.com",
+    "DbAdminCidr": "10.1.32.0/20",
 }
 EXISTING_KMS = {"DbSecretKmsKeyArn": "arn:aws:kms:us-east-1:123456789012:key/0000-1111"}
 EXISTING_IDP = {
@@ -76,16 +86,17 @@ class NoValue:
 class Stack:
     """The expanded template resolved for one set of parameter values."""
 
-    def __init__(self, template, overrides=None):
+    def __init__(self, template, overrides=None, base=REQUIRED):
         self.template = template
+        overrides = {**base, **(overrides or {})}
         params = {}
         for name, spec in template["Parameters"].items():
-            value = (overrides or {}).get(name, spec.get("Default"))
+            value = overrides.get(name, spec.get("Default"))
             if spec["Type"] == "CommaDelimitedList":
                 # As CloudFormation: an empty list parameter is [""].
                 value = [v.strip() for v in str(value or "").split(",")]
             params[name] = value
-        unknown = set(overrides or {}) - set(params)
+        unknown = set(overrides) - set(params)
         assert not unknown, f"unknown parameters {unknown}"
         self.params = params
         self.conditions = {}
@@ -207,6 +218,126 @@ def ref_name(node):
 
 def mentions(node, logical_id):
     return json.dumps(node).find(f'"{logical_id}"') >= 0
+
+
+# --- resource policies, evaluated -------------------------------------------
+# What CloudFormation would put in a policy, made concrete: the pseudo
+# parameters of one deployment and made-up physical names of this stack's
+# roles (CloudFormation names them <stack>-<LogicalId>-<suffix>).
+STACK_NAME = "tenant-users"
+ACCOUNT = "123456789012"
+PSEUDO = {"AWS::Partition": "aws", "AWS::AccountId": ACCOUNT, "AWS::StackName": STACK_NAME,
+          "AWS::Region": "us-east-1", "AWS::URLSuffix": "amazonaws.com"}
+CREATED_VPC = "vpc-0created"
+
+
+def role_arn(name):
+    return f"arn:aws:iam::{ACCOUNT}:role/{name}"
+
+
+def stack_role(logical_id):
+    return role_arn(f"{STACK_NAME}-{logical_id}-1A2B3C4D5E6F")
+
+
+# The hosted rotation function: its role is made in the transform's nested
+# stack (a generated name under this stack's), its session is named after
+# the function (RotationLambdaName), its calls come through the VPC.
+ROTATION_ROLE = role_arn(f"{STACK_NAME}-AppSecretRotat-SecretsManagerRDSPostg-0Z9Y8X7W")
+ROTATION_FUNCTION = f"{STACK_NAME}-rotation"
+
+
+def concrete(node):
+    """A policy value as IAM would see it after CloudFormation resolved it."""
+    if isinstance(node, list):
+        return [concrete(x) for x in node]
+    if isinstance(node, dict):
+        if set(node) == {"Fn::GetAtt"}:
+            target, attribute = node["Fn::GetAtt"]
+            assert attribute == "Arn", node
+            return stack_role(target)
+        if set(node) == {"Ref"}:
+            if node["Ref"] in PSEUDO:
+                return PSEUDO[node["Ref"]]
+            assert node["Ref"] == "Vpc", node
+            return CREATED_VPC
+        if set(node) == {"Fn::Sub"}:
+            text = node["Fn::Sub"]
+            assert isinstance(text, str), node
+            for name, value in PSEUDO.items():
+                text = text.replace("${%s}" % name, value)
+            assert "${" not in text, text
+            return text
+        return {k: concrete(v) for k, v in node.items()}
+    return node
+
+
+def _match(operator, value, pattern):
+    # The Arn operators and String*Like take * and ? wildcards.
+    if operator.startswith("Arn") or "Like" in operator:
+        return fnmatch.fnmatchcase(value, pattern)
+    return value == pattern
+
+
+def condition_holds(operator, key, patterns, request):
+    """IAM's condition operators, as far as the template uses them."""
+    patterns = as_list(patterns)
+    if operator.startswith("ForAllValues:"):
+        inner = operator.split(":", 1)[1]
+        assert inner.endswith("NotEquals"), operator
+        return all(not _match(inner, v, p) for v in as_list(request.get(key, [])) for p in patterns)
+    assert operator in ("ArnLike", "ArnNotLike", "ArnEquals", "ArnNotEquals",
+                        "StringLike", "StringNotLike", "StringEquals", "StringNotEquals"), operator
+    negated = "Not" in operator
+    if key not in request:
+        # A missing key matches no value: the negated operators hold.
+        return negated
+    hit = any(_match(operator.replace("Not", ""), v, p)
+              for v in as_list(request[key]) for p in patterns)
+    return not hit if negated else hit
+
+
+def denied_by(policy, action, request):
+    """The Sids of the Deny statements that match this request."""
+    sids = []
+    for st in concrete(policy["Statement"]):
+        assert st["Effect"] == "Deny" and st["Principal"] == "*" and st["Resource"] == "*", st
+        if not any(fnmatch.fnmatchcase(action, a) for a in as_list(st["Action"])):
+            continue
+        if all(condition_holds(op, key, patterns, request)
+               for op, keys in st.get("Condition", {}).items()
+               for key, patterns in keys.items()):
+            sids.append(st["Sid"])
+    return sids
+
+
+def caller(principal_arn, session=None, vpc=None, via=None):
+    """The request context of a call: who, as which session, from where."""
+    request = {"aws:PrincipalArn": principal_arn}
+    if session is not None:
+        request["aws:userid"] = f"AROAEXAMPLEID:{session}"
+    if vpc is not None:
+        request["aws:SourceVpc"] = vpc
+    if via is not None:
+        request["aws:CalledVia"] = via
+    return request
+
+
+# Every call that reads or changes the application secret or its policy.
+SECRET_VALUE_READ = ["secretsmanager:GetSecretValue"]
+SECRET_VALUE_WRITE = ["secretsmanager:PutSecretValue", "secretsmanager:UpdateSecretVersionStage"]
+SECRET_MANAGEMENT = [f"secretsmanager:{a}" for a in (
+    "UpdateSecret", "RotateSecret", "CancelRotateSecret", "DeleteSecret", "RestoreSecret",
+    "PutResourcePolicy", "DeleteResourcePolicy", "GetResourcePolicy", "TagResource", "UntagResource")]
+SECRET_ACTIONS = SECRET_VALUE_READ + SECRET_VALUE_WRITE + SECRET_MANAGEMENT
+
+
+def handler_permissions(resource_type, *handlers):
+    """The secretsmanager calls CloudFormation makes for a resource type (its
+    registry schema, as cfn-lint ships it)."""
+    from cfnlint.schema.manager import PROVIDER_SCHEMA_MANAGER
+    schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema("us-east-1", resource_type).schema
+    return {p for h in handlers for p in schema["handlers"][h]["permissions"]
+            if p.startswith("secretsmanager:")}
 
 
 RAW, EXPANDED = expand()
@@ -358,7 +489,8 @@ class TemplateTest(unittest.TestCase):
         for name, r in s.resources.items():
             p = r.get("Properties", {})
             if r["Type"] == "AWS::EC2::SecurityGroupEgress":
-                dest = ref_name(p.get("DestinationSecurityGroupId")) or p.get("CidrIp")
+                dest = (ref_name(p.get("DestinationSecurityGroupId")) or p.get("CidrIp")
+                        or p.get("DestinationPrefixListId"))
                 edges.add(("out", ref_name(p["GroupId"]), dest, p["FromPort"], p["ToPort"]))
             if r["Type"] == "AWS::EC2::SecurityGroupIngress":
                 self.assertNotIn("CidrIp", p, f"{name} admits addresses, not groups")
@@ -373,9 +505,10 @@ class TemplateTest(unittest.TestCase):
             ("in", "ClusterSecurityGroup", "AdminSecurityGroup", 5432, 5432),
             ("out", "FunctionSecurityGroup", "EndpointSecurityGroup", 443, 443),
             ("in", "EndpointSecurityGroup", "FunctionSecurityGroup", 443, 443),
+            ("out", "AdminSecurityGroup", "EndpointSecurityGroup", 443, 443),
             ("in", "EndpointSecurityGroup", "AdminSecurityGroup", 443, 443),
-            # S3 (ResponseURL) has no group; the route table limits it.
-            ("out", "AdminSecurityGroup", "0.0.0.0/0", 443, 443),
+            # S3 (the ResponseURL) by its managed prefix list, no wider.
+            ("out", "AdminSecurityGroup", REQUIRED["S3PrefixListId"], 443, 443),
             # JwksMode nat (the default): the public JWKS URL.
             ("out", "FunctionSecurityGroup", "0.0.0.0/0", 443, 443),
         })
@@ -385,7 +518,8 @@ class TemplateTest(unittest.TestCase):
             self.assertNotIn("SecurityGroupIngress", s.props(name))
         inline = Stack(EXPANDED, INLINE)
         self.assertNotIn("FunctionToJwks", inline.resources)
-        for name in ("FunctionToHttpsExistingNetwork", "FunctionToExistingProxy", "AdminToExistingDatabase"):
+        for name in ("FunctionToHttpsExistingNetwork", "FunctionToExistingProxy", "AdminToExistingDatabase",
+                     "AdminToHttpsExistingNetwork"):
             self.assertNotIn(name, s.resources)
 
     def test_existing_network_or_database_opens_ports_without_groups_to_name(self):
@@ -397,7 +531,11 @@ class TemplateTest(unittest.TestCase):
         self.assertNotIn(("FunctionSecurityGroup", "EndpointSecurityGroup", 443), net)
         db = Stack(EXPANDED, {**EXISTING_DATABASE, **EXISTING_MASTER, **INLINE})
         self.assertEqual({e for e in egress(db) if e[2] == 5432},
-                         {("FunctionSecurityGroup", "0.0.0.0/0", 5432), ("AdminSecurityGroup", "0.0.0.0/0", 5432)})
+                         {("FunctionSecurityGroup", "0.0.0.0/0", 5432),
+                          ("AdminSecurityGroup", EXISTING_MASTER["DbAdminCidr"], 5432)})
+        # Without a master secret nothing runs in the admin group: it stays closed.
+        no_master = Stack(EXPANDED, {**EXISTING_DATABASE, **INLINE})
+        self.assertFalse([e for e in egress(no_master) if e[0] == "AdminSecurityGroup"])
         for name in db.of_type("AWS::EC2::SecurityGroupIngress"):
             self.assertNotEqual(ref_name(db.props(name)["GroupId"]), "FunctionSecurityGroup")
 
@@ -417,7 +555,8 @@ class TemplateTest(unittest.TestCase):
         self.assertEqual(s.props("AppSecretRotation")["HostedRotationLambda"]["VpcSubnetIds"],
                          {"Fn::Join": [",", ["subnet-0a", "subnet-0b"]]})
         self.assertEqual(s.rules_hold(), [])
-        self.assertEqual(Stack(EXPANDED, {"VpcId": "vpc-0abc"}).rules_hold(), ["VpcGivenWithSubnets"])
+        self.assertEqual(Stack(EXPANDED, {"VpcId": "vpc-0abc"}).rules_hold(),
+                         ["VpcGivenWithSubnets", "MigrationInExistingNetworkNeedsHttpsCidr"])
 
     def test_existing_database_switches_off_aurora_proxy_secret_and_migration(self):
         s = Stack(EXPANDED, EXISTING_DATABASE)
@@ -544,18 +683,158 @@ class TemplateTest(unittest.TestCase):
         s = DEFAULT
         policy = s.props("AppSecretPolicy")
         self.assertIs(policy["BlockPublicPolicy"], True)
-        (deny,) = policy["ResourcePolicy"]["Statement"]
-        self.assertEqual((deny["Effect"], deny["Principal"], deny["Action"]),
-                         ("Deny", "*", "secretsmanager:GetSecretValue"))
-        admitted = deny["Condition"]["ArnNotLike"]["aws:PrincipalArn"]
-        self.assertEqual([ref_name(a) for a in admitted[:3]], ["SecretReaderRole", "ProxyRole", "MigrateRole"])
-        self.assertEqual(admitted[3], {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${AWS::StackName}-*"})
-        self.assertEqual(len(admitted), 4)
+        statements = policy["ResourcePolicy"]["Statement"]
+        self.assertTrue(statements)
+        for st in statements:
+            self.assertEqual((st["Effect"], st["Principal"], st["Resource"]), ("Deny", "*", "*"), st["Sid"])
+        # Every named principal is one of this stack's roles by ARN; no
+        # pattern names a role but the one for the rotation function's.
+        named = {ref_name(a) for st in statements for op, keys in st["Condition"].items()
+                 for a in as_list(keys.get("aws:PrincipalArn", [])) if ref_name(a)}
+        self.assertEqual(named, {"SecretReaderRole", "ProxyRole", "MigrateRole"})
+        self.assertNotIn("ExecutionRole", json.dumps(statements))
+        patterns = {json.dumps(a) for st in statements for op, keys in st["Condition"].items()
+                    for a in as_list(keys.get("aws:PrincipalArn", [])) if "Fn::Sub" in json.dumps(a)}
+        self.assertEqual(patterns, {
+            json.dumps({"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${AWS::StackName}-*"}),
+            json.dumps({"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}),
+        })
+        # The session the rotation function runs as is the name the stack gives it.
+        rotation = s.props("AppSecretRotation")["HostedRotationLambda"]["RotationLambdaName"]
+        self.assertEqual(rotation, {"Fn::Sub": "${AWS::StackName}-rotation"})
+        self.assertIn({"aws:userid": {"Fn::Sub": "*:${AWS::StackName}-rotation"}},
+                      [st["Condition"].get("StringNotLike") for st in statements])
         # Identity side: exactly those roles of this stack may read it.
         readers = sorted({owner for owner, st in s.statements()
                           if "secretsmanager:GetSecretValue" in as_list(st["Action"])
                           and {"Ref": "AppSecret"} in as_list(st["Resource"])})
         self.assertEqual(readers, ["MigrateRole", "ProxyRole", "SecretReaderRole"])
+
+    # --- issue 16, item 2: the secret's policy, evaluated ---------------------------
+    def test_secret_policy_denies_the_execution_role_and_a_probe_role_everything(self):
+        """The API's own role (it must go through the reader role) and any
+        other role named like this stack's get nothing: not the value, not a
+        write, not the policy. Bring-your-own databases have no policy of
+        this stack; there, no identity policy of the stack lets those roles
+        near the secret either."""
+        execution = caller(stack_role("ExecutionRole"), session=f"{STACK_NAME}-TenantUsersFunction-AbCd")
+        probes = [caller(role_arn(f"{STACK_NAME}-probe"), session=session, vpc=vpc)
+                  for session in ("probe", f"{STACK_NAME}-api") for vpc in (None, CREATED_VPC, "vpc-0other")]
+        checked = 0
+        for overrides, s in ALL_STACKS:
+            if "AppSecretPolicy" not in s.resources:
+                self.assertNotIn("AppSecret", s.resources)
+                owners = {owner for owner, st in s.statements()
+                          if any(a.startswith("secretsmanager:") for a in as_list(st["Action"]))}
+                self.assertLessEqual(owners, {"SecretReaderRole", "MigrateRole"}, overrides)
+                continue
+            policy = s.props("AppSecretPolicy")["ResourcePolicy"]
+            for request in [execution, *probes]:
+                for action in SECRET_ACTIONS:
+                    with self.subTest(overrides=sorted(overrides), request=request, action=action):
+                        self.assertTrue(denied_by(policy, action, request))
+                        checked += 1
+        self.assertGreater(checked, 0)
+
+    def test_rotation_function_name_alone_is_not_enough_in_a_created_network(self):
+        # A role named like the stack's, in a session named like the
+        # rotation function (anyone who can assume that role picks the
+        # session name), calling from outside the VPC: still refused where
+        # the stack made the network.
+        impostor = caller(role_arn(f"{STACK_NAME}-probe"), session=ROTATION_FUNCTION, vpc="vpc-0other")
+        no_vpc = caller(role_arn(f"{STACK_NAME}-probe"), session=ROTATION_FUNCTION)
+        for overrides, s in ALL_STACKS:
+            if "AppSecretPolicy" not in s.resources or not s.conditions["CreateNetwork"]:
+                continue
+            policy = s.props("AppSecretPolicy")["ResourcePolicy"]
+            for action in SECRET_ACTIONS:
+                self.assertTrue(denied_by(policy, action, impostor), action)
+                self.assertTrue(denied_by(policy, action, no_vpc), action)
+        # A role of another stack, even with the right session and VPC.
+        other = caller(role_arn("other-stack-SomeRole-1"), session=ROTATION_FUNCTION, vpc=CREATED_VPC)
+        for action in SECRET_ACTIONS:
+            self.assertTrue(denied_by(DEFAULT.props("AppSecretPolicy")["ResourcePolicy"], action, other))
+
+    def test_named_readers_may_read_the_value_and_nothing_else(self):
+        readers = [
+            caller(stack_role("SecretReaderRole"), session=f"{STACK_NAME}-api", vpc=CREATED_VPC),
+            caller(stack_role("SecretReaderRole"), session=ROTATION_FUNCTION),
+            caller(stack_role("ProxyRole"), session="rds-proxy-session"),
+            caller(stack_role("MigrateRole"), session=f"{STACK_NAME}-MigrateFunction-AbCd", vpc=CREATED_VPC),
+            caller(stack_role("MigrateRole"), session=f"{STACK_NAME}-MigrateFunction-AbCd"),
+        ]
+        for overrides, s in ALL_STACKS:
+            if "AppSecretPolicy" not in s.resources:
+                continue
+            policy = s.props("AppSecretPolicy")["ResourcePolicy"]
+            for request in readers:
+                with self.subTest(overrides=sorted(overrides), request=request):
+                    self.assertEqual(denied_by(policy, "secretsmanager:GetSecretValue", request), [])
+                    for action in SECRET_VALUE_WRITE + SECRET_MANAGEMENT:
+                        self.assertTrue(denied_by(policy, action, request), action)
+
+    def test_rotation_function_may_read_and_write_the_value_only(self):
+        for overrides, s in ALL_STACKS:
+            if "AppSecretPolicy" not in s.resources:
+                continue
+            policy = s.props("AppSecretPolicy")["ResourcePolicy"]
+            # In a created network its calls come through the VPC's endpoint;
+            # in an existing one they may come through a NAT gateway.
+            vpc = CREATED_VPC if s.conditions["CreateNetwork"] else None
+            rotation = caller(ROTATION_ROLE, session=ROTATION_FUNCTION, vpc=vpc)
+            with self.subTest(overrides=sorted(overrides)):
+                for action in SECRET_VALUE_READ + SECRET_VALUE_WRITE:
+                    self.assertEqual(denied_by(policy, action, rotation), [], action)
+                for action in SECRET_MANAGEMENT:
+                    self.assertTrue(denied_by(policy, action, rotation), action)
+
+    def test_cloudformation_can_still_manage_and_delete_the_secret(self):
+        """What CloudFormation's handlers call (their registry schemas) for
+        the secret, its policy and its rotation schedule, on create, update
+        and delete, is not denied to the deployer acting through it. The
+        one exception is the value: CloudFormation may not read it (its
+        dynamic references would hand it to any stack), which the Secret's
+        update handler lists; see README, "Deploy"."""
+        needed = (handler_permissions("AWS::SecretsManager::Secret", "create", "update", "delete")
+                  | handler_permissions("AWS::SecretsManager::ResourcePolicy", "create", "update", "delete")
+                  | handler_permissions("AWS::SecretsManager::RotationSchedule", "create", "update", "delete"))
+        self.assertIn("secretsmanager:DeleteSecret", needed)
+        self.assertIn("secretsmanager:DeleteResourcePolicy", needed)
+        deployer = role_arn("deployer")
+        service_role = role_arn("cfn-service-role")
+        cases = [
+            # Default: the deployer's own credentials, forwarded by CloudFormation.
+            ({}, caller(deployer, session="alice", via=["cloudformation.amazonaws.com"]), True),
+            ({}, caller(deployer, session="alice"), False),
+            # Named: a service role (no aws:CalledVia), or the deployer's role.
+            ({"DeployerRoleArn": service_role}, caller(service_role, session="AWSCloudFormation"), True),
+            ({"DeployerRoleArn": deployer}, caller(deployer, session="alice", via=["cloudformation.amazonaws.com"]), True),
+            # Named: nobody else, not even through CloudFormation.
+            ({"DeployerRoleArn": service_role},
+             caller(role_arn(f"{STACK_NAME}-probe"), session="x", via=["cloudformation.amazonaws.com"]), False),
+            ({"DeployerRoleArn": service_role}, caller(stack_role("ExecutionRole"), session="fn"), False),
+        ]
+        for extra, request, manages in cases:
+            policy = Stack(EXPANDED, extra).props("AppSecretPolicy")["ResourcePolicy"]
+            with self.subTest(extra=extra, request=request):
+                if manages:
+                    refused = {a for a in needed if denied_by(policy, a, request)}
+                    self.assertEqual(refused, {"secretsmanager:GetSecretValue"})
+                for action in SECRET_MANAGEMENT:
+                    self.assertEqual(not denied_by(policy, action, request), manages, action)
+                # Never the value, not even for the deployer.
+                for action in SECRET_VALUE_READ + SECRET_VALUE_WRITE:
+                    self.assertTrue(denied_by(policy, action, request), action)
+        # The account root can always take the policy off again (recovery).
+        for extra in ({}, {"DeployerRoleArn": service_role}):
+            policy = Stack(EXPANDED, extra).props("AppSecretPolicy")["ResourcePolicy"]
+            root = caller(f"arn:aws:iam::{ACCOUNT}:root")
+            self.assertEqual(denied_by(policy, "secretsmanager:DeleteResourcePolicy", root), [])
+            self.assertTrue(denied_by(policy, "secretsmanager:GetSecretValue", root))
+        pattern = RAW["Parameters"]["DeployerRoleArn"]["AllowedPattern"]
+        self.assertRegex(role_arn("aws-reserved/sso.amazonaws.com/eu-west-1/AWSReservedSSO_Admin_0a1b"), pattern)
+        self.assertNotRegex(f"arn:aws:iam::{ACCOUNT}:root", pattern)
+        self.assertEqual(RAW["Parameters"]["DeployerRoleArn"]["Default"], "")
 
     # --- item 2: the migration custom resource ------------------------------------
     def test_schema_custom_resource_is_wired_to_the_migrate_function(self):
@@ -594,6 +873,110 @@ class TemplateTest(unittest.TestCase):
         (versioned,) = [ref_name(x) for x in first["Fn::Join"][1] if ref_name(x)]
         self.assertEqual(EXPANDED["Resources"][versioned]["Type"], "AWS::Lambda::Version")
 
+
+    # --- issue 16, item 1: the migration trusts nothing it is sent -------------------
+    def test_migrate_function_environment_names_its_database_and_secrets(self):
+        pairs = {"DB_HOST": "DbHost", "DB_PORT": "DbPort", "DB_NAME": "DbName",
+                 "DB_MASTER_SECRET_ARN": "MasterSecretArn", "DB_APP_SECRET_ARN": "AppSecretArn"}
+        checked = 0
+        for overrides, s in ALL_STACKS:
+            if "MigrateFunction" not in s.resources:
+                continue
+            env = s.env("MigrateFunction")
+            props = s.props("SchemaResource")
+            with self.subTest(overrides=sorted(overrides)):
+                for var, prop in pairs.items():
+                    self.assertEqual(env[var], props[prop], var)
+                    self.assertNotIn(env[var], ("", None), var)
+                self.assertEqual(env["DB_SSLMODE"], "verify-full")
+                checked += 1
+        self.assertEqual(checked, len([1 for _, s in ALL_STACKS if s.conditions["RunMigration"]]))
+        # The one mode there is: require (any certificate) is gone.
+        spec = RAW["Parameters"]["AdminDbSslMode"]
+        self.assertEqual((spec["Default"], spec["AllowedValues"]), ("verify-full", ["verify-full"]))
+        # The event still carries them, so that a change re-runs the resource.
+        self.assertLessEqual(set(pairs.values()), set(DEFAULT.props("SchemaResource")))
+
+    def test_admin_security_group_reaches_no_address_but_db_endpoints_and_s3(self):
+        """The migration and rotation functions' group (it holds the master
+        password's reader): the database port to the database, 443 to the
+        Secrets Manager endpoint and S3's prefix list, nothing to 0.0.0.0/0
+        or ::/0 in any combination."""
+        for overrides, s in ALL_STACKS:
+            admin = s.props("AdminSecurityGroup")
+            rules = [dict(r) for r in admin["SecurityGroupEgress"]]
+            rules += [s.props(n) for n in s.of_type("AWS::EC2::SecurityGroupEgress")
+                      if ref_name(s.props(n)["GroupId"]) == "AdminSecurityGroup"]
+            with self.subTest(overrides=sorted(overrides)):
+                for rule in rules:
+                    self.assertNotIn(rule.get("CidrIp"), ("0.0.0.0/0",), rule)
+                    self.assertNotIn(rule.get("CidrIpv6"), ("::/0",), rule)
+                dests = {(r.get("CidrIp") or r.get("DestinationPrefixListId")
+                          or ref_name(r.get("DestinationSecurityGroupId")), r.get("FromPort"))
+                         for r in rules if r.get("CidrIp") != "127.0.0.1/32"}
+                expected = set()
+                if s.conditions["RunMigration"]:
+                    expected.add((REQUIRED["S3PrefixListId"], 443))
+                    expected.add(("EndpointSecurityGroup", 443) if s.conditions["CreateNetwork"]
+                                 else (EXISTING_NETWORK["AdminHttpsCidr"], 443))
+                    expected.add(("ClusterSecurityGroup", 5432) if s.conditions["CreateDatabase"]
+                                 else (EXISTING_MASTER["DbAdminCidr"], 5432))
+                self.assertEqual(dests, expected)
+        # Only a deployer who says so opens 443 wider (a NAT gateway).
+        nat = Stack(EXPANDED, {**EXISTING_NETWORK, "AdminHttpsCidr": "0.0.0.0/0"})
+        self.assertEqual(nat.props("AdminToHttpsExistingNetwork")["CidrIp"], "0.0.0.0/0")
+
+    def test_migration_is_refused_without_its_s3_prefix_list_and_ranges(self):
+        bare = Stack(EXPANDED, base={})
+        self.assertEqual(bare.rules_hold(), ["MigrationNeedsS3PrefixList"])
+        self.assertIn("describe-managed-prefix-lists", RAW["Rules"]["MigrationNeedsS3PrefixList"]
+                      ["Assertions"][0]["AssertDescription"])
+        self.assertIn("describe-managed-prefix-lists", RAW["Parameters"]["S3PrefixListId"]["Description"])
+        # No migration, no S3 egress and no prefix list needed.
+        self.assertEqual(Stack(EXPANDED, EXISTING_DATABASE, base={}).rules_hold(), [])
+        self.assertNotIn("AdminToS3", Stack(EXPANDED, EXISTING_DATABASE).resources)
+        no_cidr = {k: v for k, v in EXISTING_MASTER.items() if k != "DbAdminCidr"}
+        self.assertEqual(Stack(EXPANDED, {**EXISTING_DATABASE, **no_cidr}).rules_hold(),
+                         ["MigrationOfExistingDatabaseNeedsCidr"])
+        no_https = {k: v for k, v in EXISTING_NETWORK.items() if k != "AdminHttpsCidr"}
+        self.assertEqual(Stack(EXPANDED, no_https).rules_hold(), ["MigrationInExistingNetworkNeedsHttpsCidr"])
+        self.assertEqual(Stack(EXPANDED, {**no_https, **EXISTING_DATABASE}).rules_hold(), [])
+
+    # --- issue 16, item 4: revocable sessions --------------------------------------
+    def test_tokens_live_five_minutes_and_refresh_tokens_are_revocable(self):
+        client = DEFAULT.props("UserPoolClient")
+        self.assertEqual((client["IdTokenValidity"], client["AccessTokenValidity"]), (5, 5))
+        self.assertEqual(client["TokenValidityUnits"]["IdToken"], "minutes")
+        self.assertEqual(client["TokenValidityUnits"]["AccessToken"], "minutes")
+        self.assertIs(client["EnableTokenRevocation"], True)
+        # The window a signed-out or disabled user keeps: lifetime + leeway.
+        leeway = int(DEFAULT.env("TenantUsersFunction")["JWT_LEEWAY_SECONDS"])
+        self.assertLessEqual(leeway, 60)
+        self.assertLessEqual(client["IdTokenValidity"] * 60 + leeway, 6 * 60)
+
+    def test_password_auth_only_when_the_parameter_turns_it_on(self):
+        flows = DEFAULT.props("UserPoolClient")["ExplicitAuthFlows"]
+        self.assertEqual(flows, ["ALLOW_USER_SRP_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"])
+        self.assertEqual(RAW["Parameters"]["AllowPasswordAuth"]["Default"], "false")
+        on = Stack(EXPANDED, {"AllowPasswordAuth": "true"}).props("UserPoolClient")["ExplicitAuthFlows"]
+        self.assertEqual(sorted(on), sorted(flows + ["ALLOW_USER_PASSWORD_AUTH"]))
+
+    def test_mfa_parameter_maps_to_the_user_pool(self):
+        for mode in ("OFF", "OPTIONAL", "ON"):
+            pool = Stack(EXPANDED, {"Mfa": mode}).props("UserPool")
+            self.assertEqual(pool["MfaConfiguration"], mode)
+            if mode == "OFF":
+                self.assertNotIn("EnabledMfas", pool)
+            else:
+                self.assertEqual(pool["EnabledMfas"], ["SOFTWARE_TOKEN_MFA"])
+        self.assertEqual(DEFAULT.props("UserPool")["MfaConfiguration"], RAW["Parameters"]["Mfa"]["Default"])
+        self.assertEqual(RAW["Parameters"]["Mfa"]["AllowedValues"], ["OFF", "OPTIONAL", "ON"])
+
+    def test_every_parameter_is_in_a_parameter_group(self):
+        grouped = [p for g in RAW["Metadata"]["AWS::CloudFormation::Interface"]["ParameterGroups"]
+                   for p in g["Parameters"]]
+        self.assertEqual(sorted(grouped), sorted(RAW["Parameters"]))
+        self.assertEqual(len(grouped), len(set(grouped)))
 
 if __name__ == "__main__":
     # `--write-expanded PATH` also saves the expanded template, so the policy
