@@ -8,6 +8,8 @@ use std::time::Duration;
 
 use jsonwebtoken::Algorithm;
 
+use crate::clock::Clock;
+
 pub const DEFAULT_TENANT_CLAIM: &str = "custom:tenant_id";
 /// HS256 keys shorter than this are refused: a guessable secret lets anyone
 /// mint tokens for any tenant.
@@ -221,6 +223,12 @@ pub struct DbConfig {
     pub statement_timeout: Duration,
     /// Connections held (1 in Lambda: one request at a time).
     pub pool_size: usize,
+    /// How long a connection serves on one isolation self-audit before it
+    /// is audited again (`DB_AUDIT_INTERVAL_SECONDS`).
+    pub audit_interval: Duration,
+    /// The time the back-off gate and the audit schedule keep: the
+    /// system's, or a test's manual clock.
+    pub clock: Clock,
 }
 
 impl DbConfig {
@@ -232,9 +240,14 @@ impl DbConfig {
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(5),
             pool_size: 1,
+            audit_interval: DEFAULT_AUDIT_INTERVAL,
+            clock: Clock::system(),
         }
     }
 }
+
+/// A schema change made while serving is caught within this by default.
+const DEFAULT_AUDIT_INTERVAL: Duration = Duration::from_secs(300);
 
 #[derive(Clone)]
 pub struct Config {
@@ -279,6 +292,14 @@ pub fn db_config(get: &impl Fn(&str) -> Option<String>) -> Result<DbConfig, Conf
         "DB_STATEMENT_TIMEOUT_MS",
         5_000,
         1..=LAMBDA_MAX_MS,
+    )?);
+    // Zero would audit before every request (a round trip each); more than
+    // an hour leaves a schema change unseen for too long.
+    let audit_interval = Duration::from_secs(bounded(
+        get,
+        "DB_AUDIT_INTERVAL_SECONDS",
+        DEFAULT_AUDIT_INTERVAL.as_secs(),
+        1..=3_600,
     )?);
     let explicit_mode = get("DB_SSLMODE").map(|m| parse_ssl_mode(&m)).transpose()?;
     let (source, default_mode) = match (get("DATABASE_URL"), get("DB_SECRET_ARN")) {
@@ -346,6 +367,8 @@ pub fn db_config(get: &impl Fn(&str) -> Option<String>) -> Result<DbConfig, Conf
                 )));
             }
         },
+        audit_interval,
+        clock: Clock::system(),
     })
 }
 
@@ -702,6 +725,7 @@ mod tests {
             ("DB_STATEMENT_TIMEOUT_MS", URL),
             ("DB_CONNECT_TIMEOUT_MS", URL),
             ("DB_SECRET_REFRESH_SECONDS", ARN),
+            ("DB_AUDIT_INTERVAL_SECONDS", URL),
         ] {
             let message = refused(&[source, SECRET, (key, "0")]);
             assert!(message.contains(key), "{message}");
@@ -715,6 +739,7 @@ mod tests {
             ("DB_STATEMENT_TIMEOUT_MS", "900001", URL),
             ("DB_CONNECT_TIMEOUT_MS", "900001", URL),
             ("DB_SECRET_REFRESH_SECONDS", "3601", ARN),
+            ("DB_AUDIT_INTERVAL_SECONDS", "3601", URL),
             ("DB_STATEMENT_TIMEOUT_MS", "-5", URL),
         ] {
             let message = refused(&[source, SECRET, (key, value)]);
@@ -729,6 +754,9 @@ mod tests {
         .unwrap();
         assert_eq!(c.db.statement_timeout, Duration::from_secs(900));
         assert_eq!(c.db.connect_timeout, Duration::from_millis(1));
+        assert_eq!(c.db.audit_interval, Duration::from_secs(300), "default");
+        let c = config(&[URL, SECRET, ("DB_AUDIT_INTERVAL_SECONDS", "1")]).unwrap();
+        assert_eq!(c.db.audit_interval, Duration::from_secs(1));
         let c = config(&[ARN, SECRET, ("DB_SECRET_REFRESH_SECONDS", "1")]).unwrap();
         let DbSource::Secret(s) = c.db.source else {
             panic!("secret source")

@@ -15,8 +15,15 @@
 //! All four are sent at once as unnamed statements (one round trip, nothing
 //! that would pin a pooled RDS Proxy connection), and nothing outlives the
 //! transaction: the next tenant on this connection starts clean.
+//!
+//! A connection serves only after the isolation self-audit passed on it,
+//! and for at most `DB_AUDIT_INTERVAL_SECONDS` before the next request on it
+//! audits it again (one extra round trip per interval, not per request).
+//! A failed audit condemns every connection and closes the back-off gate:
+//! until the gate's next attempt passes an audit, requests get 503 without
+//! a login.
 
-use std::time::Duration;
+use std::time::{Duration, SystemTime};
 
 use postgres_native_tls::MakeTlsConnector;
 use tokio::sync::Mutex;
@@ -24,6 +31,7 @@ use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, error::SqlState};
 
 use crate::audit;
+use crate::clock::Clock;
 use crate::config::{DbConfig, DbSource, Roots, SslMode, TlsConfig};
 use crate::gate::CredentialGate;
 use crate::secret::{DbCredentials, SecretSource};
@@ -119,6 +127,12 @@ impl<'a> TenantQuery<'a> {
     }
 }
 
+/// A connection that passed the isolation self-audit, and when.
+struct Conn {
+    client: Client,
+    audited_at: SystemTime,
+}
+
 /// The execution environment's single connection, opened lazily (or warmed
 /// at cold start) and reopened when found closed.
 pub struct Database {
@@ -128,12 +142,17 @@ pub struct Database {
     tls: Result<Option<MakeTlsConnector>, String>,
     secret: Option<SecretSource>,
     credentials: std::sync::Mutex<Option<DbCredentials>>,
-    /// Spaces out secret fetches and logins after any credential failure.
+    /// Spaces out secret fetches and logins after any credential failure
+    /// or failed audit.
     gate: CredentialGate,
+    clock: Clock,
+    /// The findings of the last audit, if it failed: while set, nothing
+    /// serves, on any connection.
+    audit_failure: std::sync::Mutex<Option<String>>,
     statement_timeout_ms: i32,
     /// One connection per execution environment (`DB_POOL_SIZE`, default
     /// 1, is for the local server, which serves requests concurrently).
-    conns: Vec<Mutex<Option<Client>>>,
+    conns: Vec<Mutex<Option<Conn>>>,
     next: std::sync::atomic::AtomicUsize,
 }
 
@@ -155,7 +174,9 @@ impl Database {
             },
             secret,
             credentials: std::sync::Mutex::new(None),
-            gate: CredentialGate::new(max_backoff),
+            gate: CredentialGate::new(max_backoff, config.clock.clone()),
+            clock: config.clock.clone(),
+            audit_failure: std::sync::Mutex::new(None),
             conns: (0..config.pool_size.max(1))
                 .map(|_| Mutex::new(None))
                 .collect(),
@@ -165,7 +186,7 @@ impl Database {
     }
 
     /// A free connection slot if there is one, else the next in turn.
-    async fn acquire(&self) -> tokio::sync::MutexGuard<'_, Option<Client>> {
+    async fn acquire(&self) -> tokio::sync::MutexGuard<'_, Option<Conn>> {
         let n = self.conns.len();
         let start = self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         for i in 0..n {
@@ -261,13 +282,94 @@ impl Database {
         Ok(rows)
     }
 
-    async fn ensure_open<'s>(&self, slot: &'s mut Option<Client>) -> Result<&'s Client, DbError> {
-        if slot.as_ref().is_none_or(Client::is_closed) {
+    /// The slot's connection, fit to serve: open, and audited within the
+    /// interval. Opens (and audits) a new one when needed, and re-audits an
+    /// old one whose interval has passed.
+    async fn ensure_open<'s>(&self, slot: &'s mut Option<Conn>) -> Result<&'s Client, DbError> {
+        if let Some(findings) = self.audit_failure() {
+            // Fail closed: no connection serves while the last audit
+            // failed, and the next try (a login and an audit) waits for the
+            // gate instead of hitting the database on every request.
             *slot = None;
-            *slot = Some(self.open().await?);
+            if self.gate.admit().is_err() {
+                return Err(DbError::Misconfigured(findings));
+            }
         }
-        slot.as_ref()
-            .ok_or_else(|| DbError::Misconfigured("connection slot empty after open".into()))
+        let mut reuse = slot.take().filter(|conn| !conn.client.is_closed());
+        if let Some(conn) = reuse.take_if(|conn| self.audit_due(conn)) {
+            match self.audit(conn.client).await {
+                Ok(conn) => reuse = Some(conn),
+                // Broken under us: a new connection (audited) will do.
+                Err(DbError::Unavailable(error)) => tracing::warn!(
+                    error = %error_chain(&error),
+                    "connection lost during the periodic audit; reconnecting"
+                ),
+                Err(error) => return Err(error),
+            }
+        }
+        let conn = match reuse {
+            Some(conn) => conn,
+            None => self.audit(self.open().await?).await?,
+        };
+        Ok(&slot.insert(conn).client)
+    }
+
+    /// Whether the connection's last audit is older than the interval.
+    /// Wall-clock time, so time spent frozen counts; a clock that went
+    /// backwards makes the age unknown, so the audit runs.
+    fn audit_due(&self, conn: &Conn) -> bool {
+        match self.clock.wall().duration_since(conn.audited_at) {
+            Ok(age) => age >= self.config.audit_interval,
+            Err(_) => true,
+        }
+    }
+
+    /// Runs the isolation self-audit on `client` (one round trip) and
+    /// returns it fit to serve, or records the failure and closes the gate.
+    /// An audit that cannot run has not passed; only a broken connection
+    /// is not held against the deployment.
+    async fn audit(&self, client: Client) -> Result<Conn, DbError> {
+        let findings = match audit::check(&client).await {
+            Ok(findings) => findings,
+            Err(error) => match DbError::classify(error) {
+                DbError::Unavailable(error) => return Err(DbError::Unavailable(error)),
+                other => vec![format!("the audit could not run: {}", error_chain(&other))],
+            },
+        };
+        if !findings.is_empty() {
+            for finding in &findings {
+                tracing::error!(%finding, "isolation self-audit failed; refusing to serve");
+            }
+            let findings = findings.join("; ");
+            let retry_after = self.gate.failed();
+            tracing::error!(
+                retry_after_ms = retry_after.as_millis() as u64,
+                "isolation self-audit failed; backing off"
+            );
+            if let Ok(mut failure) = self.audit_failure.lock() {
+                *failure = Some(findings.clone());
+            }
+            return Err(DbError::Misconfigured(findings));
+        }
+        self.gate.succeeded();
+        if let Ok(mut failure) = self.audit_failure.lock()
+            && failure.take().is_some()
+        {
+            tracing::info!("isolation self-audit passes again; serving");
+        }
+        Ok(Conn {
+            client,
+            audited_at: self.clock.wall(),
+        })
+    }
+
+    /// The last audit's findings if it failed. A poisoned lock (a panic
+    /// mid-update) counts as failed: fail closed.
+    fn audit_failure(&self) -> Option<String> {
+        match self.audit_failure.lock() {
+            Ok(failure) => failure.clone(),
+            Err(_) => Some("audit state unreadable".into()),
+        }
     }
 
     async fn open(&self) -> Result<Client, DbError> {
@@ -294,15 +396,8 @@ impl Database {
             }
             other => other.map_err(DbError::Unavailable)?,
         };
-        self.gate.succeeded();
-        let findings = audit::check(&client).await.map_err(DbError::classify)?;
-        if !findings.is_empty() {
-            for finding in &findings {
-                tracing::error!(%finding, "isolation self-audit failed; refusing to serve");
-            }
-            return Err(DbError::Misconfigured(findings.join("; ")));
-        }
-        tracing::info!("database connection open; isolation self-audit passed");
+        // The gate opens again only once the audit passes too (`audit`).
+        tracing::info!("database connection open; auditing it");
         Ok(client)
     }
 

@@ -9,16 +9,23 @@
 //! once, without touching the network. Delays double from one second up to
 //! the configured maximum (`DB_SECRET_REFRESH_SECONDS`), with jitter so that
 //! many environments do not retry in step.
+//!
+//! A failed isolation self-audit goes through the same gate: while it
+//! fails, requests get 503 at once instead of each logging in and
+//! auditing again.
 
 use std::hash::{BuildHasher, Hasher};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
+
+use crate::clock::Clock;
 
 const FIRST_DELAY: Duration = Duration::from_secs(1);
 
 #[derive(Debug)]
 pub struct CredentialGate {
     max_delay: Duration,
+    clock: Clock,
     state: Mutex<State>,
 }
 
@@ -31,21 +38,22 @@ struct State {
 }
 
 impl CredentialGate {
-    pub fn new(max_delay: Duration) -> Self {
+    pub fn new(max_delay: Duration, clock: Clock) -> Self {
         Self {
             max_delay: max_delay.max(FIRST_DELAY),
+            clock,
             state: Mutex::new(State::default()),
         }
     }
 
     /// `Ok` when an attempt may be made now; otherwise how long until one may.
     pub fn admit(&self) -> Result<(), Duration> {
-        self.admit_at(Instant::now())
+        self.admit_at(self.clock.now())
     }
 
     /// Records a failed attempt and closes the gate; returns for how long.
     pub fn failed(&self) -> Duration {
-        self.failed_at(Instant::now(), jitter())
+        self.failed_at(self.clock.now(), jitter())
     }
 
     /// Records a successful attempt: the next failure starts from the
@@ -100,7 +108,7 @@ mod tests {
 
     #[test]
     fn open_until_a_failure_then_closed_for_the_delay() {
-        let gate = CredentialGate::new(Duration::from_secs(60));
+        let gate = CredentialGate::new(Duration::from_secs(60), Clock::system());
         let t0 = Instant::now();
         assert!(gate.admit_at(t0).is_ok());
         let delay = gate.failed_at(t0, 0.999);
@@ -112,7 +120,7 @@ mod tests {
 
     #[test]
     fn delays_double_up_to_the_maximum_and_reset_on_success() {
-        let gate = CredentialGate::new(Duration::from_secs(10));
+        let gate = CredentialGate::new(Duration::from_secs(10), Clock::system());
         let t0 = Instant::now();
         let delays: Vec<u64> = (0..6)
             .map(|_| gate.failed_at(t0, 0.999_999).as_secs_f64().round() as u64)
@@ -125,7 +133,7 @@ mod tests {
 
     #[test]
     fn jitter_spreads_the_delay_over_its_upper_half() {
-        let gate = CredentialGate::new(Duration::from_secs(60));
+        let gate = CredentialGate::new(Duration::from_secs(60), Clock::system());
         let t0 = Instant::now();
         assert_eq!(gate.failed_at(t0, 0.0), Duration::from_millis(500));
         let spread: std::collections::HashSet<u64> =

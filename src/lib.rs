@@ -11,6 +11,7 @@
 pub mod admin_conn;
 pub mod app;
 pub mod audit;
+pub mod clock;
 pub mod config;
 pub mod custom_resource;
 pub mod db;

@@ -1,16 +1,27 @@
 //! The self-audit as an RLS linter: each rule is broken alone on a correct
 //! deployment, the service refuses to serve (503) with exactly that finding
 //! (object and rule), and serves again (200) once the rule is fixed,
-//! without a restart.
+//! without a restart. A failed audit closes the back-off gate, so these
+//! apps keep a manual clock and move it past the longest back-off.
+//!
+//! The audit also re-runs while serving, every `DB_AUDIT_INTERVAL_SECONDS`,
+//! and its failures go through the gate: no login per request while it fails.
 
 use axum::http::StatusCode;
 
 use std::process::Command;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
+use tenant_users::clock::Clock;
 use tenant_users::config::DbConfig;
 use tenant_users::db::Database;
 
+use crate::common::delay::counting_relay;
 use crate::common::{SECRET, TestApp, TestDb};
+
+/// More than the gate's longest back-off with `DATABASE_URL` (60 s).
+const PAST_ANY_BACKOFF: Duration = Duration::from_secs(61);
 
 /// `{app}`, `{admin}` and `{db}` in a statement stand for the test's
 /// application role, the admin role and the database.
@@ -56,13 +67,19 @@ async fn rule_is_enforced(setup: &str, breaks: &str, expected: &[&str], fix: &st
     let expected: Vec<String> = expected.iter().map(|e| fill(e, &db)).collect();
     assert_eq!(findings(db.app_config()).await, expected, "after: {breaks}");
 
-    let app = TestApp::on(db, &[]).await;
+    let clock = Clock::manual();
+    let db_config = DbConfig {
+        clock: clock.clone(),
+        ..DbConfig::plain(db.app_config())
+    };
+    let app = TestApp::with_db_config(db, db_config).await;
     let r = app.get("/users", &app.token("acme")).await;
     let detail = r.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
     assert!(detail.contains("misconfigured"), "{breaks}: {detail}");
     assert!(r.header("retry-after").is_some());
 
     admin_runs(&app.db, fix).await;
+    clock.advance(PAST_ANY_BACKOFF);
     let r = app.get("/users", &app.token("acme")).await;
     assert_eq!(r.status, StatusCode::OK, "after fix {fix}: {}", r.text());
 }
@@ -493,4 +510,101 @@ async fn a_missing_grant_is_a_503_not_a_500() {
     admin_runs(&app.db, "GRANT INSERT ON users TO {app}").await;
     let r = app.post("/users", &app.token("acme"), body).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+}
+
+/// `db`'s application role through a relay that counts logins, with a
+/// manual clock and `DB_AUDIT_INTERVAL_SECONDS` as given, read as `main`
+/// reads it.
+async fn counted_app(db: TestDb, audit_interval: &str) -> (TestApp, Clock, impl Fn() -> usize) {
+    let port = db.base.get_ports().first().copied().unwrap_or(5432);
+    let (relay, accepted): (u16, std::sync::Arc<AtomicUsize>) = counting_relay(port).await;
+    let url = db
+        .app_url()
+        .replace(&format!(":{port}/"), &format!(":{relay}/"));
+    let env = [
+        ("DATABASE_URL", url),
+        ("DB_AUDIT_INTERVAL_SECONDS", audit_interval.to_owned()),
+    ];
+    let mut db_config = tenant_users::config::db_config(&|key: &str| {
+        env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
+    })
+    .expect("db config");
+    let clock = Clock::manual();
+    db_config.clock = clock.clone();
+    let app = TestApp::with_db_config(db, db_config).await;
+    (app, clock, move || accepted.load(Ordering::SeqCst))
+}
+
+async fn assert_misconfigured(app: &TestApp, token: &str) {
+    let r = app.get("/users", token).await;
+    let detail = r.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(detail.contains("misconfigured"), "{detail}");
+}
+
+async fn assert_serves(app: &TestApp, token: &str) {
+    let r = app.get("/users", token).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+}
+
+#[tokio::test]
+async fn a_failing_audit_is_retried_on_the_gates_schedule_not_on_every_request() {
+    let db = TestDb::create().await;
+    admin_runs(&db, "ALTER TABLE users NO FORCE ROW LEVEL SECURITY").await;
+    let (app, clock, logins) = counted_app(db, "300").await;
+    let token = app.token("acme");
+    assert_eq!(logins(), 1, "cold start logs in and audits once");
+
+    for _ in 0..20 {
+        assert_misconfigured(&app, &token).await;
+    }
+    assert_eq!(logins(), 1, "no login while the gate is closed");
+    // The first back-off is at least half a second.
+    clock.advance(Duration::from_millis(400));
+    assert_misconfigured(&app, &token).await;
+    assert_eq!(logins(), 1, "still inside the first back-off");
+
+    clock.advance(PAST_ANY_BACKOFF);
+    assert_misconfigured(&app, &token).await;
+    assert_eq!(logins(), 2, "one retry once the gate opens; it fails again");
+    for _ in 0..20 {
+        assert_misconfigured(&app, &token).await;
+    }
+    assert_eq!(logins(), 2);
+
+    // Fixed, but nothing serves before an audit passes: the gate decides
+    // when that is.
+    admin_runs(&app.db, "ALTER TABLE users FORCE ROW LEVEL SECURITY").await;
+    assert_misconfigured(&app, &token).await;
+    assert_eq!(logins(), 2);
+    clock.advance(PAST_ANY_BACKOFF);
+    for _ in 0..20 {
+        assert_serves(&app, &token).await;
+    }
+    assert_eq!(logins(), 3, "one login serves every request after it");
+}
+
+#[tokio::test]
+async fn a_schema_change_while_serving_is_caught_within_the_audit_interval() {
+    let db = TestDb::create().await;
+    let (app, clock, logins) = counted_app(db, "1").await;
+    let token = app.token("acme");
+    assert_serves(&app, &token).await;
+    // The re-audit runs on the open connection: no new login.
+    clock.advance(Duration::from_secs(1));
+    assert_serves(&app, &token).await;
+    assert_eq!(logins(), 1);
+
+    admin_runs(&app.db, "ALTER TABLE users NO FORCE ROW LEVEL SECURITY").await;
+    // Within the interval the connection is not audited again: auditing
+    // every request would cost each one a round trip.
+    assert_serves(&app, &token).await;
+    clock.advance(Duration::from_secs(1));
+    assert_misconfigured(&app, &token).await;
+    assert_misconfigured(&app, &token).await;
+    assert_eq!(logins(), 1, "the failed audit is not retried per request");
+
+    admin_runs(&app.db, "ALTER TABLE users FORCE ROW LEVEL SECURITY").await;
+    clock.advance(PAST_ANY_BACKOFF);
+    assert_serves(&app, &token).await;
+    assert_eq!(logins(), 2, "service resumes after the next audit passes");
 }

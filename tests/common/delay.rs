@@ -3,16 +3,32 @@
 //! network hop of that one-way latency between the service and PostgreSQL,
 //! so round trips show up as multiples of it.
 
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Listens on a loopback port and relays to `target` with `delay` each way.
 pub async fn delay_proxy(target: u16, delay: Duration) -> u16 {
+    relay(target, delay, Arc::default()).await
+}
+
+/// A relay to `target` without delay that counts the connections made
+/// through it: each one is a login by the service. The count is taken
+/// when the relay accepts, so it is up to date once a request that logged
+/// in has returned.
+pub async fn counting_relay(target: u16) -> (u16, Arc<AtomicUsize>) {
+    let count = Arc::new(AtomicUsize::new(0));
+    (relay(target, Duration::ZERO, count.clone()).await, count)
+}
+
+async fn relay(target: u16, delay: Duration, accepted: Arc<AtomicUsize>) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
     tokio::spawn(async move {
         while let Ok((inbound, _)) = listener.accept().await {
+            accepted.fetch_add(1, Ordering::SeqCst);
             let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
                 continue;
             };

@@ -233,6 +233,17 @@ impl TestApp {
     }
 
     pub async fn on(db: TestDb, vars: &[(&str, &str)]) -> Self {
+        let db_config = DbConfig::plain(db.app_config());
+        Self::build(db, vars, db_config).await
+    }
+
+    /// The app on `db` with these database settings (another port, a
+    /// manual clock, a short audit interval, ...).
+    pub async fn with_db_config(db: TestDb, db_config: DbConfig) -> Self {
+        Self::build(db, &[], db_config).await
+    }
+
+    async fn build(db: TestDb, vars: &[(&str, &str)], db_config: DbConfig) -> Self {
         let vars: Vec<(String, String)> = vars
             .iter()
             .map(|(k, v)| (k.to_string(), v.to_string()))
@@ -246,7 +257,7 @@ impl TestApp {
         let emf = Buffer::default();
         let config = Config {
             token: token_config(&get).expect("token config"),
-            db: DbConfig::plain(db.app_config()),
+            db: db_config,
             metrics: Metrics::to_writer("TenantUsersTest", Box::new(emf.clone())),
         };
         let app = App::build(config).await;
