@@ -763,18 +763,78 @@ async fn cold_start(report: &mut Report) {
     ));
 }
 
+/// The arm64 bootstrap's size, only when it was built from this commit:
+/// a file older than HEAD's commit time (or than an uncommitted change to
+/// the sources) is an older build, and its size is not reported as ours.
 fn bootstrap_size(report: &mut Report) {
     report.section("Bootstrap");
     let path = concat!(
         env!("CARGO_MANIFEST_DIR"),
         "/target/lambda/tenant-users/bootstrap"
     );
-    match std::fs::metadata(path) {
-        Ok(meta) => report.line(format!(
-            "`cargo lambda build --release --arm64` bootstrap: {:.1} MiB (stripped).",
-            meta.len() as f64 / (1024.0 * 1024.0)
-        )),
-        Err(_) => report.line("No arm64 bootstrap found: run `make lambda` first."),
+    let meta = match std::fs::metadata(path) {
+        Ok(meta) => meta,
+        Err(_) => {
+            report.line("No arm64 bootstrap found: run `make lambda` first.");
+            return;
+        }
+    };
+    if let Some(stale) = bootstrap_is_stale(&meta) {
+        report.line(format!(
+            "Not measured: target/lambda/tenant-users/bootstrap {stale}; run `make lambda`, then `make bench`."
+        ));
+        return;
+    }
+    report.line(format!(
+        "`cargo lambda build --release --arm64` bootstrap: {:.1} MiB ({} bytes, stripped), built after HEAD's commit.",
+        meta.len() as f64 / (1024.0 * 1024.0),
+        meta.len()
+    ));
+}
+
+/// Why the bootstrap is not HEAD's build, if it is not: built before HEAD
+/// was committed, or before a source file was last changed.
+fn bootstrap_is_stale(meta: &std::fs::Metadata) -> Option<String> {
+    let built = meta.modified().ok()?;
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let committed = std::process::Command::new("git")
+        .args(["log", "-1", "--format=%ct"])
+        .current_dir(root)
+        .output()
+        .ok()
+        .and_then(|o| {
+            String::from_utf8_lossy(&o.stdout)
+                .trim()
+                .parse::<u64>()
+                .ok()
+        })
+        .map(|s| std::time::UNIX_EPOCH + Duration::from_secs(s));
+    if let Some(committed) = committed
+        && built < committed
+    {
+        return Some("was built before HEAD was committed".into());
+    }
+    let mut newest = None;
+    let mut stack = vec![
+        root.join("src"),
+        root.join("migrations"),
+        root.join("Cargo.toml"),
+        root.join("Cargo.lock"),
+    ];
+    while let Some(p) = stack.pop() {
+        if let Ok(entries) = std::fs::read_dir(&p) {
+            stack.extend(entries.flatten().map(|e| e.path()));
+        } else if let Ok(m) = std::fs::metadata(&p).and_then(|m| m.modified())
+            && newest.is_none_or(|n| m > n)
+        {
+            newest = Some(m);
+        }
+    }
+    match newest {
+        Some(changed) if changed > built => {
+            Some("is older than the newest change under src/, migrations/ or Cargo.*".into())
+        }
+        _ => None,
     }
 }
 
