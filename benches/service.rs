@@ -105,9 +105,10 @@ fn main() {
         sh("git", &["rev-parse", "--short=12", "HEAD"]),
         sh("nproc", &[]),
     );
-    // Keep the sections this run does not own: the goals summary (kept up
-    // to date by hand from the runs) first, then `make bench-lambda`'s and
-    // `make bench-fleet`'s.
+    // Keep the sections this run does not own: the goals summary (made by
+    // scripts/bench-summary.py from the sections, which `make bench` runs
+    // after this) first, then `make bench-lambda`'s and `make bench-fleet`'s,
+    // and the notes written by hand.
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
     let old = std::fs::read_to_string(path).unwrap_or_default();
     let kept = |name: &str, opening: &str| {
@@ -124,6 +125,7 @@ fn main() {
     out.push_str(&report.text);
     out.push_str(&kept("bench-lambda", "start"));
     out.push_str(&kept("fleet", "begin"));
+    out.push_str(&kept("notes", "start"));
     std::fs::write(path, out).unwrap();
     println!("\nwritten to BENCHMARKS.md");
 }
