@@ -7,9 +7,15 @@
 //! whether the one policy that applies to this role *is* the tenant
 //! predicate, and whether any door (a privileged membership, an owner's
 //! view, a SECURITY DEFINER function, a default tenant) goes around it.
+//! It lints what the role can *reach*, in any schema: every view,
+//! materialized view, foreign table, inheritance parent and SECURITY DEFINER
+//! function it may use either ends at tenant tables read under exactly
+//! `tenant_policy`, or is a finding.
 //! Any finding means the deployment is misconfigured and the service refuses
 //! to serve (503) rather than serve unprotected. The whole audit is one
-//! statement (`audit.sql`), so it costs a new connection one round trip.
+//! statement (`audit.sql`), so it costs a new connection one round trip, and
+//! it names every object with its schema, so the session's `search_path`
+//! cannot change what it means.
 
 use tokio_postgres::Client;
 use tokio_postgres::types::Type;
@@ -49,7 +55,8 @@ const fn rule(id: &'static str, scope: Scope, requirement: &'static str) -> Rule
 
 /// Every rule, in report order. A "tenant table" is any table with a
 /// `tenant_id` column in a schema the role can use, in or out of
-/// `search_path`.
+/// `search_path`; "tenant data" is any table with a `tenant_id` in any
+/// schema, any foreign table, and their inheritance parents.
 pub const RULES: &[Rule] = &[
     rule(
         "role-not-superuser",
@@ -68,6 +75,11 @@ pub const RULES: &[Rule] = &[
         "is a member of no privileged role (superuser, BYPASSRLS, CREATEROLE, CREATEDB, pg_read/write_all_data, server file access, database owner, rds_superuser)",
     ),
     rule(
+        "role-no-replication-or-monitoring",
+        Scope::Role,
+        "has no REPLICATION and is a member of none of rds_replication, pg_read_all_stats, pg_monitor (logical replication and server statistics show every tenant's rows and statements)",
+    ),
+    rule(
         "role-owns-nothing",
         Scope::Role,
         "owns nothing in the database, directly or through a membership (owners can change RLS and grants)",
@@ -83,14 +95,29 @@ pub const RULES: &[Rule] = &[
         "no role, database or server default for app.current_tenant (a session starts with no tenant)",
     ),
     rule(
+        "no-search-path-setting",
+        Scope::Database,
+        "no role or database search_path setting, and the session's is the server default (a search_path changes what a policy's deparsed text means)",
+    ),
+    rule(
         "no-rls-bypassing-view",
         Scope::Database,
-        "no view or materialized view over a tenant table that the role can use reads it without the role's RLS (views must be security_invoker or owned by a role subject to RLS; no materialized views)",
+        "no view or materialized view the role can use, in any schema, reaches tenant data (also through other views) except as a role held by exactly tenant_policy: each view security_invoker or owned by a role subject to RLS that no other permissive policy matches; no materialized view over tenant data",
     ),
     rule(
         "no-rls-bypassing-function",
         Scope::Database,
-        "no SECURITY DEFINER function owned by a role that bypasses RLS is executable by the role",
+        "no SECURITY DEFINER function the role can execute, in any schema, is owned by a role that bypasses RLS or can read tenant data (directly or through views) other than under exactly tenant_policy",
+    ),
+    rule(
+        "no-foreign-table",
+        Scope::Database,
+        "the role can use no foreign table (its rows come from elsewhere, past any policy)",
+    ),
+    rule(
+        "no-parent-without-tenant-id",
+        Scope::Database,
+        "the role can use no inheritance parent of tenant data that lacks tenant_id (a parent returns its children's rows under its own policies only)",
     ),
     rule(
         "tenant-table-visible",
@@ -113,6 +140,16 @@ pub const RULES: &[Rule] = &[
         "is not owned by the role or a role it belongs to (owners can disable RLS)",
     ),
     rule(
+        "table-tenant-id-type",
+        Scope::Table,
+        "tenant_id is text, varchar, uuid, integer or bigint (no padded char(n), domain or extension type whose equality is looser)",
+    ),
+    rule(
+        "table-tenant-id-deterministic",
+        Scope::Table,
+        "tenant_id's collation is deterministic (a case-insensitive collation makes ACME equal acme, in the policy and in WHERE tenant_id = $1)",
+    ),
+    rule(
         "table-no-truncate-references-trigger",
         Scope::Table,
         "the role has no TRUNCATE, REFERENCES or TRIGGER on it (TRUNCATE ignores RLS)",
@@ -120,12 +157,17 @@ pub const RULES: &[Rule] = &[
     rule(
         "table-tenant-policy",
         Scope::Table,
-        "has permissive policy tenant_policy FOR ALL, applying to the role, whose USING and WITH CHECK are tenant_id = current_setting('app.current_tenant', true)",
+        "has permissive policy tenant_policy FOR ALL, applying to the role, whose USING and WITH CHECK are tenant_id = current_setting('app.current_tenant'[, true]) (either operand first, or a cast of either)",
     ),
     rule(
         "table-one-permissive-policy",
         Scope::Table,
         "no other permissive policy applies to the role (permissive policies widen each other; restrictive ones may only narrow)",
+    ),
+    rule(
+        "table-policy-pg-catalog-only",
+        Scope::Table,
+        "every policy that applies to the role calls only pg_catalog functions and operators (compared by OID; a function elsewhere may deparse to the same text, and sees rows before the tenant predicate filters them)",
     ),
     rule(
         "fk-includes-tenant",

@@ -24,9 +24,13 @@ use crate::common::{SECRET, TestApp, TestDb};
 const PAST_ANY_BACKOFF: Duration = Duration::from_secs(61);
 
 /// `{app}`, `{admin}` and `{db}` in a statement stand for the test's
-/// application role, the admin role and the database.
+/// application role, the admin role and the database; `{other}` for a
+/// second role a test may create, named `<app>_clone` because `TestDb`
+/// drops a role by that name with the database, so it never outlives the
+/// test, pass or fail.
 fn fill(sql: &str, db: &TestDb) -> String {
-    sql.replace("{app}", &db.app_user)
+    sql.replace("{other}", &format!("{}_clone", db.app_user))
+        .replace("{app}", &db.app_user)
         .replace("{admin}", db.base.get_user().unwrap_or("postgres"))
         .replace("{db}", &db.name)
 }
@@ -56,7 +60,23 @@ async fn findings(config: tokio_postgres::Config) -> Vec<String> {
 /// deployment correct), expects exactly `expected` findings and a 503, then
 /// applies `fix` and expects 200 from the same running app.
 async fn rule_is_enforced(setup: &str, breaks: &str, expected: &[&str], fix: &str) {
-    let db = TestDb::create().await;
+    rule_is_enforced_on(TestDb::create().await, setup, breaks, expected, fix).await;
+}
+
+/// [`rule_is_enforced`] on a database of the caller's (another cluster).
+async fn rule_is_enforced_on(db: TestDb, setup: &str, breaks: &str, expected: &[&str], fix: &str) {
+    let expected: Vec<String> = expected.iter().map(|e| fill(e, &db)).collect();
+    refused_then_served(db, setup, breaks, |found| assert_eq!(found, expected), fix).await;
+}
+
+/// Like [`rule_is_enforced`], with the findings judged by `judge`.
+async fn refused_then_served(
+    db: TestDb,
+    setup: &str,
+    breaks: &str,
+    judge: impl FnOnce(Vec<String>),
+    fix: &str,
+) {
     admin_runs(&db, setup).await;
     assert_eq!(
         findings(db.app_config()).await,
@@ -64,8 +84,7 @@ async fn rule_is_enforced(setup: &str, breaks: &str, expected: &[&str], fix: &st
         "set-up leaves a correct deployment"
     );
     admin_runs(&db, breaks).await;
-    let expected: Vec<String> = expected.iter().map(|e| fill(e, &db)).collect();
-    assert_eq!(findings(db.app_config()).await, expected, "after: {breaks}");
+    judge(findings(db.app_config()).await);
 
     let clock = Clock::manual();
     let db_config = DbConfig {
@@ -96,10 +115,10 @@ async fn a_correct_deployment_passes_every_rule() {
         .unwrap();
     assert!(report.iter().all(|c| c.passed), "{report:#?}");
     let rules = tenant_users::audit::RULES.len();
-    assert_eq!(rules, 18);
+    assert_eq!(rules, 25);
     assert_eq!(
         report.len(),
-        18,
+        25,
         "role and database rules once, table rules once for users"
     );
     let app = TestApp::on(db, &[]).await;
@@ -126,17 +145,53 @@ async fn restrictive_policies_and_policies_for_other_roles_pass() {
 
 #[tokio::test]
 async fn a_superuser_is_refused() {
-    // A superuser is a member of every role and may do anything, so many
-    // rules fail at once; the first one names the cause.
+    // A superuser is a member of every role and owns everything, so many
+    // rules fail at once; the first one names the cause. (Which privileged
+    // roles exist depends on the server, so the rules are compared, and
+    // the role and table findings in full.)
     let db = TestDb::create().await;
-    admin_runs(&db, "ALTER ROLE {app} SUPERUSER").await;
-    let found = findings(db.app_config()).await;
-    assert_eq!(
-        found.first(),
-        Some(&fill("[role-not-superuser] role {app}", &db))
-    );
-    admin_runs(&db, "ALTER ROLE {app} NOSUPERUSER").await;
-    assert_eq!(findings(db.app_config()).await, Vec::<String>::new());
+    let (app, name) = (db.app_user.clone(), db.name.clone());
+    refused_then_served(
+        db,
+        "",
+        "ALTER ROLE {app} SUPERUSER",
+        move |found| {
+            assert_eq!(
+                found.first().map(String::as_str),
+                Some(format!("[role-not-superuser] role {app}").as_str())
+            );
+            let mut rules: Vec<&str> = found
+                .iter()
+                .filter_map(|f| f.strip_prefix('[')?.split(']').next())
+                .collect();
+            rules.dedup();
+            assert_eq!(
+                rules,
+                [
+                    "role-not-superuser",
+                    "role-no-privileged-membership",
+                    "role-no-replication-or-monitoring",
+                    "role-owns-nothing",
+                    "role-no-create",
+                    "table-not-owned",
+                ],
+                "{found:#?}"
+            );
+            for expected in [
+                format!("[role-no-privileged-membership] role {app} (found: member of pg_read_all_data)"),
+                format!("[role-no-replication-or-monitoring] role {app} (found: member of pg_monitor, pg_read_all_stats)"),
+                format!("[role-owns-nothing] role {app} (found: owns database {name})"),
+                format!("[role-owns-nothing] role {app} (found: owns function public.app_set_tenant(text, integer))"),
+                format!("[role-no-create] database {name}"),
+                "[role-no-create] schema public".to_owned(),
+                "[table-not-owned] table public.users".to_owned(),
+            ] {
+                assert!(found.contains(&expected), "{expected} in {found:#?}");
+            }
+        },
+        "ALTER ROLE {app} NOSUPERUSER",
+    )
+    .await;
 }
 
 #[tokio::test]
@@ -177,7 +232,7 @@ async fn a_role_that_owns_anything_is_refused() {
     rule_is_enforced(
         "CREATE TABLE scratch (x int)",
         "ALTER TABLE scratch OWNER TO {app}",
-        &["[role-owns-nothing] role {app} (found: owns table scratch)"],
+        &["[role-owns-nothing] role {app} (found: owns table public.scratch)"],
         "ALTER TABLE scratch OWNER TO {admin}",
     )
     .await;
@@ -234,7 +289,7 @@ async fn a_view_that_reads_as_its_owner_is_refused() {
     rule_is_enforced(
         "CREATE VIEW all_users AS SELECT * FROM users",
         "GRANT SELECT ON all_users TO {app}",
-        &["[no-rls-bypassing-view] view all_users"],
+        &["[no-rls-bypassing-view] view public.all_users (found: reads public.users as {admin})"],
         "ALTER VIEW all_users SET (security_invoker = on)",
     )
     .await;
@@ -246,7 +301,7 @@ async fn a_view_over_a_bypassing_view_is_refused() {
         "CREATE VIEW all_users AS SELECT * FROM users;
          CREATE VIEW acme_users AS SELECT * FROM all_users WHERE tenant_id = 'acme'",
         "GRANT SELECT ON acme_users TO {app}",
-        &["[no-rls-bypassing-view] view acme_users"],
+        &["[no-rls-bypassing-view] view public.acme_users (found: reads public.users as {admin})"],
         "REVOKE SELECT ON acme_users FROM {app}",
     )
     .await;
@@ -257,7 +312,9 @@ async fn a_materialized_view_over_a_tenant_table_is_refused() {
     rule_is_enforced(
         "CREATE MATERIALIZED VIEW user_counts AS SELECT tenant_id, count(*) FROM users GROUP BY 1",
         "GRANT SELECT ON user_counts TO {app}",
-        &["[no-rls-bypassing-view] materialized view user_counts"],
+        &[
+            "[no-rls-bypassing-view] materialized view public.user_counts (found: stored rows of public.users)",
+        ],
         "REVOKE SELECT ON user_counts FROM {app}",
     )
     .await;
@@ -269,7 +326,7 @@ async fn a_security_definer_function_owned_by_a_superuser_is_refused() {
         "CREATE FUNCTION count_all() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM users'",
         "ALTER FUNCTION count_all() SECURITY DEFINER",
         &[
-            "[no-rls-bypassing-function] function count_all() (found: SECURITY DEFINER, owned by {admin})",
+            "[no-rls-bypassing-function] function public.count_all() (found: SECURITY DEFINER, owned by {admin})",
         ],
         "REVOKE EXECUTE ON FUNCTION count_all() FROM PUBLIC",
     )
@@ -434,11 +491,291 @@ async fn a_unique_index_without_the_tenant_is_refused() {
         "",
         "CREATE UNIQUE INDEX users_email_everywhere ON users (lower(email))",
         &[
-            "[unique-includes-tenant] table public.users (found: unique index users_email_everywhere does not include tenant_id)",
+            "[unique-includes-tenant] table public.users (found: unique index public.users_email_everywhere does not include tenant_id)",
         ],
         "DROP INDEX users_email_everywhere",
     )
     .await;
+}
+
+#[tokio::test]
+async fn no_visible_tenant_table_is_refused() {
+    // The role connects to a database (or schema) where it can name no
+    // tenant table: whatever it serves from there is not what was audited.
+    rule_is_enforced(
+        "CREATE SCHEMA hidden",
+        "ALTER TABLE users SET SCHEMA hidden",
+        &["[tenant-table-visible] schema"],
+        "ALTER TABLE hidden.users SET SCHEMA public",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_role_with_replication_is_refused() {
+    rule_is_enforced(
+        "",
+        "ALTER ROLE {app} REPLICATION",
+        &["[role-no-replication-or-monitoring] role {app} (found: REPLICATION)"],
+        "ALTER ROLE {app} NOREPLICATION",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn membership_in_pg_monitor_is_refused() {
+    // pg_monitor includes pg_read_all_stats: other sessions' statements.
+    rule_is_enforced(
+        "",
+        "GRANT pg_monitor TO {app}",
+        &["[role-no-replication-or-monitoring] role {app} (found: member of pg_monitor, pg_read_all_stats)"],
+        "REVOKE pg_monitor FROM {app}",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn membership_in_rds_replication_is_refused() {
+    // RDS's role exists only there, and roles are server-wide: a cluster
+    // of the test's own gets one, so the shared server never does.
+    let cluster = crate::common::cluster::Cluster::start();
+    let db = TestDb::create_on(cluster.admin()).await;
+    rule_is_enforced_on(
+        db,
+        "CREATE ROLE rds_replication NOLOGIN",
+        "GRANT rds_replication TO {app}",
+        &["[role-no-replication-or-monitoring] role {app} (found: member of rds_replication)"],
+        "REVOKE rds_replication FROM {app}",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_role_search_path_is_refused() {
+    // With public ahead of pg_catalog, a public.current_setting would
+    // deparse exactly like the real one.
+    rule_is_enforced(
+        "",
+        "ALTER ROLE {app} SET search_path = public, pg_catalog",
+        &["[no-search-path-setting] role {app} (found: search_path=public, pg_catalog)"],
+        "ALTER ROLE {app} RESET search_path",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_database_search_path_is_refused() {
+    rule_is_enforced(
+        "",
+        "ALTER DATABASE {db} SET search_path = public",
+        &["[no-search-path-setting] database {db} (found: search_path=public)"],
+        "ALTER DATABASE {db} RESET search_path",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_search_path_set_by_the_connection_itself_is_refused() {
+    let db = TestDb::create().await;
+    let mut config = db.app_config();
+    config.options("-c search_path=public");
+    assert_eq!(
+        findings(config).await,
+        vec![
+            "[no-search-path-setting] session (found: search_path is 'public', not the default '\"$user\", public')"
+        ]
+    );
+}
+
+#[tokio::test]
+async fn a_view_over_a_tenant_table_the_role_cannot_name_is_refused() {
+    // The table is in a schema the role may not use, so no table rule
+    // sees it; the view in public reads it as its owner.
+    rule_is_enforced(
+        "CREATE SCHEMA vault;
+         CREATE TABLE vault.users_copy (tenant_id text NOT NULL, email text);
+         CREATE VIEW users_copy AS SELECT * FROM vault.users_copy",
+        "GRANT SELECT ON users_copy TO {app}",
+        &["[no-rls-bypassing-view] view public.users_copy (found: reads vault.users_copy as {admin})"],
+        // As the invoker, the role would need a grant on the table itself.
+        "ALTER VIEW users_copy SET (security_invoker = on)",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_view_reading_through_an_invoker_view_as_its_owner_is_refused() {
+    rule_is_enforced(
+        "CREATE VIEW my_users WITH (security_invoker = on) AS SELECT * FROM users;
+         GRANT SELECT ON my_users TO {app};
+         CREATE VIEW everyone AS SELECT * FROM my_users",
+        "GRANT SELECT ON everyone TO {app}",
+        &["[no-rls-bypassing-view] view public.everyone (found: reads public.users as {admin})"],
+        "ALTER VIEW everyone SET (security_invoker = on)",
+    )
+    .await;
+}
+
+/// A role that is subject to RLS but matched by a wider policy than
+/// tenant_policy: `TO {other} USING (true)`.
+const WIDER_POLICY: &str = "CREATE ROLE {other} NOLOGIN;
+     GRANT SELECT ON users TO {other};
+     CREATE POLICY reporting ON users TO {other} USING (true);";
+
+#[tokio::test]
+async fn a_view_owned_by_a_role_a_wider_policy_matches_is_refused() {
+    // The owner has no BYPASSRLS and is not a superuser, but RLS lets it
+    // see every tenant; once only tenant_policy applies to it, its view
+    // isolates as well as the role's own reads.
+    rule_is_enforced(
+        &format!(
+            "{WIDER_POLICY}
+             CREATE VIEW all_users AS SELECT * FROM users;
+             ALTER VIEW all_users OWNER TO {{other}}"
+        ),
+        "GRANT SELECT ON all_users TO {app}",
+        &["[no-rls-bypassing-view] view public.all_users (found: reads public.users as {other})"],
+        "DROP POLICY reporting ON users",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_security_definer_function_owned_by_a_role_a_wider_policy_matches_is_refused() {
+    rule_is_enforced(
+        &format!(
+            "{WIDER_POLICY}
+             CREATE FUNCTION count_all() RETURNS bigint LANGUAGE sql AS 'SELECT count(*) FROM users';
+             ALTER FUNCTION count_all() OWNER TO {{other}}"
+        ),
+        "ALTER FUNCTION count_all() SECURITY DEFINER",
+        &[
+            "[no-rls-bypassing-function] function public.count_all() (found: SECURITY DEFINER, owned by {other}: reads public.users as {other})",
+        ],
+        "DROP POLICY reporting ON users",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_foreign_table_the_role_can_read_is_refused() {
+    // A wrapper without a handler needs no extension; the table cannot be
+    // queried, but the grant is what the rule judges.
+    rule_is_enforced(
+        "CREATE FOREIGN DATA WRAPPER nowhere;
+         CREATE SERVER elsewhere FOREIGN DATA WRAPPER nowhere;
+         CREATE FOREIGN TABLE remote_users (tenant_id text, email text) SERVER elsewhere",
+        "GRANT SELECT ON remote_users TO {app}",
+        &["[no-foreign-table] foreign table public.remote_users"],
+        "REVOKE SELECT ON remote_users FROM {app}",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn an_inheritance_parent_without_tenant_id_is_refused() {
+    // SELECT * FROM people returns every tenant's users, under people's
+    // policies (none), not users'.
+    rule_is_enforced(
+        "CREATE TABLE people (email text, name text);
+         GRANT SELECT ON people TO {app}",
+        "ALTER TABLE users INHERIT people",
+        &["[no-parent-without-tenant-id] table public.people (found: parent of public.users)"],
+        "ALTER TABLE users NO INHERIT people",
+    )
+    .await;
+}
+
+/// A second tenant table, correct, for rules that need its `tenant_id`
+/// changed (the users table's CHECK constraint uses a regular expression,
+/// which a nondeterministic collation does not support).
+const NOTES: &str = "CREATE TABLE notes (tenant_id text NOT NULL, body text);
+     ALTER TABLE notes ENABLE ROW LEVEL SECURITY, FORCE ROW LEVEL SECURITY;
+     GRANT SELECT, INSERT, UPDATE, DELETE ON notes TO {app};";
+
+/// Changes `notes.tenant_id` to `column_type`: a column in a policy cannot
+/// change type, so the policy is dropped and made again, the same.
+fn retype_notes(column_type: &str) -> String {
+    format!(
+        "DROP POLICY tenant_policy ON notes;
+         ALTER TABLE notes ALTER COLUMN tenant_id TYPE {column_type};
+         CREATE POLICY tenant_policy ON notes USING ({POLICY}) WITH CHECK ({POLICY})"
+    )
+}
+
+#[tokio::test]
+async fn a_case_insensitive_tenant_id_is_refused() {
+    // The policy's text stays exactly the canonical one, yet ACME = acme.
+    rule_is_enforced(
+        &format!(
+            "{NOTES}
+             CREATE POLICY tenant_policy ON notes USING ({POLICY}) WITH CHECK ({POLICY});
+             CREATE COLLATION ci (provider = icu, locale = 'und-u-ks-level2', deterministic = false)"
+        ),
+        &retype_notes("text COLLATE ci"),
+        &["[table-tenant-id-deterministic] table public.notes (found: tenant_id has the nondeterministic collation public.ci)"],
+        &retype_notes("text COLLATE \"default\""),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_tenant_id_of_a_type_outside_the_allowlist_is_refused() {
+    // A domain deparses as its base type, and may carry any equality a
+    // later ALTER DOMAIN gives it.
+    rule_is_enforced(
+        &format!(
+            "{NOTES}
+             CREATE POLICY tenant_policy ON notes USING ({POLICY}) WITH CHECK ({POLICY});
+             CREATE DOMAIN tenant_key AS text"
+        ),
+        &retype_notes("tenant_key"),
+        &["[table-tenant-id-type] table public.notes (found: tenant_id is tenant_key)"],
+        &retype_notes("text"),
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn a_policy_calling_a_function_outside_pg_catalog_is_refused() {
+    // Even a restrictive policy: its function sees every row the scan
+    // reads, before the tenant predicate has filtered them.
+    rule_is_enforced(
+        "CREATE FUNCTION is_listed(text) RETURNS boolean LANGUAGE sql AS 'SELECT true'",
+        "CREATE POLICY listed ON users AS RESTRICTIVE USING (is_listed(email))",
+        &["[table-policy-pg-catalog-only] table public.users (found: policy listed calls function public.is_listed(text))"],
+        "DROP POLICY listed ON users",
+    )
+    .await;
+}
+
+/// `tenant_policy` written as given passes every rule, serves, and still
+/// isolates.
+async fn policy_is_accepted(using: &str, check: &str) {
+    let db = TestDb::create().await;
+    admin_runs(
+        &db,
+        &format!("ALTER POLICY tenant_policy ON users USING ({using}) WITH CHECK ({check})"),
+    )
+    .await;
+    assert_eq!(findings(db.app_config()).await, Vec::<String>::new());
+    let app = TestApp::on(db, &[]).await;
+    app.create_user("acme", "a@acme.test", "A").await;
+    app.create_user("globex", "g@globex.test", "G").await;
+    assert_eq!(app.emails_seen_by("acme").await, vec!["a@acme.test"]);
+    assert_eq!(app.emails_seen_by("globex").await, vec!["g@globex.test"]);
+}
+
+#[tokio::test]
+async fn a_policy_with_a_cast_is_accepted() {
+    let cast = "tenant_id = current_setting('app.current_tenant')::text";
+    policy_is_accepted(cast, cast).await;
+}
+
+#[tokio::test]
+async fn a_policy_with_reversed_operands_is_accepted() {
+    let reversed = "current_setting('app.current_tenant', true) = tenant_id";
+    policy_is_accepted(reversed, reversed).await;
 }
 
 #[tokio::test]
@@ -482,7 +819,7 @@ async fn the_audit_command_reports_and_fails_on_a_broken_deployment() {
     assert!(ok, "{report}");
     assert!(
         report.contains("PASS  [role-no-bypassrls] role ")
-            && report.contains("18 checks, 0 failed"),
+            && report.contains("25 checks, 0 failed"),
         "{report}"
     );
 
@@ -496,7 +833,7 @@ async fn the_audit_command_reports_and_fails_on_a_broken_deployment() {
         )),
         "{report}"
     );
-    assert!(report.contains("18 checks, 1 failed"), "{report}");
+    assert!(report.contains("25 checks, 1 failed"), "{report}");
 }
 
 #[tokio::test]
