@@ -47,6 +47,10 @@ pub struct TokenConfig {
     /// Keys older than this are refetched before use; stale keys survive a
     /// failed refetch until twice this age, never longer.
     pub jwks_max_age: Duration,
+    /// The time the JWKS schedule keeps (key age, refetch spacing): the
+    /// system's, or a test's manual clock. Token `exp`/`nbf` are always
+    /// judged against the system's wall clock.
+    pub clock: Clock,
 }
 
 /// `JWT_TOKEN_USE`: which kind of Cognito token the API accepts.
@@ -83,6 +87,7 @@ impl std::fmt::Debug for TokenConfig {
             .field("token_use", &self.token_use)
             .field("jwks_refetch", &self.jwks_refetch)
             .field("jwks_max_age", &self.jwks_max_age)
+            .field("clock", &self.clock)
             .finish()
     }
 }
@@ -540,6 +545,7 @@ pub fn token_config(get: &impl Fn(&str) -> Option<String>) -> Result<TokenConfig
         token_use,
         jwks_refetch: positive_seconds(get, "JWT_JWKS_REFETCH_SECONDS", 300)?,
         jwks_max_age: positive_seconds(get, "JWT_JWKS_MAX_AGE_SECONDS", 3600)?,
+        clock: Clock::system(),
     })
 }
 

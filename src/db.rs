@@ -524,6 +524,25 @@ impl Database {
     pub fn statement_timeout(&self) -> Duration {
         self.config.statement_timeout
     }
+
+    /// Diagnostics: how many connections are held open, as their clients
+    /// see them (one closed under us counts once its client has noticed).
+    /// Tests wait on it to know the client saw a drop, as a thawed Lambda
+    /// would, instead of sleeping and hoping it did.
+    pub async fn open_connections(&self) -> usize {
+        let mut open = 0;
+        for slot in &self.conns {
+            if slot
+                .lock()
+                .await
+                .as_ref()
+                .is_some_and(|conn| !conn.client.is_closed())
+            {
+                open += 1;
+            }
+        }
+        open
+    }
 }
 
 async fn connect(

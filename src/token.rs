@@ -8,7 +8,9 @@
 //! once per `JWT_JWKS_REFETCH_SECONDS` (default [`DEFAULT_JWKS_REFETCH`]).
 //! Every failure fails closed: stale keys outlive a failed refetch only up
 //! to twice the maximum age, then requests get 503, and failed fetches are
-//! retried at a bounded rate, never in a storm. A key set given inline
+//! retried at a bounded rate, never in a storm. The key age and the
+//! refetch spacing follow the configured clock (the system's in service; a
+//! test's manual clock moves only when told). A key set given inline
 //! (`JWT_JWKS`, for a function without a route to the IdP) is loaded once
 //! and never ages or refetches: an unknown `kid` is simply refused. Nothing
 //! here touches the database.
@@ -194,7 +196,7 @@ impl TokenManager {
                     );
                     *manager.keys.write().await = Some(KeySet {
                         jwks,
-                        fetched_at: SystemTime::now(),
+                        fetched_at: manager.config.clock.wall(),
                     });
                 }
                 Err(error) => tracing::error!(%error, "JWT_JWKS is unusable"),
@@ -361,7 +363,10 @@ impl TokenManager {
         }
         let max_age = self.config.jwks_max_age;
         // A clock that went backwards makes the age unknown: refetch.
-        let age = SystemTime::now()
+        let age = self
+            .config
+            .clock
+            .wall()
             .duration_since(set.fetched_at)
             .unwrap_or(max_age);
         if age < max_age {
@@ -426,29 +431,31 @@ impl TokenManager {
             } else {
                 interval
             };
-            let recent =
-                |at: Option<Instant>, within: Duration| at.is_some_and(|at| at.elapsed() < within);
+            let now = self.config.clock.now();
+            let recent = |at: Option<Instant>, within: Duration| {
+                at.is_some_and(|at| now.saturating_duration_since(at) < within)
+            };
             if recent(log.last_failure, retry_after_failure)
                 || (why == Refetch::UnknownKid && recent(log.last_attempt, interval))
             {
                 tracing::info!(reason = ?why, "JWKS refetch skipped: rate-limited");
                 return false;
             }
-            log.last_attempt = Some(Instant::now());
+            log.last_attempt = Some(now);
         }
         match fetch_jwks(http, url).await {
             Ok(jwks) => {
                 tracing::info!(keys = jwks.keys.len() + jwks.anonymous.len(), "JWKS loaded");
                 *self.keys.write().await = Some(KeySet {
                     jwks,
-                    fetched_at: SystemTime::now(),
+                    fetched_at: self.config.clock.wall(),
                 });
                 self.generation.fetch_add(1, Ordering::AcqRel);
                 log.last_failure = None;
                 true
             }
             Err(error) => {
-                log.last_failure = Some(Instant::now());
+                log.last_failure = Some(self.config.clock.now());
                 match freshness {
                     Freshness::Stale => tracing::error!(
                         %url, %error,

@@ -15,6 +15,7 @@ use base64::Engine as _;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
+use tenant_users::clock::Clock;
 use tenant_users::config::FIXTURE_HS256_SECRET;
 use tenant_users::token::MAX_JWKS_BYTES;
 
@@ -421,6 +422,11 @@ fn access_claims(tenant: &str, client_id: &str) -> Value {
 /// A service verifying RS256 tokens from `url`, with the issuer and
 /// audience a JWKS requires; `extra` comes first, so it overrides.
 async fn jwks_app(url: &str, extra: &[(&str, &str)]) -> TestApp {
+    jwks_app_on(url, extra, Clock::system()).await
+}
+
+/// As `jwks_app`, with `clock` keeping the keys' age and the refetch spacing.
+async fn jwks_app_on(url: &str, extra: &[(&str, &str)], clock: Clock) -> TestApp {
     let mut vars = extra.to_vec();
     vars.extend([
         ("JWT_JWKS_URL", url),
@@ -428,7 +434,7 @@ async fn jwks_app(url: &str, extra: &[(&str, &str)]) -> TestApp {
         ("JWT_AUDIENCE", CLIENT),
         ("JWT_ALGORITHMS", "RS256"),
     ]);
-    TestApp::spawn_with(&vars).await
+    TestApp::spawn_with_clock(&vars, clock).await
 }
 
 struct RsaKey {
@@ -812,17 +818,27 @@ async fn a_withdrawn_key_stops_working_once_the_keys_pass_their_max_age() {
     let old = rsa_key("key-old");
     let new = rsa_key("key-new");
     let jwks = jwks_server(json!({"keys": [old.jwk, new.jwk]})).await;
-    // The default refetch interval (300 s) does not hold back the schedule.
-    let app = jwks_app(&jwks.url, &[("JWT_JWKS_MAX_AGE_SECONDS", "1")]).await;
+    // The keys' age is kept by a clock the test moves. The default refetch
+    // interval (300 s) does not hold back the schedule.
+    let clock = Clock::manual();
+    let app = jwks_app_on(
+        &jwks.url,
+        &[("JWT_JWKS_MAX_AGE_SECONDS", "1")],
+        clock.clone(),
+    )
+    .await;
     let claims = id_claims("acme");
     let by_old = sign_kid(Algorithm::RS256, "key-old", &old.encoding, &claims);
     let by_new = sign_kid(Algorithm::RS256, "key-new", &new.encoding, &claims);
     assert_eq!(app.get("/users", &by_old).await.status, StatusCode::OK);
 
     // The IdP withdraws the old key; no token names an unknown kid, so
-    // only the schedule can notice.
+    // only the schedule can notice, and not before the maximum age.
     jwks.set(json!({"keys": [new.jwk]}));
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    clock.advance(Duration::from_millis(999));
+    assert_eq!(app.get("/users", &by_old).await.status, StatusCode::OK);
+    assert_eq!(jwks.hits(), 1, "no refetch while the keys are fresh");
+    clock.advance(Duration::from_millis(1));
     let before = app.app_activity().await;
     let (detail, _) = assert_unauthorized(&app, Some(&bearer(&by_old))).await;
     assert!(detail.contains("unknown"), "{detail}");
@@ -831,7 +847,7 @@ async fn a_withdrawn_key_stops_working_once_the_keys_pass_their_max_age() {
     assert_eq!(app.get("/users", &by_new).await.status, StatusCode::OK);
 
     // Keys keep being refreshed on schedule while they are in use.
-    tokio::time::sleep(Duration::from_millis(1200)).await;
+    clock.advance(Duration::from_secs(1));
     assert_eq!(app.get("/users", &by_new).await.status, StatusCode::OK);
     assert_eq!(jwks.hits(), 3);
 }
@@ -840,34 +856,37 @@ async fn a_withdrawn_key_stops_working_once_the_keys_pass_their_max_age() {
 async fn stale_keys_outlive_a_failed_refetch_until_twice_max_age_then_503() {
     let rsa = rsa_key("rsa-1");
     let jwks = jwks_server(json!({"keys": [rsa.jwk]})).await;
-    let app = jwks_app(
+    // Time moves only when the test says: each step lands exactly where it
+    // is meant to, however slow the machine.
+    let clock = Clock::manual();
+    let app = jwks_app_on(
         &jwks.url,
         &[
             ("JWT_JWKS_MAX_AGE_SECONDS", "1"),
             ("JWT_JWKS_REFETCH_SECONDS", "1"),
         ],
+        clock.clone(),
     )
     .await;
-    // The cold-start fetch is done by now: the keys are at least this old.
-    let fetched = Instant::now();
     let token = sign_kid(Algorithm::RS256, "rsa-1", &rsa.encoding, &id_claims("acme"));
-    let sleep_until =
-        |secs: f64| tokio::time::sleep_until((fetched + Duration::from_secs_f64(secs)).into());
+    let ms = Duration::from_millis;
     assert_eq!(app.get("/users", &token).await.status, StatusCode::OK);
     assert_eq!(jwks.hits(), 1);
 
-    // The IdP goes down. Past max age the refetch fails, and the stale
-    // keys still serve; the failure holds back the next try.
+    // The IdP goes down. At max age the refetch fails, and the stale keys
+    // still serve; the failure holds back the next try for the interval.
     jwks.up.store(false, Ordering::SeqCst);
-    sleep_until(1.2).await;
+    clock.advance(ms(1000));
     assert_eq!(app.get("/users", &token).await.status, StatusCode::OK);
     assert_eq!(jwks.hits(), 2, "one refetch attempt");
     assert_eq!(app.get("/users", &token).await.status, StatusCode::OK);
+    clock.advance(ms(999));
+    assert_eq!(app.get("/users", &token).await.status, StatusCode::OK);
     assert_eq!(jwks.hits(), 2, "no retry within the refetch interval");
 
-    // Past twice max age the stale keys are dropped: 503, not 401, and
+    // At twice max age the stale keys are dropped: 503, not 401, and
     // still at most one attempt per interval.
-    sleep_until(2.4).await;
+    clock.advance(ms(1));
     for _ in 0..5 {
         let r = app.get("/users", &token).await;
         r.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
@@ -877,11 +896,12 @@ async fn stale_keys_outlive_a_failed_refetch_until_twice_max_age_then_503() {
 
     // The IdP is back: the next allowed attempt heals, without a restart.
     jwks.up.store(true, Ordering::SeqCst);
+    clock.advance(ms(999));
     app.get("/users", &token)
         .await
         .assert_problem(StatusCode::SERVICE_UNAVAILABLE);
     assert_eq!(jwks.hits(), 3, "still within the interval after a failure");
-    sleep_until(3.6).await;
+    clock.advance(ms(1));
     assert_eq!(app.get("/users", &token).await.status, StatusCode::OK);
     assert_eq!(jwks.hits(), 4);
 }
@@ -891,14 +911,26 @@ async fn an_idp_down_at_cold_start_is_503_and_heals_without_a_restart() {
     let rsa = rsa_key("rsa-1");
     let jwks = jwks_server(json!({"keys": [rsa.jwk]})).await;
     jwks.up.store(false, Ordering::SeqCst);
-    let app = jwks_app(&jwks.url, &[("JWT_JWKS_REFETCH_SECONDS", "1")]).await;
+    let clock = Clock::manual();
+    let app = jwks_app_on(
+        &jwks.url,
+        &[("JWT_JWKS_REFETCH_SECONDS", "1")],
+        clock.clone(),
+    )
+    .await;
     let token = sign_kid(Algorithm::RS256, "rsa-1", &rsa.encoding, &id_claims("acme"));
     app.get("/users", &token)
         .await
         .assert_problem(StatusCode::SERVICE_UNAVAILABLE);
     jwks.up.store(true, Ordering::SeqCst);
-    tokio::time::sleep(Duration::from_millis(1100)).await;
+    clock.advance(Duration::from_millis(999));
+    app.get("/users", &token)
+        .await
+        .assert_problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert_eq!(jwks.hits(), 1, "no retry within the interval");
+    clock.advance(Duration::from_millis(1));
     assert_eq!(app.get("/users", &token).await.status, StatusCode::OK);
+    assert_eq!(jwks.hits(), 2);
 }
 
 /// Runs the real binary with only `env` (no inherited ALLOW_TEST_FIXTURES
@@ -988,14 +1020,18 @@ async fn an_inline_jwks_verifies_without_any_network_and_never_ages() {
     let rsa = rsa_key("inline-1");
     let other = rsa_key("elsewhere");
     let document = json!({"keys": [rsa.jwk]}).to_string();
-    let app = TestApp::spawn_with(&[
-        ("JWT_JWKS", &document),
-        ("JWT_ISSUER", ISSUER),
-        ("JWT_AUDIENCE", CLIENT),
-        // Were the inline keys to age like fetched ones, they would be
-        // unusable after twice this.
-        ("JWT_JWKS_MAX_AGE_SECONDS", "1"),
-    ])
+    let clock = Clock::manual();
+    let app = TestApp::spawn_with_clock(
+        &[
+            ("JWT_JWKS", &document),
+            ("JWT_ISSUER", ISSUER),
+            ("JWT_AUDIENCE", CLIENT),
+            // Were the inline keys to age like fetched ones, they would be
+            // unusable after twice this.
+            ("JWT_JWKS_MAX_AGE_SECONDS", "1"),
+        ],
+        clock.clone(),
+    )
     .await;
     let token = sign_kid(
         Algorithm::RS256,
@@ -1027,7 +1063,7 @@ async fn an_inline_jwks_verifies_without_any_network_and_never_ages() {
     let (detail, _) = assert_unauthorized(&app, Some(&bearer(&forged))).await;
     assert!(detail.contains("signature"), "{detail}");
 
-    tokio::time::sleep(Duration::from_millis(2100)).await;
+    clock.advance(Duration::from_millis(2100));
     let r = app.get("/users", &token).await;
     assert_eq!(
         r.status,

@@ -3,12 +3,14 @@
 //! assumes the reader role, reads the secret, connects with verify-full TLS
 //! through the proxy and serves; every failure is a 503 that heals.
 
+use std::ops::RangeInclusive;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use axum::http::StatusCode;
 use serde_json::json;
+use tenant_users::clock::Clock;
 
 use crate::common::moto::{Moto, OTHER_ROLE};
 use crate::common::pgbouncer::PgBouncer;
@@ -185,13 +187,14 @@ async fn a_missing_or_malformed_secret_is_503_until_it_is_fixed() {
     let moto = Moto::start().await;
     let ca = bouncer.certs.ca_file().display().to_string();
     let name = "tenant-users/later";
-    // Back-off capped at 1 s: after each change, waiting 1.1 s makes sure the
-    // next request really fetches the secret again.
+    // Back-off capped at 1 s: after each change, moving the app's clock
+    // 1.1 s on makes sure the next request really fetches the secret again.
     let env = with(
         moto.function_env(name),
         &[("DB_CA_FILE", &ca), ("DB_SECRET_REFRESH_SECONDS", "1")],
     );
-    let app = TestApp::from_env(db, env).await;
+    let clock = Clock::manual();
+    let app = TestApp::from_env_with_clock(db, env, clock.clone()).await;
     let backoff = Duration::from_millis(1100);
 
     assert!(
@@ -200,7 +203,7 @@ async fn a_missing_or_malformed_secret_is_503_until_it_is_fixed() {
     );
     moto.create_secret(name, r#"{"username": "app", "password": }"#)
         .await;
-    tokio::time::sleep(backoff).await;
+    clock.advance(backoff);
     let before = moto.calls();
     assert!(
         assert_unavailable(&app).await.contains("credentials"),
@@ -208,14 +211,14 @@ async fn a_missing_or_malformed_secret_is_503_until_it_is_fixed() {
     );
     assert!(moto.calls() > before, "the secret was fetched again");
     moto.put_secret(name, r#"{"username": "app"}"#).await;
-    tokio::time::sleep(backoff).await;
+    clock.advance(backoff);
     assert!(
         assert_unavailable(&app).await.contains("credentials"),
         "no password"
     );
     moto.put_secret(name, &secret_json(&app.db, &bouncer, "pw-1"))
         .await;
-    tokio::time::sleep(backoff).await;
+    clock.advance(backoff);
     assert_serves(&app).await;
 }
 
@@ -252,10 +255,12 @@ async fn unreachable_secrets_manager_is_503_and_recovers() {
         ("AWS_ENDPOINT_URL", &endpoint),
         ("DB_SECRET_REFRESH_SECONDS", "1"),
     ]);
-    let app = TestApp::from_env(stack.db, env).await;
+    let clock = Clock::manual();
+    let app = TestApp::from_env_with_clock(stack.db, env, clock.clone()).await;
     assert!(assert_unavailable(&app).await.contains("credentials"));
     up.store(true, Ordering::SeqCst);
-    heals_within(&app, Duration::from_secs(3)).await;
+    // The next attempt waits for the gate (at most the 1 s cap), then heals.
+    clock.advance(Duration::from_secs(1));
     assert_serves(&app).await;
 }
 
@@ -280,7 +285,7 @@ async fn a_rotated_password_is_picked_up() {
         moto.put_secret(&arn, &secret_json(&app.db, &bouncer, password))
             .await;
         bouncer.restart_with_users(&[(&user, password)]);
-        tokio::time::sleep(Duration::from_millis(200)).await;
+        app.wait_for_connection_drop().await;
         assert_serves(&app).await;
     }
     assert!(
@@ -289,10 +294,15 @@ async fn a_rotated_password_is_picked_up() {
     );
 }
 
-/// `count` requests spread over `over`, each answered 503 with
-/// `Retry-After`.
-async fn unavailable_for(app: &TestApp, count: u32, over: Duration) {
+/// `count` requests spread over `over` of the app's (manual) clock, each
+/// answered 503 with `Retry-After`; returns when, after the cold start,
+/// the last one was made. The clock, not the machine, sets the pace, so
+/// a slow run makes the same requests at the same moments.
+async fn unavailable_for(app: &TestApp, clock: &Clock, count: u32, over: Duration) -> Duration {
+    let cold_start = clock.now();
+    let mut last = Duration::ZERO;
     for _ in 0..count {
+        last = clock.now() - cold_start;
         let r = app.get("/users", &app.token("acme")).await;
         let detail = r.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
         assert!(detail.contains("credentials"), "{detail}");
@@ -301,21 +311,52 @@ async fn unavailable_for(app: &TestApp, count: u32, over: Duration) {
             (1..=2).contains(&retry),
             "Retry-After {retry} within the 2 s cap"
         );
-        tokio::time::sleep(over / count).await;
+        clock.advance(over / count);
     }
+    last
 }
 
-/// Polls until the app serves again; returns how long it took.
-async fn heals_within(app: &TestApp, limit: Duration) -> Duration {
-    let started = Instant::now();
-    loop {
-        let r = app.get("/users", &app.token("acme")).await;
-        if r.status == StatusCode::OK {
-            return started.elapsed();
+/// How many attempts (the cold start's included) the credential gate's
+/// schedule allows up to `last`, for requests every `step` after the cold
+/// start: after the n-th failure in a row the gate stays closed for a
+/// delay in [d/2, d), d = min(2^(n-1) s, cap), and the first request at
+/// or past its end makes the next attempt. Fewest: every delay just
+/// under d and a request one step late; most: every delay d/2 to the dot.
+fn attempts_allowed(last: Duration, step: Duration, cap: Duration) -> RangeInclusive<usize> {
+    let attempts = |share: f64, late: Duration| {
+        let (mut at, mut made) = (Duration::ZERO, 1);
+        loop {
+            let full = Duration::from_secs(1 << (made - 1).min(20)).min(cap);
+            at += full.mul_f64(share) + late;
+            if at > last {
+                return made;
+            }
+            made += 1;
         }
-        assert!(started.elapsed() < limit, "not healed: {}", r.text());
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+    };
+    attempts(1.0, step)..=attempts(0.5, Duration::ZERO)
+}
+
+/// Each attempt is one GetSecretValue; the assumed role's credentials
+/// are one AssumeRole, which the SDK caches for their lifetime (an hour),
+/// far longer than the test.
+fn assert_aws_calls_fit(calls: usize, attempts: &RangeInclusive<usize>, requests: u32) {
+    assert!(
+        (attempts.start() + 1..=attempts.end() + 1).contains(&calls),
+        "{requests} requests made {calls} AWS calls; the schedule allows {attempts:?} attempts"
+    );
+}
+
+#[test]
+fn the_schedule_for_three_seconds_allows_two_to_four_attempts() {
+    let step = Duration::from_millis(30);
+    let cap = Duration::from_secs(2);
+    // 0, then at most 0.5, 1.5, 2.5; at least by 1.03 (then 3.06 is too late).
+    assert_eq!(
+        attempts_allowed(Duration::from_millis(2970), step, cap),
+        2..=4
+    );
+    assert_eq!(attempts_allowed(Duration::ZERO, step, cap), 1..=1);
 }
 
 #[tokio::test]
@@ -329,21 +370,23 @@ async fn a_missing_secret_costs_a_handful_of_aws_calls_not_one_per_request() {
         moto.function_env(name),
         &[("DB_CA_FILE", &ca), ("DB_SECRET_REFRESH_SECONDS", "2")],
     );
+    let (count, over, cap) = (100, Duration::from_secs(3), Duration::from_secs(2));
+    let clock = Clock::manual();
     let before = moto.calls();
-    let app = TestApp::from_env(db, env).await;
-    unavailable_for(&app, 100, Duration::from_secs(3)).await;
+    let app = TestApp::from_env_with_clock(db, env, clock.clone()).await;
+    let last = unavailable_for(&app, &clock, count, over).await;
     let calls = moto.calls() - before;
-    eprintln!("missing secret: 100 requests over 3 s made {calls} AWS calls");
-    // Cold start plus back-off over 3 s (0.5-1, 1-2, then every 1-2 s):
-    // at most 5 attempts, each an AssumeRole and a GetSecretValue.
-    assert!(
-        (2..=10).contains(&calls),
-        "100 requests made {calls} AWS calls"
+    let attempts = attempts_allowed(last, over / count, cap);
+    eprintln!(
+        "missing secret: {count} requests over {last:?} made {calls} AWS calls \
+         (the schedule allows {attempts:?} attempts)"
     );
+    assert_aws_calls_fit(calls, &attempts, count);
 
     moto.create_secret(name, &secret_json(&app.db, &bouncer, "pw-1"))
         .await;
-    heals_within(&app, Duration::from_secs(5)).await;
+    clock.advance(cap);
+    assert_serves(&app).await;
 }
 
 #[tokio::test]
@@ -360,27 +403,32 @@ async fn a_refused_password_is_not_tried_again_on_every_request() {
         moto.function_env(&arn),
         &[("DB_CA_FILE", &ca), ("DB_SECRET_REFRESH_SECONDS", "2")],
     );
+    let (count, over, cap) = (100, Duration::from_secs(3), Duration::from_secs(2));
+    let clock = Clock::manual();
     let before = moto.calls();
-    let app = TestApp::from_env(db, env).await;
-    unavailable_for(&app, 100, Duration::from_secs(3)).await;
+    let app = TestApp::from_env_with_clock(db, env, clock.clone()).await;
+    let last = unavailable_for(&app, &clock, count, over).await;
     let logins = bouncer
         .log()
         .matches("password authentication failed")
         .count();
     let calls = moto.calls() - before;
-    eprintln!("refused password: 100 requests over 3 s made {logins} logins, {calls} AWS calls");
-    assert!(
-        (1..=6).contains(&logins),
-        "100 requests made {logins} logins"
+    let attempts = attempts_allowed(last, over / count, cap);
+    eprintln!(
+        "refused password: {count} requests over {last:?} made {logins} logins, {calls} AWS calls \
+         (the schedule allows {attempts:?} attempts)"
     );
+    // Each attempt is one login with the password just fetched.
     assert!(
-        (2..=10).contains(&calls),
-        "100 requests made {calls} AWS calls"
+        attempts.contains(&logins),
+        "{count} requests made {logins} logins; the schedule allows {attempts:?}"
     );
+    assert_aws_calls_fit(calls, &attempts, count);
 
     // The operator fixes the secret (say, a rotation finished): healed
-    // without a restart.
+    // without a restart, at the gate's next attempt.
     moto.put_secret(&arn, &secret_json(&app.db, &bouncer, "pw-1"))
         .await;
-    heals_within(&app, Duration::from_secs(5)).await;
+    clock.advance(cap);
+    assert_serves(&app).await;
 }

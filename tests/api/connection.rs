@@ -45,8 +45,8 @@ async fn a_terminated_backend_is_replaced_on_the_next_request() {
         )
         .await
         .unwrap();
-    // Let the client side see the connection drop, as a thawed Lambda would.
-    tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+    // The client side sees the connection drop, as a thawed Lambda would.
+    app.wait_for_connection_drop().await;
 
     let r = app
         .post(

@@ -11,22 +11,28 @@
 //! password is refused), at most the one request in flight when the proxy
 //! drops the connections may fail (503, never 401 or 500), the audit must
 //! pass for both users, and no tenant may ever see another's rows.
+//!
+//! The cluster checks passwords as RDS does, so every password the master
+//! sets is the one the proxy's logins must use. The environments run on a
+//! multi-threaded runtime, and each switch waits for events (the proxy
+//! shows it loaded the new user list, every environment has served again),
+//! not for time to pass, so a failure can be held to its switch.
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::time::Duration;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
 use serde_json::json;
-use tokio::sync::Mutex;
 
 use tenant_users::config::DbConfig;
 use tenant_users::db::Database;
 
+use crate::common::cluster::Cluster;
 use crate::common::moto::Moto;
 use crate::common::pgbouncer::PgBouncer;
-use crate::common::{TestApp, TestDb};
+use crate::common::{TestApp, TestDb, connect};
 
 const ENVIRONMENTS: usize = 3;
 const TENANTS: [&str; 3] = ["acme", "globex", "initech"];
@@ -43,12 +49,56 @@ fn secret_json(db: &TestDb, bouncer: &PgBouncer, user: &str, password: &str) -> 
     .to_string()
 }
 
+/// How far the rehearsal is, as the environments see it.
+struct Progress {
+    /// Switches begun (the master changed the database for switch `n`).
+    begun: AtomicUsize,
+    /// Switches whose proxy reloaded its users and dropped its clients.
+    dropped: AtomicUsize,
+    /// Per environment: 1 + the `dropped` count at the start of its latest
+    /// round (a create and a list) that fully succeeded; 0 before any.
+    served: Vec<AtomicUsize>,
+    stop: AtomicBool,
+}
+
+impl Progress {
+    fn new() -> Self {
+        Self {
+            begun: AtomicUsize::new(0),
+            dropped: AtomicUsize::new(0),
+            served: (0..ENVIRONMENTS).map(|_| AtomicUsize::new(0)).collect(),
+            stop: AtomicBool::new(false),
+        }
+    }
+
+    /// Waits until every environment has served a full round begun after
+    /// the latest drop: it has followed the switch. Deadline generous
+    /// enough for a loaded machine.
+    async fn every_environment_served(&self) {
+        let want = self.dropped.load(Ordering::SeqCst) + 1;
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while self
+            .served
+            .iter()
+            .any(|served| served.load(Ordering::SeqCst) < want)
+        {
+            assert!(
+                Instant::now() < deadline,
+                "not every environment served after switch {}",
+                want - 1
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+}
+
 /// What one environment saw while the rotation ran.
 #[derive(Default)]
 struct Traffic {
     requests: usize,
-    /// (status, detail) of every failed request.
-    failures: Vec<(StatusCode, String)>,
+    /// (switches begun when it failed, status, detail) of every failed
+    /// request.
+    failures: Vec<(usize, StatusCode, String)>,
     /// Emails created per tenant.
     created: HashMap<String, Vec<String>>,
     /// Creates answered 503: the connection broke, the outcome is unknown
@@ -59,10 +109,15 @@ struct Traffic {
 }
 
 /// Creates a user and lists users for each tenant in turn, until `stop`.
-async fn serve_traffic(app: Arc<TestApp>, env: usize, stop: Arc<AtomicBool>) -> Traffic {
+async fn serve_traffic(app: Arc<TestApp>, env: usize, progress: Arc<Progress>) -> Traffic {
     let mut traffic = Traffic::default();
     let mut step = 0usize;
-    while !stop.load(Ordering::SeqCst) {
+    let switch = || progress.begun.load(Ordering::SeqCst);
+    while !progress.stop.load(Ordering::SeqCst) {
+        // A client's pace, failed round or not.
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        let round_after = progress.dropped.load(Ordering::SeqCst);
+        let mut round_ok = true;
         let tenant = TENANTS[step % TENANTS.len()];
         step += 1;
         let token = app.token(tenant);
@@ -87,14 +142,18 @@ async fn serve_traffic(app: Arc<TestApp>, env: usize, stop: Arc<AtomicBool>) -> 
                     .entry(tenant.to_owned())
                     .or_default()
                     .push(email);
-                traffic.failures.push((status, r.text()));
+                traffic.failures.push((switch(), status, r.text()));
+                round_ok = false;
             }
         }
         let r = app.get("/users?limit=100", &token).await;
         traffic.requests += 1;
         if r.status != StatusCode::OK {
-            traffic.failures.push((r.status, r.text()));
+            traffic.failures.push((switch(), r.status, r.text()));
             continue;
+        }
+        if round_ok {
+            progress.served[env].fetch_max(round_after + 1, Ordering::SeqCst);
         }
         for user in r.json()["users"].as_array().into_iter().flatten() {
             let seen = user["email"].as_str().unwrap_or_default();
@@ -102,7 +161,6 @@ async fn serve_traffic(app: Arc<TestApp>, env: usize, stop: Arc<AtomicBool>) -> 
                 traffic.leaks.push(format!("{tenant} saw {seen}"));
             }
         }
-        tokio::time::sleep(Duration::from_millis(20)).await;
     }
     traffic
 }
@@ -128,11 +186,10 @@ async fn all_emails(app: &TestApp, tenant: &str) -> Vec<String> {
     }
 }
 
-/// The audit, connected as `user` (the shared test server trusts local
-/// logins, so the password does not matter here; the proxy checks it).
-async fn audit_passes_as(db: &TestDb, user: &str) {
+/// The audit, connected as `user` with `password` (the cluster checks it).
+async fn audit_passes_as(db: &TestDb, user: &str, password: &str) {
     let mut config = db.admin_config();
-    config.user(user);
+    config.user(user).password(password);
     let report = Database::new(DbConfig::plain(config))
         .await
         .audit_report()
@@ -146,17 +203,36 @@ async fn audit_passes_as(db: &TestDb, user: &str) {
     assert!(failed.is_empty(), "audit as {user}: {failed:#?}");
 }
 
-#[tokio::test]
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn multi_user_rotation_while_serving_through_the_proxy() {
-    let db = TestDb::create().await;
+    let cluster = tokio::task::spawn_blocking(Cluster::start).await.unwrap();
+    cluster.require_passwords().await;
+    let db = TestDb::create_on(cluster.admin()).await;
     let user = db.app_user.clone();
+    let first_password = db.app_password.clone();
     let clone = format!("{user}_clone");
-    let bouncer = PgBouncer::start(&[(&user, "pw-0")], 4);
+    // The master, as on RDS: not a superuser, logs in with its password.
+    // (PostgreSQL 16 on wants ADMIN OPTION on a role to change it.)
+    let su = db.admin().await;
+    su.batch_execute(&format!(
+        "CREATE ROLE tu_rotation_master WITH LOGIN CREATEROLE PASSWORD 'master-pw'; \
+         DO $$ BEGIN IF current_setting('server_version_num')::int >= 160000 THEN \
+         GRANT {user} TO tu_rotation_master WITH ADMIN OPTION; END IF; END $$"
+    ))
+    .await
+    .unwrap();
+    let mut master_login = db.admin_config();
+    master_login
+        .user("tu_rotation_master")
+        .password("master-pw");
+    let master = connect(&master_login).await;
+
+    let mut bouncer = PgBouncer::start_for(&cluster.admin(), &[(&user, &first_password)], 4);
     let moto = Moto::start().await;
     let arn = moto
         .create_secret(
             "tenant-users/app",
-            &secret_json(&db, &bouncer, &user, "pw-0"),
+            &secret_json(&db, &bouncer, &user, &first_password),
         )
         .await;
     let ca = bouncer.certs.ca_file().display().to_string();
@@ -164,7 +240,6 @@ async fn multi_user_rotation_while_serving_through_the_proxy() {
     env.push(("DB_CA_FILE".into(), ca));
     env.push(("DB_SECRET_REFRESH_SECONDS".into(), "2".into()));
     let db = Arc::new(db);
-    let admin = db.admin().await;
 
     let mut apps = Vec::new();
     for _ in 0..ENVIRONMENTS {
@@ -172,13 +247,13 @@ async fn multi_user_rotation_while_serving_through_the_proxy() {
             TestApp::from_env_shared(db.clone(), env.clone()).await,
         ));
     }
-    let stop = Arc::new(AtomicBool::new(false));
+    let progress = Arc::new(Progress::new());
     let tasks: Vec<_> = apps
         .iter()
         .enumerate()
-        .map(|(i, app)| tokio::spawn(serve_traffic(app.clone(), i, stop.clone())))
+        .map(|(i, app)| tokio::spawn(serve_traffic(app.clone(), i, progress.clone())))
         .collect();
-    let cold_starts = Arc::new(Mutex::new(Vec::new()));
+    let mut cold_starts = Vec::new();
 
     // (user the secret switches to, its new password, what the master runs)
     let switches: Vec<(String, &str, String)> = vec![
@@ -198,35 +273,43 @@ async fn multi_user_rotation_while_serving_through_the_proxy() {
             format!("ALTER ROLE {clone} WITH PASSWORD 'pw-3'"),
         ),
     ];
-    for (to, password, master_sql) in &switches {
-        tokio::time::sleep(Duration::from_millis(500)).await;
+    for (n, (to, password, master_sql)) in switches.iter().enumerate() {
+        // Every environment serves (and has followed the last switch).
+        progress.every_environment_served().await;
+        progress.begun.store(n + 1, Ordering::SeqCst);
         // setSecret: the master changes the database.
-        admin.batch_execute(master_sql).await.unwrap();
+        master.batch_execute(master_sql).await.unwrap();
         // testSecret: the new user passes the isolation audit.
-        audit_passes_as(&db, to).await;
+        audit_passes_as(&db, to, password).await;
         // finishSecret: AWSCURRENT now names the new user; the proxy
         // follows the secret, and drops its clients, so every environment
         // must log in again with what it has cached.
         moto.put_secret(&arn, &secret_json(&db, &bouncer, to, password))
             .await;
-        bouncer.reload_with_users(&[(to, password)]);
+        bouncer.reload_with_users(&db.name, &[(to, password)]).await;
         bouncer.kill_clients(&db.name).await;
+        progress.dropped.store(n + 1, Ordering::SeqCst);
         // A new environment starting now reads the new secret and serves.
         let fresh = TestApp::from_env_shared(db.clone(), env.clone()).await;
         let r = fresh.get("/users", &fresh.token("acme")).await;
-        cold_starts.lock().await.push((to.clone(), r.status));
+        cold_starts.push((to.clone(), r.status));
     }
-    tokio::time::sleep(Duration::from_millis(800)).await;
-    stop.store(true, Ordering::SeqCst);
+    progress.every_environment_served().await;
+    progress.stop.store(true, Ordering::SeqCst);
 
     let mut created: HashMap<String, Vec<String>> = HashMap::new();
     let mut uncertain: HashMap<String, Vec<String>> = HashMap::new();
     let (mut requests, mut failures) = (0, Vec::new());
-    for task in tasks {
+    for (env, task) in tasks.into_iter().enumerate() {
         let traffic = task.await.unwrap();
         assert!(traffic.leaks.is_empty(), "{:?}", traffic.leaks);
         requests += traffic.requests;
-        failures.extend(traffic.failures);
+        failures.extend(
+            traffic
+                .failures
+                .into_iter()
+                .map(|(switch, status, detail)| (switch, env, status, detail)),
+        );
         for (tenant, emails) in traffic.created {
             created.entry(tenant).or_default().extend(emails);
         }
@@ -239,22 +322,32 @@ async fn multi_user_rotation_while_serving_through_the_proxy() {
         switches.len(),
         failures.len()
     );
-    for (status, detail) in &failures {
+    let mut per_switch: HashMap<(usize, usize), Vec<&str>> = HashMap::new();
+    for (switch, env, status, detail) in &failures {
         assert_eq!(*status, StatusCode::SERVICE_UNAVAILABLE, "{detail}");
+        assert!(
+            *switch > 0,
+            "environment {env} failed before any switch: {detail}"
+        );
+        per_switch.entry((*switch, *env)).or_default().push(detail);
     }
-    assert!(
-        failures.len() <= switches.len() * ENVIRONMENTS,
-        "at most the one request in flight per switch and environment fails: {failures:?}"
-    );
-    for (to, status) in cold_starts.lock().await.iter() {
+    for ((switch, env), details) in &per_switch {
+        assert!(
+            details.len() <= 1,
+            "at most the one request in flight fails per switch and environment; \
+             switch {switch} cost environment {env} {}: {details:?}",
+            details.len()
+        );
+    }
+    for (to, status) in &cold_starts {
         assert_eq!(
             *status,
             StatusCode::OK,
             "cold start after the switch to {to}"
         );
     }
-    audit_passes_as(&db, &user).await;
-    audit_passes_as(&db, &clone).await;
+    audit_passes_as(&db, &user, "pw-2").await;
+    audit_passes_as(&db, &clone, "pw-3").await;
 
     // Every environment serves after the last switch, and each tenant sees
     // exactly the rows created for it, whichever user wrote them (plus,

@@ -7,6 +7,9 @@ use std::process::Command;
 
 use super::moto::free_port;
 
+/// The role `require_passwords` logs in as to see the new rules in force.
+const HBA_PROBE: &str = "tu_hba_probe";
+
 pub struct Cluster {
     pub port: u16,
     dir: PathBuf,
@@ -168,28 +171,41 @@ impl Cluster {
         let hba = "local all postgres trust\n\
                    host all postgres 127.0.0.1/32 trust\n\
                    host all all 127.0.0.1/32 scram-sha-256\n";
-        std::fs::write(self.dir.join("data").join("pg_hba.conf"), hba).unwrap();
         let admin = super::connect(&self.admin()).await;
+        // A role whose wrong password only a server that loaded the new
+        // rules refuses: pg_hba_file_rules shows the file, not what the
+        // postmaster has loaded.
+        admin
+            .batch_execute(&format!(
+                "CREATE ROLE {HBA_PROBE} WITH LOGIN PASSWORD 'probe-right'"
+            ))
+            .await
+            .unwrap();
+        std::fs::write(self.dir.join("data").join("pg_hba.conf"), hba).unwrap();
         admin
             .batch_execute("SELECT pg_reload_conf()")
             .await
             .unwrap();
-        // The reload is asynchronous; wait until the postmaster has it.
-        for _ in 0..100 {
-            let rows = admin
-                .query(
-                    "SELECT 1 FROM pg_hba_file_rules WHERE auth_method = 'scram-sha-256'",
-                    &[],
-                )
-                .await
-                .unwrap();
-            if !rows.is_empty() {
-                tokio::time::sleep(std::time::Duration::from_millis(200)).await;
-                return;
+        let mut probe = self.admin();
+        probe.user(HBA_PROBE).password("probe-wrong");
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        loop {
+            match probe.connect(tokio_postgres::NoTls).await {
+                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::INVALID_PASSWORD) => {
+                    break;
+                }
+                other => assert!(
+                    std::time::Instant::now() < deadline,
+                    "the server never loaded pg_hba.conf: a wrong password still gives {:?}",
+                    other.map(|_| "a session")
+                ),
             }
-            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
         }
-        panic!("pg_hba.conf reload not seen");
+        admin
+            .batch_execute(&format!("DROP ROLE {HBA_PROBE}"))
+            .await
+            .unwrap();
     }
 
     /// A role shaped like the RDS master user (LOGIN, CREATEROLE, CREATEDB,

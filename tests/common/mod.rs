@@ -18,6 +18,7 @@ use http_body_util::BodyExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tenant_users::app::App;
+use tenant_users::clock::Clock;
 use tenant_users::config::{Config, DbConfig, TlsConfig, token_config};
 use tenant_users::migrate::{self, AppRole};
 use tenant_users::telemetry::Metrics;
@@ -232,6 +233,16 @@ impl TestApp {
         Self::on(db, vars).await
     }
 
+    /// As `spawn_with`, with `clock` as the app's time: the JWKS key age
+    /// and refetch spacing, the credential gate, the audit interval. A
+    /// manual clock lets a test move time instead of sleeping.
+    pub async fn spawn_with_clock(vars: &[(&str, &str)], clock: Clock) -> Self {
+        let db = TestDb::create().await;
+        let mut db_config = DbConfig::plain(db.app_config());
+        db_config.clock = clock;
+        Self::build(db, vars, db_config).await
+    }
+
     pub async fn on(db: TestDb, vars: &[(&str, &str)]) -> Self {
         let db_config = DbConfig::plain(db.app_config());
         Self::build(db, vars, db_config).await
@@ -255,8 +266,11 @@ impl TestApp {
                 .or_else(|| (key == "JWT_HS256_SECRET").then(|| SECRET.to_owned()))
         };
         let emf = Buffer::default();
+        let mut token = token_config(&get).expect("token config");
+        // One time for the whole app, as in service.
+        token.clock = db_config.clock.clone();
         let config = Config {
-            token: token_config(&get).expect("token config"),
+            token,
             db: db_config,
             metrics: Metrics::to_writer("TenantUsersTest", Box::new(emf.clone())),
         };
@@ -277,8 +291,17 @@ impl TestApp {
         Self::from_env_shared(Arc::new(db), env).await
     }
 
+    /// As `from_env`, with `clock` as the app's time (see `spawn_with_clock`).
+    pub async fn from_env_with_clock(db: TestDb, env: Vec<(String, String)>, clock: Clock) -> Self {
+        Self::from_env_clocked(Arc::new(db), env, clock).await
+    }
+
     /// Another execution environment on the same database.
     pub async fn from_env_shared(db: Arc<TestDb>, env: Vec<(String, String)>) -> Self {
+        Self::from_env_clocked(db, env, Clock::system()).await
+    }
+
+    async fn from_env_clocked(db: Arc<TestDb>, env: Vec<(String, String)>, clock: Clock) -> Self {
         let mut config = Config::from_lookup(|key| {
             env.iter()
                 .find(|(k, _)| k == key)
@@ -288,6 +311,8 @@ impl TestApp {
         .expect("config");
         let emf = Buffer::default();
         config.metrics = Metrics::to_writer("TenantUsersTest", Box::new(emf.clone()));
+        config.db.clock = clock.clone();
+        config.token.clock = clock;
         let app = App::build(config).await;
         let router = tenant_users::http::router(app.clone());
         TestApp {
@@ -403,6 +428,20 @@ impl TestApp {
             .iter()
             .map(|r| (r.get(0), r.get(1), r.get(2)))
             .collect()
+    }
+
+    /// Waits until the app's client has seen its connection close (a
+    /// dropped backend, a restarted proxy), with a deadline generous enough
+    /// for a loaded machine.
+    pub async fn wait_for_connection_drop(&self) {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+        while self.app.db.open_connections().await > 0 {
+            assert!(
+                std::time::Instant::now() < deadline,
+                "the app's client never saw its connection close"
+            );
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
     }
 
     /// The app role's backends and when each last changed state: a request

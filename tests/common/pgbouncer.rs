@@ -114,6 +114,10 @@ pub struct PgBouncer {
     pub dir: PathBuf,
     pub certs: Certs,
     pool_size: u32,
+    /// The PostgreSQL server it forwards to (host, port).
+    server: (String, u16),
+    /// The user list it was last given (name, password).
+    users: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -129,6 +133,32 @@ impl PgBouncer {
     /// As `start`, with a server certificate (from the same kind of test
     /// CA) for the names in `san` instead of localhost.
     pub fn start_with_cert(users: &[(&str, &str)], pool_size: u32, cn: &str, san: &str) -> Self {
+        Self::launch_new(&super::admin_base(), users, pool_size, cn, san)
+    }
+
+    /// As `start`, forwarding to `server` (a cluster of the test's own)
+    /// instead of the shared test server.
+    pub fn start_for(
+        server: &tokio_postgres::Config,
+        users: &[(&str, &str)],
+        pool_size: u32,
+    ) -> Self {
+        let san = "DNS:localhost,IP:127.0.0.1";
+        Self::launch_new(server, users, pool_size, "localhost", san)
+    }
+
+    fn launch_new(
+        server: &tokio_postgres::Config,
+        users: &[(&str, &str)],
+        pool_size: u32,
+        cn: &str,
+        san: &str,
+    ) -> Self {
+        let host = match server.get_hosts().first() {
+            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
+            _ => "127.0.0.1".into(),
+        };
+        let port = server.get_ports().first().copied().unwrap_or(5432);
         let dir =
             std::env::temp_dir().join(format!("tu-bouncer-{}", uuid::Uuid::new_v4().simple()));
         std::fs::create_dir_all(&dir).unwrap();
@@ -138,6 +168,8 @@ impl PgBouncer {
             dir,
             certs,
             pool_size,
+            server: (host, port),
+            users: Vec::new(),
             child: None,
         };
         bouncer.write_users(users);
@@ -145,7 +177,11 @@ impl PgBouncer {
         bouncer
     }
 
-    fn write_users(&self, users: &[(&str, &str)]) {
+    fn write_users(&mut self, users: &[(&str, &str)]) {
+        self.users = users
+            .iter()
+            .map(|(u, p)| (u.to_string(), p.to_string()))
+            .collect();
         let list: String = users
             .iter()
             .chain([&(ADMIN_USER, ADMIN_PASSWORD)])
@@ -155,12 +191,7 @@ impl PgBouncer {
     }
 
     fn launch(&mut self) {
-        let admin = super::admin_base();
-        let host = match admin.get_hosts().first() {
-            Some(tokio_postgres::config::Host::Tcp(h)) => h.clone(),
-            _ => "127.0.0.1".into(),
-        };
-        let port = admin.get_ports().first().copied().unwrap_or(5432);
+        let (host, port) = self.server.clone();
         let d = self.dir.display();
         let ini = format!(
             "[databases]\n* = host={host} port={port}\n\n[pgbouncer]\n\
@@ -209,17 +240,73 @@ impl PgBouncer {
     }
 
     /// Replaces the user list and reloads it (SIGHUP), as RDS Proxy picks
-    /// up a rotated secret: connected clients stay connected.
-    pub fn reload_with_users(&self, users: &[(&str, &str)]) {
+    /// up a rotated secret: connected clients stay connected. Returns once
+    /// the proxy shows it loaded the list: every new user logs in to
+    /// `dbname`, and every login it no longer holds is refused (class 28).
+    pub async fn reload_with_users(&mut self, dbname: &str, users: &[(&str, &str)]) {
+        let old = std::mem::take(&mut self.users);
         self.write_users(users);
         let pid = std::fs::read_to_string(self.dir.join("pgbouncer.pid")).unwrap();
         assert!(signal("HUP", pid.trim()).unwrap().success());
-        std::thread::sleep(Duration::from_millis(200));
+        let gone: Vec<(String, String)> = old
+            .into_iter()
+            .filter(|login| !self.users.contains(login))
+            .collect();
+        let deadline = std::time::Instant::now() + Duration::from_secs(30);
+        loop {
+            let mut pending = Vec::new();
+            for (user, password) in &self.users {
+                if let Err(code) = self.login(user, password, dbname).await {
+                    pending.push(format!("{user} not let in yet ({code})"));
+                }
+            }
+            for (user, password) in &gone {
+                match self.login(user, password, dbname).await {
+                    // A changed password: 28P01; a user it no longer holds:
+                    // 08P01 "SASL authentication failed" (its mock SCRAM).
+                    Err(e) if e.starts_with("28") || e.contains("authentication failed") => {}
+                    other => pending.push(format!("{user} not refused yet ({other:?})")),
+                }
+            }
+            if pending.is_empty() {
+                return;
+            }
+            assert!(
+                std::time::Instant::now() < deadline,
+                "PgBouncer never loaded the new user list: {pending:?}"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 
-    /// Drops every client (and server) connection to `dbname` through the
-    /// admin console (`KILL`): clients must log in again.
-    pub async fn kill_clients(&self, dbname: &str) {
+    /// One login through the proxy (TLS, verified against the test CA);
+    /// when refused, the SQLSTATE and message (or the transport error).
+    pub async fn login(&self, user: &str, password: &str, dbname: &str) -> Result<(), String> {
+        let refused = |e: tokio_postgres::Error| match e.as_db_error() {
+            Some(db) => format!("{} {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        };
+        let mut config = tokio_postgres::Config::new();
+        config
+            .host("localhost")
+            .port(self.port)
+            .user(user)
+            .password(password)
+            .dbname(dbname)
+            .ssl_mode(tokio_postgres::config::SslMode::Require)
+            .connect_timeout(Duration::from_secs(10));
+        match config.connect(self.tls()).await {
+            Ok((client, connection)) => {
+                tokio::spawn(connection);
+                // Logged in; the proxy has its server connection too.
+                client.simple_query("SELECT 1").await.map_err(refused)?;
+                Ok(())
+            }
+            Err(error) => Err(refused(error)),
+        }
+    }
+
+    fn tls(&self) -> postgres_native_tls::MakeTlsConnector {
         let connector = native_tls::TlsConnector::builder()
             .add_root_certificate(
                 native_tls::Certificate::from_pem(&std::fs::read(self.certs.ca_file()).unwrap())
@@ -227,13 +314,19 @@ impl PgBouncer {
             )
             .build()
             .unwrap();
+        postgres_native_tls::MakeTlsConnector::new(connector)
+    }
+
+    /// Drops every client (and server) connection to `dbname` through the
+    /// admin console (`KILL`): clients must log in again.
+    pub async fn kill_clients(&self, dbname: &str) {
         let url = format!(
             "postgres://{ADMIN_USER}:{ADMIN_PASSWORD}@localhost:{}/pgbouncer?sslmode=require",
             self.port
         );
         let config: tokio_postgres::Config = url.parse().unwrap();
         let (client, connection) = config
-            .connect(postgres_native_tls::MakeTlsConnector::new(connector))
+            .connect(self.tls())
             .await
             .expect("PgBouncer admin console");
         tokio::spawn(connection);
