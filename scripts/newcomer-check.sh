@@ -5,7 +5,9 @@
 # names, read from README itself), run by a non-root user with sudo:
 #   make dev   start it, wait for its tokens, one authenticated request, stop
 #   make test  the whole suite
-# and the time each took. A user brings their own Rust: the host's rustup
+# and the time each took (NEWCOMER_STEPS=readme: only this); then `.ci/run` (check, lambda, test) as root in a
+# stock Debian 12 container with only git, python3 and CA certificates
+# (NEWCOMER_STEPS=ci: only that). A user brings their own Rust: the host's rustup
 # toolchain is mounted read-only (nothing here can download one); crates,
 # Debian and PyPI packages come from their registries, reached with the
 # host's CA bundle. Commit first: uncommitted changes are not in the clone.
@@ -29,7 +31,7 @@ image=$(rootfs_image tenant-users-newcomer amd64 "$packages")
 work=$(mktemp -d "${TMPDIR:-/tmp}/tenant-users-newcomer.XXXXXX")
 chmod 755 "$work" # the container's user reads its script here
 name="tenant-users-newcomer-$$"
-trap 'dk rm -f "$name" >/dev/null 2>&1 || true; as_root rm -rf "$work"' EXIT
+trap 'dk rm -f "$name" "$name-ci" >/dev/null 2>&1 || true; as_root rm -rf "$work"' EXIT
 git clone -q --no-hardlinks --branch "$(git rev-parse --abbrev-ref HEAD)" "$PWD" "$work/tenant-users"
 echo "newcomer: $image, clone of $(git rev-parse --short HEAD)" >&2
 
@@ -83,18 +85,44 @@ chmod +x "$work/as-newcomer.sh"
 status=0
 # IPv6 on: a machine has ::1 on loopback, and `localhost` (the test proxy's
 # certificate name) resolves to it first; docker turns it off by default.
-dk run --name "$name" --rm --shm-size=1g --sysctl net.ipv6.conf.all.disable_ipv6=0 \
-  -v "$work:/work" \
+if [[ " ${NEWCOMER_STEPS:-readme ci} " == *" readme "* ]]; then
+  dk run --name "$name" --rm --shm-size=1g --sysctl net.ipv6.conf.all.disable_ipv6=0 \
+    -v "$work:/work" \
+    -v "$rustup_home:/opt/rustup:ro" -v "$cargo_bin:/opt/cargo-bin:ro" \
+    -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
+    -e RUSTUP_HOME=/opt/rustup \
+    "$image" bash -c '
+      set -e
+      useradd -m -u 1000 -s /bin/bash dev
+      echo "dev ALL=(ALL) NOPASSWD:ALL" >/etc/sudoers.d/dev
+      mv /work/tenant-users /home/dev/tenant-users
+      chown -R dev: /home/dev/tenant-users
+      exec sudo -u dev -H env RUSTUP_HOME=/opt/rustup \
+        PATH=/opt/cargo-bin:/usr/local/bin:/usr/bin:/bin /work/as-newcomer.sh' || status=$?
+fi
+# `.ci/run` as CI runs it (root), in a stock Debian 12 container that has
+# only what README's Quick start assumes of a machine before its own
+# `sudo apt-get install` line (git to clone, python3, CA certificates):
+# .ci/run must install everything else itself, in an order that works.
+# Every step but sam-local, which needs a Docker daemon with binfmt_misc
+# inside the container (a privileged nested dockerd); CI runs that step on
+# the host.
+if [[ " ${NEWCOMER_STEPS:-readme ci} " == *" ci "* ]]; then
+ci_image=$(rootfs_image tenant-users-stock amd64 "git,python3,ca-certificates")
+git clone -q --no-hardlinks --branch "$(git rev-parse --abbrev-ref HEAD)" "$PWD" "$work/ci-clone"
+ci_status=0
+t0=$SECONDS
+dk run --name "$name-ci" --rm --shm-size=1g --sysctl net.ipv6.conf.all.disable_ipv6=0 \
+  -v "$work/ci-clone:/src" \
   -v "$rustup_home:/opt/rustup:ro" -v "$cargo_bin:/opt/cargo-bin:ro" \
   -v /etc/ssl/certs/ca-certificates.crt:/etc/ssl/certs/ca-certificates.crt:ro \
-  -e RUSTUP_HOME=/opt/rustup \
-  "$image" bash -c '
-    set -e
-    useradd -m -u 1000 -s /bin/bash dev
-    echo "dev ALL=(ALL) NOPASSWD:ALL" >/etc/sudoers.d/dev
-    mv /work/tenant-users /home/dev/tenant-users
-    chown -R dev: /home/dev/tenant-users
-    exec sudo -u dev -H env RUSTUP_HOME=/opt/rustup \
-      PATH=/opt/cargo-bin:/usr/local/bin:/usr/bin:/bin /work/as-newcomer.sh' || status=$?
+  -e RUSTUP_HOME=/opt/rustup -e CI_STEPS="check lambda test" \
+  -e PATH=/opt/cargo-bin:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin \
+  "$ci_image" bash -c 'cd /src && bash .ci/run' >"$work/ci.log" 2>&1 || ci_status=$?
+grep -E '^(ci: |tests: )' "$work/ci.log" || true
+echo "newcomer: .ci/run (check, lambda, test) in a stock container exited $ci_status in $((SECONDS - t0)) s"
+[ "$ci_status" = 0 ] || { tail -n 60 "$work/ci.log"; status=1; }
+fi
+
 [ "$status" = 0 ] && echo "newcomer check: passed" || echo "newcomer check: FAILED"
 exit "$status"
