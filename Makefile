@@ -4,11 +4,15 @@
 #                DATABASE_ADMIN_URL is set
 #   make test    the test suite against real PostgreSQL, PgBouncer and moto,
 #                then every event fixture through `cargo lambda watch`, then
-#                schemathesis against openapi.yaml (ALLOW_TEST_FIXTURES=1: only
-#                here is the fixture secret of events/env.json accepted)
+#                the release bootstrap (test-panic feature) under the Lambda
+#                runtime emulator: a panic fails one invocation, the next is
+#                served warm (scripts/panic-check.sh), then schemathesis
+#                against openapi.yaml (ALLOW_TEST_FIXTURES=1: only here is
+#                the fixture secret of events/env.json accepted)
 #   make check   formatting, lints, the SAM template lints, the policy scanner
 #                (checkov) and the checks over the expanded template
-#   make lambda  release arm64 bootstrap for provided.al2023
+#   make lambda  release arm64 bootstrap for provided.al2023 (refused if it
+#                would abort on panic)
 #   make bench   benchmarks against the pgbench floor -> BENCHMARKS.md
 #   make bench-fleet  200 environments through the pooler -> BENCHMARKS.md
 #   make bench-lambda  the release binary under the Lambda runtime interface
@@ -42,6 +46,7 @@ test: $(VENV)/.installed
 	ALLOW_TEST_FIXTURES=1 scripts/with-postgres.sh test sh -c 'status=0; \
 	  cargo test --locked --lib --tests || status=1; \
 	  scripts/lambda-fixtures.sh || status=1; \
+	  scripts/panic-check.sh || status=1; \
 	  scripts/schemathesis.sh || status=1; \
 	  exit $$status'
 
@@ -75,12 +80,16 @@ bench-lambda: $(VENV)/.installed
 	cargo build --release --locked --features vendored-openssl --bin tenant-users --example hello
 	PATH=$$PATH:/usr/sbin cargo bench --locked --features vendored-openssl --bench lambda
 
+# cargo lambda adds panic=abort unless Cargo.toml's [profile.release] sets
+# panic; check-bootstrap.sh refuses an aborting (or test-panic) bootstrap.
 lambda: $(VENV)/.installed
 	cargo lambda build --release --arm64 --locked
+	scripts/check-bootstrap.sh target/lambda/tenant-users/bootstrap
 	@ls -l target/lambda/tenant-users/bootstrap
 
 sam-build: $(VENV)/.installed
 	SAM_CLI_TELEMETRY=0 sam build --beta-features
+	for b in .aws-sam/build/*/bootstrap; do scripts/check-bootstrap.sh "$$b" || exit 1; done
 
 sam-local: $(VENV)/.installed
 	scripts/sam-local.sh

@@ -56,6 +56,10 @@ pub fn router(app: AppState) -> Router {
     for (_, path, handler) in operations() {
         router = router.route(path, handler);
     }
+    #[cfg(feature = "test-panic")]
+    {
+        router = router.route("/__panic", get(test_panic));
+    }
     router
         .fallback(|| async { ApiError::not_found("no such route") })
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
@@ -65,6 +69,14 @@ pub fn router(app: AppState) -> Router {
             telemetry::observe,
         ))
         .with_state(app)
+}
+
+/// `GET /__panic`, only in builds with the `test-panic` feature (never a
+/// deployed one): scripts/panic-check.sh proves with it that a panic costs
+/// one failed invocation, and the next is served warm by the same process.
+#[cfg(feature = "test-panic")]
+async fn test_panic() -> StatusCode {
+    panic!("GET /__panic: deliberate panic (feature test-panic)")
 }
 
 /// Serves the router on a local address until Ctrl-C.
