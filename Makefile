@@ -67,10 +67,12 @@ check: $(VENV)/.installed
 # Benchmarks (not part of make test): needs wrk and pgbench; writes BENCHMARKS.md.
 bench:
 	scripts/with-postgres.sh test sh -c 'cargo bench --locked --features vendored-openssl --bench tokens && cargo bench --locked --features vendored-openssl --bench service'
+	python3 scripts/bench-summary.py
 
 # 200 environments through PgBouncer vs 8 direct connections -> BENCHMARKS.md.
 bench-fleet:
 	scripts/with-postgres.sh test cargo bench --locked --bench fleet
+	python3 scripts/bench-summary.py
 
 # Needs root (cgroup v1), the SAM CLI (its emulator, its events), PostgreSQL on
 # 127.0.0.1:5432, PgBouncer and moto_server; python3 + matplotlib for the chart.
@@ -79,6 +81,7 @@ bench-lambda: $(VENV)/.installed
 	python3 -c 'import matplotlib' 2>/dev/null || pip install -q -r scripts/bench-requirements.txt
 	cargo build --release --locked --features vendored-openssl --bin tenant-users --example hello
 	PATH=$$PATH:/usr/sbin cargo bench --locked --features vendored-openssl --bench lambda
+	python3 scripts/bench-summary.py
 
 # cargo lambda adds panic=abort unless Cargo.toml's [profile.release] sets
 # panic; check-bootstrap.sh refuses an aborting (or test-panic) bootstrap.
