@@ -21,7 +21,8 @@
 #   make sam-local   every event fixture through `sam local invoke` in an
 #                arm64 container (Docker; sets the machine up, see README)
 #   make newcomer-check  README's `make dev` and `make test` in a fresh
-#                Debian 12 container as a non-root user, timed
+#                Debian 12 container as a non-root user, timed; then .ci/run
+#                (check, lambda, test) as root in a stock one
 #
 # The Python tools (moto, cargo-lambda, schemathesis, cfn-lint, SAM CLI) come
 # from .venv, made here with the versions pinned in requirements-dev.txt.
