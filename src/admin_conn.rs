@@ -37,15 +37,7 @@ pub async fn connect(
             let stream = tokio::net::UnixStream::connect(&socket)
                 .await
                 .map_err(ConnectError::Reach)?;
-            let mut config = config.clone();
-            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-            let (client, connection) = config.connect_raw(Guarded::new(stream), NoTls).await?;
-            return Ok((
-                client,
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                }),
-            ));
+            return plain(config, stream).await;
         }
     };
     let limit = config.get_connect_timeout().copied();
@@ -59,29 +51,35 @@ pub async fn connect(
     .map_err(ConnectError::Reach)?;
     let _ = tcp.set_nodelay(true);
     match connector {
-        None => {
-            let mut config = config.clone();
-            config.ssl_mode(tokio_postgres::config::SslMode::Disable);
-            let (client, connection) = config.connect_raw(Guarded::new(tcp), NoTls).await?;
-            Ok((
-                client,
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                }),
-            ))
-        }
+        None => plain(config, tcp).await,
         Some(mut make) => {
             let tls = MakeTlsConnect::<TcpStream>::make_tls_connect(&mut make, &host)
                 .map_err(|e| ConnectError::Tls(e.to_string()))?;
             let (client, connection) = config.connect_raw(tcp, GuardedTls(tls)).await?;
-            Ok((
-                client,
-                tokio::spawn(async move {
-                    let _ = connection.await;
-                }),
-            ))
+            Ok((client, spawn(connection)))
         }
     }
+}
+
+/// Plain text over `stream` (a TCP or Unix socket), through the guard.
+async fn plain<S>(
+    config: &tokio_postgres::Config,
+    stream: S,
+) -> Result<(Client, tokio::task::JoinHandle<()>), ConnectError>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let mut config = config.clone();
+    config.ssl_mode(tokio_postgres::config::SslMode::Disable);
+    let (client, connection) = config.connect_raw(Guarded::new(stream), NoTls).await?;
+    Ok((client, spawn(connection)))
+}
+
+/// Drives the connection until it ends.
+fn spawn<F: Future + Send + 'static>(connection: F) -> tokio::task::JoinHandle<()> {
+    tokio::spawn(async move {
+        let _ = connection.await;
+    })
 }
 
 /// Why the admin connection did not open.
