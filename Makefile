@@ -11,7 +11,8 @@
 #                the fixture secret of events/env.json accepted)
 #   make check   formatting, lints, the SAM template lints, the policy scanner
 #                (checkov) and the checks over the expanded template
-#   make lambda  release arm64 bootstrap for provided.al2023 (refused if it
+#   make lambda  release arm64 bootstraps for provided.al2023, one per function
+#                (api, migrate; each refused if it
 #                would abort on panic)
 #   make bench   benchmarks against the pgbench floor -> BENCHMARKS.md
 #   make bench-fleet  200 environments through the pooler -> BENCHMARKS.md
@@ -41,11 +42,11 @@ $(VENV)/.installed: requirements-dev.txt
 .venv: $(VENV)/.installed
 
 dev:
-	scripts/with-postgres.sh dev cargo run --quiet -- dev
+	scripts/with-postgres.sh dev cargo run --quiet --bin tenant-users -- dev
 
 test: $(VENV)/.installed
 	ALLOW_TEST_FIXTURES=1 scripts/with-postgres.sh test sh -c 'status=0; \
-	  cargo test --locked --lib --tests || status=1; \
+	  { cargo build --locked --bins && cargo test --locked --lib --tests; } || status=1; \
 	  scripts/lambda-fixtures.sh || status=1; \
 	  scripts/panic-check.sh || status=1; \
 	  scripts/schemathesis.sh || status=1; \
@@ -67,12 +68,13 @@ check: $(VENV)/.installed
 
 # Benchmarks (not part of make test): needs wrk and pgbench; writes BENCHMARKS.md.
 bench:
-	scripts/with-postgres.sh test sh -c 'cargo bench --locked --features vendored-openssl --bench tokens && cargo bench --locked --features vendored-openssl --bench service'
+	cargo build --release --locked --features tenant-users/vendored-openssl --bin tenant-users
+	scripts/with-postgres.sh test sh -c 'cargo bench --locked -p tenant-users --features vendored-openssl --bench tokens && cargo bench --locked -p tenant-users --features vendored-openssl --bench service'
 	python3 scripts/bench-summary.py
 
 # 200 environments through PgBouncer vs 8 direct connections -> BENCHMARKS.md.
 bench-fleet:
-	scripts/with-postgres.sh test cargo bench --locked --bench fleet
+	scripts/with-postgres.sh test cargo bench --locked -p tenant-users --bench fleet
 	python3 scripts/bench-summary.py
 
 # Needs root (cgroup v1), the SAM CLI (its emulator, its events), PostgreSQL on
@@ -80,16 +82,20 @@ bench-fleet:
 # Built with the OpenSSL the arm64 bootstrap links (vendored-openssl).
 bench-lambda: $(VENV)/.installed
 	python3 -c 'import matplotlib' 2>/dev/null || pip install -q -r scripts/bench-requirements.txt
-	cargo build --release --locked --features vendored-openssl --bin tenant-users --example hello
-	PATH=$$PATH:/usr/sbin cargo bench --locked --features vendored-openssl --bench lambda
+	cargo build --release --locked -p tenant-users --features vendored-openssl --bin api --example hello
+	PATH=$$PATH:/usr/sbin cargo bench --locked -p tenant-users --features vendored-openssl --bench lambda
 	python3 scripts/bench-summary.py
+
+# One binary per Lambda function: the users API, and the schema custom
+# resource (crates/migrate).
+FUNCTIONS := api migrate
 
 # cargo lambda adds panic=abort unless Cargo.toml's [profile.release] sets
 # panic; check-bootstrap.sh refuses an aborting (or test-panic) bootstrap.
 lambda: $(VENV)/.installed
-	cargo lambda build --release --arm64 --locked
-	scripts/check-bootstrap.sh target/lambda/tenant-users/bootstrap
-	@ls -l target/lambda/tenant-users/bootstrap
+	cargo lambda build --release --arm64 --locked $(foreach f,$(FUNCTIONS),--bin $(f))
+	for f in $(FUNCTIONS); do scripts/check-bootstrap.sh target/lambda/$$f/bootstrap || exit 1; done
+	@ls -l $(foreach f,$(FUNCTIONS),target/lambda/$(f)/bootstrap)
 
 sam-build: $(VENV)/.installed
 	SAM_CLI_TELEMETRY=0 sam build --beta-features
@@ -102,7 +108,7 @@ newcomer-check:
 	scripts/newcomer-check.sh
 
 migrate:
-	cargo run --quiet -- migrate
+	cargo run --quiet --bin migrate -- migrate
 
 serve:
-	cargo run --quiet -- serve
+	cargo run --quiet --bin tenant-users -- serve

@@ -172,7 +172,7 @@ fn rie_path() -> PathBuf {
 /// `BENCH_SERVICE_BIN` measures another build of the service (a lever
 /// tried, or the previous commit's) against the same harness.
 fn binaries() -> (PathBuf, PathBuf) {
-    let built = PathBuf::from(env!("CARGO_BIN_EXE_tenant-users"));
+    let built = PathBuf::from(env!("CARGO_BIN_EXE_api"));
     let hello = built.parent().unwrap().join("examples/hello");
     let service = std::env::var_os("BENCH_SERVICE_BIN")
         .map(PathBuf::from)

@@ -1,7 +1,10 @@
 #!/usr/bin/env bash
-# Feeds every event fixture to the function running under the real Lambda
-# runtime emulator (`cargo lambda watch`) with `cargo lambda invoke`, and
-# checks each status against events/manifest.json.
+# Feeds every event fixture to its function running under the real Lambda
+# runtime emulator (`cargo lambda watch`) with `cargo lambda invoke`: the API
+# function (`api`) each of events/*.json, checking each status against
+# events/manifest.json; the schema function (`migrate`) each of
+# events/migrate/*.json, checking the error it answers against
+# events/migrate/manifest.json.
 #
 # Needs TEST_DATABASE_ADMIN_URL and ALLOW_TEST_FIXTURES=1 (make test provides
 # both) and cargo-lambda.
@@ -39,7 +42,7 @@ while IFS=' ' read -r file expected; do
   # A function that cannot start (e.g. it refused its configuration) makes
   # invoke wait forever: bound it (the first invoke also builds the
   # function), and stop at the first such case.
-  out=$(timeout "$limit" cargo lambda invoke tenant-users --invoke-address 127.0.0.1 --invoke-port "$port" \
+  out=$(timeout "$limit" cargo lambda invoke api --invoke-address 127.0.0.1 --invoke-port "$port" \
     --data-file "events/$file" --output-format json 2>&1) || true
   limit=60
   got=$(printf '%s' "$out" | python3 -c 'import json,sys
@@ -54,6 +57,23 @@ except Exception: print("no-response")')
   fi
 done < <(python3 -c 'import json
 for f, s in json.load(open("events/manifest.json")).items(): print(f, s)')
+
+# The schema function: events it must refuse without acting (an untrusted
+# ResponseURL, not a CloudFormation event). Each answers an invocation
+# error whose message the manifest names; nothing is contacted.
+limit=900
+while IFS=$'\t' read -r file expected; do
+  out=$(timeout "$limit" cargo lambda invoke migrate --invoke-address 127.0.0.1 --invoke-port "$port" \
+    --data-file "events/migrate/$file" --output-format json 2>&1) || true
+  limit=60
+  if printf '%s' "$out" | grep -qF -- "$expected"; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    echo "FAIL migrate/$file: expected an error with \"$expected\", got: $out" >&2
+  fi
+done < <(python3 -c 'import json
+for f, s in json.load(open("events/migrate/manifest.json")).items(): print(f + "\t" + s)')
 
 if [ "$failed" -ne 0 ]; then
   echo "--- cargo lambda watch log ---" >&2

@@ -48,9 +48,9 @@ else
   # `make lambda` in target/lambda/. vendored-openssl: the OpenSSL the arm64
   # bootstrap links (zig, cargo lambda's linker, does not find Debian's
   # multiarch OpenSSL headers anyway).
-  cargo lambda build --release "$arch_flag" --locked --features test-panic,vendored-openssl \
-    --bin tenant-users --lambda-dir target/lambda-test-panic "$@"
-  bootstrap=$(realpath target/lambda-test-panic/tenant-users/bootstrap)
+  cargo lambda build --release "$arch_flag" --locked -p tenant-users --features test-panic,vendored-openssl \
+    --bin api --lambda-dir target/lambda-test-panic "$@"
+  bootstrap=$(realpath target/lambda-test-panic/api/bootstrap)
 fi
 built=$(date +%s)
 

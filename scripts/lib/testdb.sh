@@ -42,9 +42,9 @@ testdb_create() {
   TESTDB_ADMIN_URL=$(url_with "$TEST_DATABASE_ADMIN_URL" "$TESTDB_NAME")
   TESTDB_APP_URL=$(url_with "$TESTDB_ADMIN_URL" "" "$TESTDB_ROLE:$TESTDB_PASSWORD")
   psql "$TEST_DATABASE_ADMIN_URL" -Xqc "CREATE DATABASE $TESTDB_NAME" >/dev/null
-  cargo build --quiet --locked
+  cargo build --quiet --locked --bins
   DATABASE_ADMIN_URL="$TESTDB_ADMIN_URL" APP_DB_USER="$TESTDB_ROLE" APP_DB_PASSWORD="$TESTDB_PASSWORD" \
-    DB_SSLMODE=disable target/debug/tenant-users migrate >/dev/null
+    DB_SSLMODE=disable target/debug/migrate migrate >/dev/null
 }
 
 # wait_for_port PORT: until something listens there (60 s at most).

@@ -799,7 +799,7 @@ async fn the_audit_report_names_rule_object_and_requirement() {
 }
 
 fn audit_command(db: &TestDb) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tenant-users"))
+    let out = Command::new(crate::common::workspace_bin("migrate"))
         .arg("audit")
         .env("DATABASE_URL", db.app_url())
         .env("JWT_HS256_SECRET", SECRET)

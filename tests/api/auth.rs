@@ -933,10 +933,11 @@ async fn an_idp_down_at_cold_start_is_503_and_heals_without_a_restart() {
     assert_eq!(jwks.hits(), 2);
 }
 
-/// Runs the real binary with only `env` (no inherited ALLOW_TEST_FIXTURES
-/// from make test) and returns (success, stdout + stderr).
-fn run_binary(args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_tenant-users"))
+/// Runs a real binary of the workspace (`api`, or the local tool
+/// `tenant-users`) with only `env` (no inherited ALLOW_TEST_FIXTURES from
+/// make test) and returns (success, stdout + stderr).
+fn run_binary(bin: &str, args: &[&str], env: &[(&str, &str)]) -> (bool, String) {
+    let out = Command::new(crate::common::workspace_bin(bin))
         .args(args)
         .env_clear()
         .envs(env.iter().copied())
@@ -995,7 +996,7 @@ fn the_function_refuses_to_start_on_unsafe_token_settings() {
         ),
     ] {
         let env: Vec<_> = env.into_iter().chain(lambda).collect();
-        let (ok, output) = run_binary(&[], &env);
+        let (ok, output) = run_binary("api", &[], &env);
         assert!(!ok, "{name}: started");
         assert!(output.contains(expected), "{name}: {output}");
     }
@@ -1003,9 +1004,10 @@ fn the_function_refuses_to_start_on_unsafe_token_settings() {
     // `token` reads the same settings: the fixture secret works only under
     // ALLOW_TEST_FIXTURES=1, as in make test.
     let fixture = ("JWT_HS256_SECRET", FIXTURE_HS256_SECRET);
-    let (ok, output) = run_binary(&["token", "--tenant", "acme"], &[fixture]);
+    let (ok, output) = run_binary("tenant-users", &["token", "--tenant", "acme"], &[fixture]);
     assert!(!ok && output.contains("ALLOW_TEST_FIXTURES"), "{output}");
     let (ok, output) = run_binary(
+        "tenant-users",
         &["token", "--tenant", "acme"],
         &[fixture, ("ALLOW_TEST_FIXTURES", "1")],
     );

@@ -328,7 +328,7 @@ async fn verify_full_refuses_a_valid_certificate_for_another_host_name() {
 #[tokio::test]
 async fn make_dev_connects_the_app_role_with_the_admin_tls_settings() {
     use tenant_users::config::{SslMode, TlsConfig};
-    use tenant_users::migrate::AppRole;
+    use tenant_users_migrate::AppRole;
 
     let db = TestDb::create().await;
     // A "remote" server that only speaks TLS: the proxy stand-in.
@@ -342,7 +342,7 @@ async fn make_dev_connects_the_app_role_with_the_admin_tls_settings() {
         password: Some("pw-1".into()),
     };
     let build = |tls: TlsConfig| {
-        let db_config = tenant_users::dev::app_db_config(&admin, &role, tls);
+        let db_config = tenant_users_migrate::app_db_config(&admin, &role, tls);
         let token = tenant_users::config::token_config(&|k| {
             (k == "JWT_HS256_SECRET").then(|| crate::common::SECRET.to_owned())
         })

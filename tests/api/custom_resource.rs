@@ -9,8 +9,8 @@ use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
 use tenant_users::config::DbConfig;
-use tenant_users::custom_resource::{ANSWER_RESERVE, CustomResource};
 use tenant_users::db::Database;
+use tenant_users_migrate::custom_resource::{ANSWER_RESERVE, CustomResource};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;
@@ -665,7 +665,7 @@ async fn a_response_url_that_is_not_cloudformations_is_never_contacted() {
         event["ResponseURL"] = json!(url);
         let e = d.handler.handle(event, SystemTime::now() + Duration::from_secs(30)).await;
         assert!(
-            matches!(e, Err(tenant_users::custom_resource::Unanswered::UntrustedResponseUrl(_))),
+            matches!(e, Err(tenant_users_migrate::custom_resource::Unanswered::UntrustedResponseUrl(_))),
             "{url}: {e:?}"
         );
     }

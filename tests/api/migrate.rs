@@ -11,7 +11,7 @@ use http_body_util::BodyExt;
 use serde_json::{Value, json};
 use tenant_users::config::{Config, DbConfig, TlsConfig, token_config};
 use tenant_users::db::Database;
-use tenant_users::migrate::{self, AppRole, MigrateError};
+use tenant_users_migrate::{self as migrate, AppRole, MigrateError};
 use tokio_postgres::NoTls;
 use tower::ServiceExt;
 

@@ -20,13 +20,26 @@ use serde_json::{Value, json};
 use tenant_users::app::App;
 use tenant_users::clock::Clock;
 use tenant_users::config::{Config, DbConfig, TlsConfig, token_config};
-use tenant_users::migrate::{self, AppRole};
 use tenant_users::telemetry::Metrics;
+use tenant_users_migrate::{self as migrate, AppRole};
 use tokio_postgres::{Client, NoTls};
 use tower::ServiceExt;
 
 pub const SECRET: &str = "test-only-secret-0123456789abcdef0123456789";
 pub const DEFAULT_ADMIN_URL: &str = "postgres://postgres@127.0.0.1:5432/postgres";
+
+/// A binary of the workspace by name: `api` (this package's, built by
+/// cargo for its tests), `migrate` or `tenant-users` (the other packages',
+/// beside it once built: make test runs `cargo build --bins` first).
+pub fn workspace_bin(name: &str) -> std::path::PathBuf {
+    let path = std::path::Path::new(env!("CARGO_BIN_EXE_api")).with_file_name(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build it with `cargo build --bins` (make test does)",
+        path.display()
+    );
+    path
+}
 
 pub fn is_root() -> bool {
     std::process::Command::new("id")

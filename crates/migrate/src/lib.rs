@@ -19,11 +19,15 @@
 
 use tokio_postgres::Client;
 
-use crate::config::{SslMode, TlsConfig};
-use crate::db::error_chain;
+use tenant_users::config::{DbConfig, SslMode, TlsConfig};
+use tenant_users::db::error_chain;
+
+pub mod admin_conn;
+pub mod custom_resource;
 
 mod embedded {
-    refinery::embed_migrations!("migrations");
+    // The workspace's `migrations/`, relative to this crate.
+    refinery::embed_migrations!("../../migrations");
 }
 
 /// Tables that hold tenant rows; the application role may use only these.
@@ -138,7 +142,7 @@ pub async fn run_with_progress(
         SslMode::Disable => None,
         SslMode::Require | SslMode::VerifyFull => {
             admin.ssl_mode(tokio_postgres::config::SslMode::Require);
-            Some(crate::db::tls_connector(tls).map_err(MigrateError::Tls)?)
+            Some(tenant_users::db::tls_connector(tls).map_err(MigrateError::Tls)?)
         }
     };
     let (mut client, task) = crate::admin_conn::connect(&admin, connector)
@@ -403,6 +407,31 @@ fn scram_literal(password: &str) -> Result<String, MigrateError> {
     Ok(format!("'{verifier}'"))
 }
 
+/// The application role's connection: the admin URL's server and
+/// database, the role's credentials, and TLS settled exactly as `migrate`
+/// settles it for the admin connection (`DB_SSLMODE`; without it, the
+/// URL's own `sslmode=require`).
+pub fn app_db_config(admin: &tokio_postgres::Config, role: &AppRole, tls: TlsConfig) -> DbConfig {
+    let mut pg = admin.clone();
+    pg.user(&role.name);
+    if let Some(password) = &role.password {
+        pg.password(password.as_str());
+    }
+    pg.application_name("tenant-users-dev");
+    let url_requires = admin.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+    let tls = match tls.mode {
+        SslMode::Disable if url_requires => TlsConfig {
+            mode: SslMode::Require,
+            ..tls
+        },
+        _ => tls,
+    };
+    DbConfig {
+        tls,
+        ..DbConfig::plain(pg)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -432,5 +461,41 @@ mod tests {
     fn each_error_names_its_step() {
         assert_eq!(MigrateError::Tls("x".into()).step(), "connect");
         assert_eq!(MigrateError::Refused("x".into()).step(), "app role");
+    }
+
+    fn role() -> AppRole {
+        AppRole {
+            name: "tenant_app".into(),
+            password: Some("pw".into()),
+        }
+    }
+
+    #[test]
+    fn the_app_connection_follows_the_admin_tls_settings() {
+        let admin: tokio_postgres::Config = "postgres://owner@db.example/app".parse().unwrap();
+        let verify = TlsConfig {
+            mode: SslMode::VerifyFull,
+            ca_file: Some("/etc/rds-ca.pem".into()),
+            roots: tenant_users::config::Roots::System,
+        };
+        let db = app_db_config(&admin, &role(), verify);
+        assert_eq!(db.tls.mode, SslMode::VerifyFull);
+        assert_eq!(db.tls.ca_file, Some("/etc/rds-ca.pem".into()));
+        let tenant_users::config::DbSource::Url(pg) = &db.source else {
+            panic!("fixed credentials")
+        };
+        assert_eq!(pg.get_user(), Some("tenant_app"));
+
+        let required: tokio_postgres::Config = "postgres://owner@db.example/app?sslmode=require"
+            .parse()
+            .unwrap();
+        let db = app_db_config(&required, &role(), TlsConfig::DISABLED);
+        assert_eq!(db.tls.mode, SslMode::Require, "the URL's sslmode=require");
+        let db = app_db_config(&admin, &role(), TlsConfig::DISABLED);
+        assert_eq!(
+            db.tls.mode,
+            SslMode::Disable,
+            "plain only when nothing asks for TLS"
+        );
     }
 }

@@ -12,11 +12,12 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::app::App;
-use crate::config::{Config, DbConfig, SslMode, TlsConfig, token_config};
-use crate::migrate::{self, AppRole};
-use crate::tenant::{TenantContext, TenantId};
-use crate::users::{self, Email, NewUser, UserName};
+use axum::body::Body;
+use axum::http::{Request, StatusCode};
+use tenant_users::app::App;
+use tenant_users::config::{Config, TlsConfig, token_config};
+use tenant_users_migrate::{self as migrate, AppRole, app_db_config};
+use tower::ServiceExt;
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
@@ -68,21 +69,33 @@ pub async fn run() -> Result<(), BoxError> {
     let config = Config {
         token: token.clone(),
         db: app_db_config(&admin, &role, tls),
-        metrics: crate::telemetry::Metrics::from_lookup(env),
+        metrics: tenant_users::telemetry::Metrics::from_lookup(env),
     };
     let app = App::build(config).await;
 
+    // Seeded through the API itself, as each tenant's client would: the
+    // token check and the tenant scope decide where each row goes.
+    let router = tenant_users::http::router(app.clone());
     for (tenant, people) in DEMO {
-        let caller = TenantContext::new(TenantId::parse(tenant)?, Some("dev-seed".into()));
+        let jwt = mint_token(
+            secret.as_bytes(),
+            &token.tenant_claim,
+            token.issuer.as_deref(),
+            token.audience.first().map(String::as_str),
+            tenant,
+            300,
+        )?;
         for (email, name) in *people {
-            let new = NewUser {
-                email: Email::parse(email)?,
-                name: UserName::parse(name)?,
-            };
-            match users::create(&app.db, &caller, &new).await {
-                Ok(_) => {}
-                Err(e) if e.code() == Some(&tokio_postgres::error::SqlState::UNIQUE_VIOLATION) => {}
-                Err(e) => return Err(e.into()),
+            let request = Request::post("/users")
+                .header("authorization", format!("Bearer {jwt}"))
+                .header("content-type", "application/json")
+                .body(Body::from(
+                    json!({ "email": email, "name": name }).to_string(),
+                ))?;
+            let status = router.clone().oneshot(request).await?.status();
+            // 409: seeded by an earlier `make dev` on the same database.
+            if !status.is_success() && status != StatusCode::CONFLICT {
+                return Err(format!("seeding {email} for {tenant}: {status}").into());
             }
         }
     }
@@ -114,33 +127,8 @@ pub async fn run() -> Result<(), BoxError> {
     println!(
         "  curl -s {base}/users -H \"Authorization: Bearer $TOKEN_ACME\" -H 'Content-Type: application/json' \\\n    -d '{{\"email\":\"new@acme.test\",\"name\":\"New Person\"}}'\n"
     );
-    crate::http::serve(app, SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    tenant_users::http::serve(app, SocketAddr::from(([127, 0, 0, 1], port))).await?;
     Ok(())
-}
-
-/// The application role's connection: the admin URL's server and
-/// database, the role's credentials, and TLS settled exactly as `migrate`
-/// settles it for the admin connection (`DB_SSLMODE`; without it, the
-/// URL's own `sslmode=require`).
-pub fn app_db_config(admin: &tokio_postgres::Config, role: &AppRole, tls: TlsConfig) -> DbConfig {
-    let mut pg = admin.clone();
-    pg.user(&role.name);
-    if let Some(password) = &role.password {
-        pg.password(password.as_str());
-    }
-    pg.application_name("tenant-users-dev");
-    let url_requires = admin.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
-    let tls = match tls.mode {
-        SslMode::Disable if url_requires => TlsConfig {
-            mode: SslMode::Require,
-            ..tls
-        },
-        _ => tls,
-    };
-    DbConfig {
-        tls,
-        ..DbConfig::plain(pg)
-    }
 }
 
 /// Signs an HS256 token for `tenant`, valid for `ttl_seconds`.
@@ -177,45 +165,4 @@ fn random_secret() -> String {
         uuid::Uuid::new_v4().simple(),
         uuid::Uuid::new_v4().simple()
     )
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn role() -> AppRole {
-        AppRole {
-            name: "tenant_app".into(),
-            password: Some("pw".into()),
-        }
-    }
-
-    #[test]
-    fn the_app_connection_follows_the_admin_tls_settings() {
-        let admin: tokio_postgres::Config = "postgres://owner@db.example/app".parse().unwrap();
-        let verify = TlsConfig {
-            mode: SslMode::VerifyFull,
-            ca_file: Some("/etc/rds-ca.pem".into()),
-            roots: crate::config::Roots::System,
-        };
-        let db = app_db_config(&admin, &role(), verify);
-        assert_eq!(db.tls.mode, SslMode::VerifyFull);
-        assert_eq!(db.tls.ca_file, Some("/etc/rds-ca.pem".into()));
-        let crate::config::DbSource::Url(pg) = &db.source else {
-            panic!("fixed credentials")
-        };
-        assert_eq!(pg.get_user(), Some("tenant_app"));
-
-        let required: tokio_postgres::Config = "postgres://owner@db.example/app?sslmode=require"
-            .parse()
-            .unwrap();
-        let db = app_db_config(&required, &role(), TlsConfig::DISABLED);
-        assert_eq!(db.tls.mode, SslMode::Require, "the URL's sslmode=require");
-        let db = app_db_config(&admin, &role(), TlsConfig::DISABLED);
-        assert_eq!(
-            db.tls.mode,
-            SslMode::Disable,
-            "plain only when nothing asks for TLS"
-        );
-    }
 }

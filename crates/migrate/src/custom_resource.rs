@@ -1,5 +1,5 @@
 //! The schema bootstrap as a CloudFormation custom resource: the second
-//! function of the stack (`TENANT_USERS_ROLE=migrate`), which runs inside
+//! function of the stack (the `migrate` binary), which runs inside
 //! the VPC at deploy time, where the database is reachable.
 //!
 //! Create and Update read the RDS-managed master secret and the application
@@ -33,9 +33,9 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::config::{AwsConfig, ConfigError, Roots, SecretConfig, SslMode, TlsConfig};
-use crate::migrate::{self, AppRole};
-use crate::secret::SecretSource;
+use crate::{self as migrate, AppRole};
+use tenant_users::config::{AwsConfig, ConfigError, Roots, SecretConfig, SslMode, TlsConfig};
+use tenant_users::secret::SecretSource;
 
 /// `PhysicalResourceId` is this plus the database name: the same on every
 /// Create and Update of one database, so CloudFormation never sees a
@@ -297,7 +297,7 @@ pub struct CustomResource {
 
 impl CustomResource {
     pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Self {
-        crate::token::install_tls_provider();
+        tenant_users::token::install_tls_provider();
         // S3 pre-signed URLs are https; redirects are not part of the
         // protocol, and following one would resend the answer elsewhere.
         let http = reqwest::Client::builder()
@@ -435,7 +435,7 @@ impl CustomResource {
                     return Ok(());
                 }
                 Ok(response) => last = format!("{host} answered {}", response.status()),
-                Err(error) => last = format!("{host}: {}", crate::db::error_chain(&error)),
+                Err(error) => last = format!("{host}: {}", tenant_users::db::error_chain(&error)),
             }
             tracing::warn!(%host, attempt, error = %last, "answer to CloudFormation not accepted");
             tokio::time::sleep(Duration::from_millis(300 * u64::from(attempt))).await;
@@ -634,14 +634,16 @@ mod tests {
         assert!(Settings::from_lookup(with("DB_SSLMODE", "prefer")).is_err());
         assert!(Settings::from_lookup(with("DB_CONNECT_TIMEOUT_MS", "0")).is_err());
         // The shipped bundle parses and builds a connector.
-        assert!(crate::db::tls_connector(&s.tls).is_ok());
+        assert!(tenant_users::db::tls_connector(&s.tls).is_ok());
         assert!(
-            crate::db::RDS_CA_BUNDLE
+            tenant_users::db::RDS_CA_BUNDLE
                 .matches("BEGIN CERTIFICATE")
                 .count()
                 > 20
         );
-        assert!(crate::db::RDS_CA_BUNDLE.contains("Amazon RDS us-east-1 Root CA RSA2048 G1"));
+        assert!(
+            tenant_users::db::RDS_CA_BUNDLE.contains("Amazon RDS us-east-1 Root CA RSA2048 G1")
+        );
     }
 
     #[test]

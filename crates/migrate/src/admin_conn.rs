@@ -4,7 +4,7 @@
 //!
 //! - TLS, when on, is verified against the roots the caller chose (the
 //!   migrate function: AWS's RDS CA bundle shipped in the binary, nothing
-//!   else; see [`crate::db::tls_connector`]);
+//!   else; see [`tenant_users::db::tls_connector`]);
 //! - a server that asks for a cleartext or MD5 password is cut off before
 //!   the password leaves: the reply bytes are checked below tokio-postgres,
 //!   which would otherwise answer either request;

@@ -1,0 +1,103 @@
+//! The local tool: serve the API over HTTP, run the dev stack (migrated,
+//! seeded, tokens printed: `make dev`), or print an HS256 token. The Lambda
+//! functions are the `api` and `migrate` binaries.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+
+use tenant_users::{app::App, config::Config, http};
+
+mod dev;
+
+const USAGE: &str = "usage: tenant-users [serve | dev | token --tenant ID [--ttl SECONDS]]
+  serve          serve the API on 127.0.0.1:$PORT (default 3000)
+  dev            migrate, seed demo tenants, print tokens, serve (see make dev)
+  token          print an HS256 token for a tenant, signed with JWT_HS256_SECRET
+  (migrate and audit are the `migrate` binary's: cargo run -p tenant-users-migrate -- migrate)";
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> ExitCode {
+    tenant_users::telemetry::init_logs();
+    tenant_users::token::install_tls_provider();
+    tenant_users::token::fast_rs256::install();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    // The local server and the tools serve or wait on several things at once.
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    runtime.block_on(run(&args))
+}
+
+async fn run(args: &[&str]) -> ExitCode {
+    let result = match args {
+        ["serve"] => serve().await,
+        ["dev"] => dev::run().await,
+        ["token", rest @ ..] => token(rest),
+        ["-h" | "--help" | "help"] => {
+            println!("{USAGE}");
+            Ok(())
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn serve() -> Result<(), BoxError> {
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => p
+            .parse()
+            .map_err(|_| format!("PORT must be a port number, got {p:?}"))?,
+        Err(_) => 3000,
+    };
+    let app = App::build(Config::from_env()?).await;
+    http::serve(app, SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    Ok(())
+}
+
+fn token(args: &[&str]) -> Result<(), BoxError> {
+    let (mut tenant, mut ttl) = (None, 3600u64);
+    let mut it = args.iter();
+    while let Some(arg) = it.next() {
+        match (*arg, it.next()) {
+            ("--tenant", Some(t)) => tenant = Some(*t),
+            ("--ttl", Some(s)) => ttl = s.parse().map_err(|_| "--ttl takes seconds")?,
+            _ => return Err(USAGE.into()),
+        }
+    }
+    let tenant = tenant.ok_or(USAGE)?;
+    tenant_users::tenant::TenantId::parse(tenant)?;
+    let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    let config = tenant_users::config::token_config(&env)?;
+    let secret = config
+        .hs256_secret
+        .as_deref()
+        .ok_or("JWT_HS256_SECRET is required")?;
+    let jwt = dev::mint_token(
+        secret,
+        &config.tenant_claim,
+        config.issuer.as_deref(),
+        config.audience.first().map(String::as_str),
+        tenant,
+        ttl,
+    )?;
+    println!("{jwt}");
+    Ok(())
+}

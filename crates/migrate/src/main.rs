@@ -1,0 +1,109 @@
+//! The schema function: in Lambda (no argument), the CloudFormation custom
+//! resource that migrates at deploy time; locally, `migrate` applies the
+//! migrations and the app role with `DATABASE_ADMIN_URL`, and `audit`
+//! checks, as the app role, that the database enforces isolation.
+
+use std::process::ExitCode;
+
+use tenant_users::config::{Config, TlsConfig};
+use tenant_users_migrate::{self as migrate, AppRole};
+
+const USAGE: &str = "usage: migrate [migrate | audit]
+  (no argument)  run as the Lambda custom resource that migrates at deploy time
+                 (needs AWS_LAMBDA_RUNTIME_API)
+  migrate        apply migrations and the app role with DATABASE_ADMIN_URL
+                 (APP_DB_USER, APP_DB_PASSWORD)
+  audit          check, as the app role (DATABASE_URL or the secret), that the
+                 database enforces isolation; exit 1 when a check fails";
+
+enum Command {
+    Lambda,
+    Migrate,
+    Audit,
+}
+
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+fn main() -> ExitCode {
+    tenant_users::telemetry::init_logs();
+    tenant_users::token::install_tls_provider();
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let command = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
+        [] | ["lambda"] => Command::Lambda,
+        ["migrate"] => Command::Migrate,
+        ["audit"] => Command::Audit,
+        ["-h" | "--help" | "help"] => {
+            println!("{USAGE}");
+            return ExitCode::SUCCESS;
+        }
+        _ => {
+            eprintln!("{USAGE}");
+            return ExitCode::from(2);
+        }
+    };
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(error) => {
+            eprintln!("error: cannot start the async runtime: {error}");
+            return ExitCode::FAILURE;
+        }
+    };
+    let result = runtime.block_on(async {
+        match command {
+            Command::Lambda => lambda().await,
+            Command::Migrate => run_migrate().await,
+            Command::Audit => audit().await,
+        }
+    });
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => {
+            eprintln!("error: {error}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+async fn lambda() -> Result<(), BoxError> {
+    if std::env::var_os("AWS_LAMBDA_RUNTIME_API").is_none() {
+        return Err(
+            format!("not running in Lambda (AWS_LAMBDA_RUNTIME_API is unset)\n{USAGE}").into(),
+        );
+    }
+    migrate::custom_resource::run_lambda().await
+}
+
+async fn run_migrate() -> Result<(), BoxError> {
+    let url = std::env::var("DATABASE_ADMIN_URL").map_err(|_| "DATABASE_ADMIN_URL is required")?;
+    let admin: tokio_postgres::Config = url
+        .parse()
+        .map_err(|e| format!("DATABASE_ADMIN_URL: {e}"))?;
+    let role = AppRole {
+        name: std::env::var("APP_DB_USER").unwrap_or_else(|_| migrate::DEFAULT_APP_USER.to_owned()),
+        password: std::env::var("APP_DB_PASSWORD")
+            .ok()
+            .filter(|p| !p.is_empty()),
+    };
+    migrate::run(&admin, &TlsConfig::from_env()?, &role).await?;
+    Ok(())
+}
+
+/// Prints the isolation self-audit for the configured connection; fails
+/// (exit 1) when any check fails.
+async fn audit() -> Result<(), BoxError> {
+    let config = Config::from_env()?;
+    let db = tenant_users::db::Database::new(config.db).await;
+    let checks = db.audit_report().await?;
+    for check in &checks {
+        println!("{check}");
+    }
+    let failed = checks.iter().filter(|c| !c.passed).count();
+    println!("{} checks, {failed} failed", checks.len());
+    if failed > 0 {
+        return Err("the database does not enforce tenant isolation on its own; the service will refuse to serve".into());
+    }
+    Ok(())
+}
