@@ -33,9 +33,11 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::config::{AwsConfig, ConfigError, Roots, SecretConfig, SslMode, TlsConfig};
+use crate::config::ConfigError;
+use crate::db::config::{Roots, SslMode, TlsConfig};
 use crate::migrate::{self, AppRole};
 use crate::secret::SecretSource;
+use crate::secret::config::{AwsConfig, SecretConfig};
 
 /// `PhysicalResourceId` is this plus the database name: the same on every
 /// Create and Update of one database, so CloudFormation never sees a

@@ -12,10 +12,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 use jsonwebtoken::{EncodingKey, Header};
 use serde_json::{Value, json};
 
-use crate::app::App;
-use crate::config::{Config, DbConfig, SslMode, TlsConfig, token_config};
+use crate::app::{App, Config};
+use crate::db::config::{DbConfig, SslMode, TlsConfig};
 use crate::migrate::{self, AppRole};
 use crate::tenant::{TenantContext, TenantId};
+use crate::token::config::token_config;
 use crate::users::{self, Email, NewUser, UserName};
 
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -196,12 +197,12 @@ mod tests {
         let verify = TlsConfig {
             mode: SslMode::VerifyFull,
             ca_file: Some("/etc/rds-ca.pem".into()),
-            roots: crate::config::Roots::System,
+            roots: crate::db::config::Roots::System,
         };
         let db = app_db_config(&admin, &role(), verify);
         assert_eq!(db.tls.mode, SslMode::VerifyFull);
         assert_eq!(db.tls.ca_file, Some("/etc/rds-ca.pem".into()));
-        let crate::config::DbSource::Url(pg) = &db.source else {
+        let crate::db::config::DbSource::Url(pg) = &db.source else {
             panic!("fixed credentials")
         };
         assert_eq!(pg.get_user(), Some("tenant_app"));

@@ -6,7 +6,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use tenant_users::{app::App, config::Config, dev, http, migrate};
+use tenant_users::{app::App, app::Config, db::config::TlsConfig, dev, http, migrate};
 
 const USAGE: &str =
     "usage: tenant-users [lambda | serve | migrate | dev | token --tenant ID [--ttl SECONDS]]
@@ -136,7 +136,7 @@ async fn run_migrate() -> Result<(), BoxError> {
             .ok()
             .filter(|p| !p.is_empty()),
     };
-    migrate::run(&admin, &tenant_users::config::TlsConfig::from_env()?, &role).await?;
+    migrate::run(&admin, &TlsConfig::from_env()?, &role).await?;
     Ok(())
 }
 
@@ -153,7 +153,7 @@ fn token(args: &[&str]) -> Result<(), BoxError> {
     let tenant = tenant.ok_or(USAGE)?;
     tenant_users::tenant::TenantId::parse(tenant)?;
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let config = tenant_users::config::token_config(&env)?;
+    let config = tenant_users::token::config::token_config(&env)?;
     let secret = config
         .hs256_secret
         .as_deref()

@@ -19,7 +19,7 @@
 
 use tokio_postgres::Client;
 
-use crate::config::{SslMode, TlsConfig};
+use crate::db::config::{SslMode, TlsConfig};
 use crate::db::error_chain;
 
 mod embedded {

@@ -8,9 +8,9 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
-use tenant_users::config::DbConfig;
 use tenant_users::custom_resource::{ANSWER_RESERVE, CustomResource};
 use tenant_users::db::Database;
+use tenant_users::db::config::DbConfig;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio::sync::mpsc;

@@ -9,9 +9,11 @@ use axum::body::Body;
 use axum::http::{Method, Request, StatusCode, header};
 use http_body_util::BodyExt;
 use serde_json::{Value, json};
-use tenant_users::config::{Config, DbConfig, TlsConfig, token_config};
+use tenant_users::app::Config;
 use tenant_users::db::Database;
+use tenant_users::db::config::{DbConfig, TlsConfig};
 use tenant_users::migrate::{self, AppRole, MigrateError};
+use tenant_users::token::config::token_config;
 use tokio_postgres::NoTls;
 use tower::ServiceExt;
 

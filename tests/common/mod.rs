@@ -18,10 +18,12 @@ use http_body_util::BodyExt;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tenant_users::app::App;
+use tenant_users::app::Config;
 use tenant_users::clock::Clock;
-use tenant_users::config::{Config, DbConfig, TlsConfig, token_config};
+use tenant_users::db::config::{DbConfig, TlsConfig};
 use tenant_users::migrate::{self, AppRole};
 use tenant_users::telemetry::Metrics;
+use tenant_users::token::config::token_config;
 use tokio_postgres::{Client, NoTls};
 use tower::ServiceExt;
 
