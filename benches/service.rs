@@ -726,11 +726,11 @@ async fn cold_start(report: &mut Report) {
 
     // What the stand-ins themselves take: AssumeRole + GetSecretValue, and
     // a TLS connection through the proxy (with the audit query).
-    let config = tenant_users::config::Config::from_lookup(|k| {
+    let config = tenant_users::app::Config::from_lookup(|k| {
         env.iter().find(|(key, _)| key == k).map(|(_, v)| v.clone())
     })
     .unwrap();
-    let tenant_users::config::DbSource::Secret(secret_config) = config.db.source.clone() else {
+    let tenant_users::db::config::DbSource::Secret(secret_config) = config.db.source.clone() else {
         unreachable!()
     };
     let mut fetches = Vec::new();

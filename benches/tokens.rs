@@ -14,8 +14,10 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use criterion::{Criterion, criterion_group, criterion_main};
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::json;
-use tenant_users::config::{Config, DbConfig, token_config};
+use tenant_users::app::Config;
+use tenant_users::db::config::DbConfig;
 use tenant_users::token::TokenManager;
+use tenant_users::token::config::token_config;
 use tower::ServiceExt;
 
 const ISSUER: &str = "https://issuer.bench";

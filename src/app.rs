@@ -1,11 +1,41 @@
-//! Application state, built once per execution environment (cold start).
+//! Application state, built once per execution environment (cold start),
+//! and the configuration it is built from.
 
 use std::sync::Arc;
 
-use crate::config::Config;
+use crate::config::ConfigError;
 use crate::db::Database;
+use crate::db::config::{DbConfig, db_config};
 use crate::telemetry::Metrics;
 use crate::token::TokenManager;
+use crate::token::config::{TokenConfig, token_config};
+
+/// Everything the service needs, read once from the environment at cold
+/// start: each module's settings, parsed next to that module.
+#[derive(Clone)]
+pub struct Config {
+    pub token: TokenConfig,
+    pub db: DbConfig,
+    pub metrics: Metrics,
+}
+
+impl Config {
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|key| std::env::var(key).ok())
+    }
+
+    /// Reads configuration through `get`, so tests need not touch the
+    /// process environment.
+    pub fn from_lookup(get: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |key: &str| get(key).filter(|v| !v.trim().is_empty());
+        let token = token_config(&get)?;
+        Ok(Config {
+            token,
+            db: db_config(&get)?,
+            metrics: Metrics::from_lookup(get),
+        })
+    }
+}
 
 pub struct App {
     pub tokens: TokenManager,

@@ -65,7 +65,7 @@ pub fn router(app: AppState) -> Router {
         .method_not_allowed_fallback(|| async { ApiError::method_not_allowed() })
         .layer(DefaultBodyLimit::max(MAX_BODY_BYTES))
         .layer(middleware::from_fn_with_state(
-            app.clone(),
+            app.metrics.clone(),
             telemetry::observe,
         ))
         .with_state(app)

@@ -1,10 +1,28 @@
 //! Pooled multi-tenant users API, isolated by PostgreSQL Row Level Security.
 //!
 //! The modules follow one request down the stack:
-//! [`config`] (read once at cold start) → [`token`] (verify the bearer JWT,
-//! yielding a [`tenant::TenantContext`]) → [`db`] (the one connection, and the
-//! tenant scope every statement runs in) → [`users`] (the SQL) →
-//! [`http`] (routes) and [`problem`] (every error as problem+json).
+//! [`app::Config`] (read once at cold start, each module's settings parsed
+//! next to it) → [`token`] (verify the bearer JWT, yielding a
+//! [`tenant::TenantContext`]; `token/verify.rs` is where a token is
+//! verified) → [`secret`] (the database credentials) → [`db`] (the one
+//! connection, and the tenant scope every statement runs in: where the
+//! tenant is set) → [`users`] (the SQL) → [`http`] (routes) and
+//! [`problem`] (every error as problem+json); [`telemetry`] writes each
+//! request's log line and metrics.
+//!
+//! Where things are:
+//!
+//! - [`config`]: the configuration error and the parsers every module's
+//!   settings share; [`token::config`], [`db::config`] and
+//!   [`secret::config`] the settings themselves.
+//! - [`token`]: `verify.rs` (the [`token::TokenManager`]), `jwks.rs` (the
+//!   JWKS client and its refetch policy), `cache.rs` (verified tokens),
+//!   [`token::fast_rs256`] (the `ring` RS256 verifier).
+//! - [`db`]: the connection, the tenant scope, [`audit`] (the isolation
+//!   self-audit of every new connection) and [`gate`] (the back-off gate
+//!   for credentials).
+//! - [`clock`]: the time the guards keep (the system's, or a test's).
+//!
 //! [`app`] wires them together.
 //!
 //! One binary per function links this library: `api` (src/bin/api.rs, the

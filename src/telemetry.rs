@@ -30,8 +30,6 @@ use tracing_subscriber::filter::{LevelFilter, Targets};
 use tracing_subscriber::fmt::MakeWriter;
 use tracing_subscriber::layer::SubscriberExt;
 
-use crate::app::App;
-
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 
 /// The one target allowed below INFO: ours, whose lines we vet.
@@ -311,7 +309,7 @@ fn request_id(request: &Request) -> String {
 }
 
 /// One log line and one metrics record per request.
-pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+pub async fn observe(State(metrics): State<Metrics>, request: Request, next: Next) -> Response {
     let started = Instant::now();
     let id = request_id(&request);
     let method = request.method().clone();
@@ -340,7 +338,7 @@ pub async fn observe(State(app): State<Arc<App>>, request: Request, next: Next) 
         db_ms,
         "request"
     );
-    app.metrics.emit(&Summary {
+    metrics.emit(&Summary {
         request_id: &id,
         tenant: tenant.as_deref(),
         route: &route,

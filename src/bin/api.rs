@@ -6,7 +6,7 @@
 
 use std::process::ExitCode;
 
-use tenant_users::{app::App, config::Config, http};
+use tenant_users::{app::App, app::Config, http};
 
 fn main() -> ExitCode {
     tenant_users::telemetry::init_logs();

@@ -14,8 +14,8 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::Duration;
 
 use tenant_users::clock::Clock;
-use tenant_users::config::DbConfig;
 use tenant_users::db::Database;
+use tenant_users::db::config::DbConfig;
 
 use crate::common::delay::counting_relay;
 use crate::common::{SECRET, TestApp, TestDb};
@@ -862,7 +862,7 @@ async fn counted_app(db: TestDb, audit_interval: &str) -> (TestApp, Clock, impl 
         ("DATABASE_URL", url),
         ("DB_AUDIT_INTERVAL_SECONDS", audit_interval.to_owned()),
     ];
-    let mut db_config = tenant_users::config::db_config(&|key: &str| {
+    let mut db_config = tenant_users::db::config::db_config(&|key: &str| {
         env.iter().find(|(k, _)| *k == key).map(|(_, v)| v.clone())
     })
     .expect("db config");

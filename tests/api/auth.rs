@@ -16,8 +16,8 @@ use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use jsonwebtoken::{Algorithm, EncodingKey, Header};
 use serde_json::{Value, json};
 use tenant_users::clock::Clock;
-use tenant_users::config::FIXTURE_HS256_SECRET;
 use tenant_users::token::MAX_JWKS_BYTES;
+use tenant_users::token::config::FIXTURE_HS256_SECRET;
 
 use crate::common::{SECRET, TestApp, claims_for, now, raw_hs256, sign_hs256, sign_with};
 

@@ -73,12 +73,12 @@ async fn an_unreachable_database_is_503_with_retry_after() {
     // Rebuild the app against a port nothing listens on.
     let mut pg = app.db.app_config();
     pg.port(port);
-    let config = tenant_users::config::Config {
-        token: tenant_users::config::token_config(&|k| {
+    let config = tenant_users::app::Config {
+        token: tenant_users::token::config::token_config(&|k| {
             (k == "JWT_HS256_SECRET").then(|| crate::common::SECRET.to_owned())
         })
         .unwrap(),
-        db: tenant_users::config::DbConfig::plain(pg),
+        db: tenant_users::db::config::DbConfig::plain(pg),
         metrics: tenant_users::telemetry::Metrics::disabled(),
     };
     app.app = tenant_users::app::App::build(config).await;
@@ -327,7 +327,7 @@ async fn verify_full_refuses_a_valid_certificate_for_another_host_name() {
 
 #[tokio::test]
 async fn make_dev_connects_the_app_role_with_the_admin_tls_settings() {
-    use tenant_users::config::{SslMode, TlsConfig};
+    use tenant_users::db::config::{SslMode, TlsConfig};
     use tenant_users_migrate::AppRole;
 
     let db = TestDb::create().await;
@@ -343,11 +343,11 @@ async fn make_dev_connects_the_app_role_with_the_admin_tls_settings() {
     };
     let build = |tls: TlsConfig| {
         let db_config = tenant_users_migrate::app_db_config(&admin, &role, tls);
-        let token = tenant_users::config::token_config(&|k| {
+        let token = tenant_users::token::config::token_config(&|k| {
             (k == "JWT_HS256_SECRET").then(|| crate::common::SECRET.to_owned())
         })
         .unwrap();
-        tenant_users::config::Config {
+        tenant_users::app::Config {
             token,
             db: db_config,
             metrics: tenant_users::telemetry::Metrics::disabled(),
@@ -360,7 +360,7 @@ async fn make_dev_connects_the_app_role_with_the_admin_tls_settings() {
             TlsConfig {
                 mode: SslMode::VerifyFull,
                 ca_file: Some(bouncer.certs.ca_file()),
-                roots: tenant_users::config::Roots::System,
+                roots: tenant_users::db::config::Roots::System,
             },
             StatusCode::OK,
         ),

@@ -8,8 +8,8 @@
 use std::time::{Duration, Instant, SystemTime};
 
 use serde_json::{Value, json};
-use tenant_users::config::DbConfig;
 use tenant_users::db::Database;
+use tenant_users::db::config::DbConfig;
 use tenant_users_migrate::custom_resource::{ANSWER_RESERVE, CustomResource};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;

@@ -153,7 +153,7 @@ fn fixture_only_variables_are_empty_in_the_template_and_empty_is_unset() {
         .map(|(k, v)| (k.to_string(), v.to_string()))
         .collect();
         env.reverse(); // later entries win
-        tenant_users::config::Config::from_lookup(|key| {
+        tenant_users::app::Config::from_lookup(|key| {
             env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone())
         })
     };

@@ -26,8 +26,8 @@ use std::time::{Duration, Instant};
 use axum::http::StatusCode;
 use serde_json::json;
 
-use tenant_users::config::DbConfig;
 use tenant_users::db::Database;
+use tenant_users::db::config::DbConfig;
 
 use crate::common::cluster::Cluster;
 use crate::common::moto::Moto;

@@ -14,8 +14,9 @@ use serde_json::{Value, json};
 
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
-use tenant_users::app::App;
-use tenant_users::config::{Config, TlsConfig, token_config};
+use tenant_users::app::{App, Config};
+use tenant_users::db::config::TlsConfig;
+use tenant_users::token::config::token_config;
 use tenant_users_migrate::{self as migrate, AppRole, app_db_config};
 use tower::ServiceExt;
 

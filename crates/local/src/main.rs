@@ -5,7 +5,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
-use tenant_users::{app::App, config::Config, http};
+use tenant_users::{app::App, app::Config, http};
 
 mod dev;
 
@@ -85,7 +85,7 @@ fn token(args: &[&str]) -> Result<(), BoxError> {
     let tenant = tenant.ok_or(USAGE)?;
     tenant_users::tenant::TenantId::parse(tenant)?;
     let env = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
-    let config = tenant_users::config::token_config(&env)?;
+    let config = tenant_users::token::config::token_config(&env)?;
     let secret = config
         .hs256_secret
         .as_deref()

@@ -34,8 +34,10 @@ use std::time::{Duration, SystemTime};
 use serde_json::{Value, json};
 
 use crate::{self as migrate, AppRole};
-use tenant_users::config::{AwsConfig, ConfigError, Roots, SecretConfig, SslMode, TlsConfig};
+use tenant_users::config::ConfigError;
+use tenant_users::db::config::{Roots, SslMode, TlsConfig};
 use tenant_users::secret::SecretSource;
+use tenant_users::secret::config::{AwsConfig, SecretConfig};
 
 /// `PhysicalResourceId` is this plus the database name: the same on every
 /// Create and Update of one database, so CloudFormation never sees a

@@ -19,7 +19,7 @@
 
 use tokio_postgres::Client;
 
-use tenant_users::config::{DbConfig, SslMode, TlsConfig};
+use tenant_users::db::config::{DbConfig, SslMode, TlsConfig};
 use tenant_users::db::error_chain;
 
 pub mod admin_conn;
@@ -476,12 +476,12 @@ mod tests {
         let verify = TlsConfig {
             mode: SslMode::VerifyFull,
             ca_file: Some("/etc/rds-ca.pem".into()),
-            roots: tenant_users::config::Roots::System,
+            roots: tenant_users::db::config::Roots::System,
         };
         let db = app_db_config(&admin, &role(), verify);
         assert_eq!(db.tls.mode, SslMode::VerifyFull);
         assert_eq!(db.tls.ca_file, Some("/etc/rds-ca.pem".into()));
-        let tenant_users::config::DbSource::Url(pg) = &db.source else {
+        let tenant_users::db::config::DbSource::Url(pg) = &db.source else {
             panic!("fixed credentials")
         };
         assert_eq!(pg.get_user(), Some("tenant_app"));

@@ -5,7 +5,8 @@
 
 use std::process::ExitCode;
 
-use tenant_users::config::{Config, TlsConfig};
+use tenant_users::app::Config;
+use tenant_users::db::config::TlsConfig;
 use tenant_users_migrate::{self as migrate, AppRole};
 
 const USAGE: &str = "usage: migrate [migrate | audit]

@@ -22,6 +22,10 @@
 //! A failed audit condemns every connection and closes the back-off gate:
 //! until the gate's next attempt passes an audit, requests get 503 without
 //! a login.
+//!
+//! The settings all this follows are parsed in [`config`].
+
+pub mod config;
 
 use std::time::{Duration, SystemTime};
 
@@ -30,9 +34,9 @@ use tokio::sync::Mutex;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, error::SqlState};
 
+use self::config::{DbConfig, DbSource, Roots, SslMode, TlsConfig};
 use crate::audit;
 use crate::clock::Clock;
-use crate::config::{DbConfig, DbSource, Roots, SslMode, TlsConfig};
 use crate::gate::CredentialGate;
 use crate::secret::{DbCredentials, SecretSource};
 use crate::tenant::TenantContext;
@@ -603,7 +607,7 @@ fn pg_config(creds: &DbCredentials) -> tokio_postgres::Config {
 /// AWS's RDS and RDS Proxy certificate authorities (every region), as
 /// `scripts/rds-ca-bundle.sh` extracts them from a pinned registry package;
 /// trusted by the migrate function's admin connection, and nothing else.
-pub const RDS_CA_BUNDLE: &str = include_str!("../certs/rds-ca-bundle.pem");
+pub const RDS_CA_BUNDLE: &str = include_str!("../../certs/rds-ca-bundle.pem");
 
 pub fn tls_connector(config: &TlsConfig) -> Result<MakeTlsConnector, String> {
     let mut builder = native_tls::TlsConnector::builder();

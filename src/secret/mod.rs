@@ -8,6 +8,11 @@
 //! described by service, error code, message and request id only (or, when
 //! no answer came, the kind of failure and a short cause): never the raw
 //! response, its headers or its body.
+//!
+//! The settings (which secret, which role, the AWS SDK's) are parsed in
+//! [`config`].
+
+pub mod config;
 
 use std::time::Duration;
 
@@ -24,7 +29,7 @@ use aws_types::region::Region;
 use aws_types::request_id::RequestId;
 use serde_json::Value;
 
-use crate::config::SecretConfig;
+use self::config::SecretConfig;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
