@@ -5,8 +5,10 @@ template.yaml is expanded offline with aws-sam-translator (the library
 parameter combination a deployer can choose is resolved here: conditions
 evaluated, Fn::If branches taken, parameter Refs substituted. The tests then
 read the resources that would exist, the way CloudFormation would create
-them, and check the stack's promises: what is created by default, that each
-bring-your-own parameter switches its part off, least privilege in every
+them, and check the stack's promises, in both profiles (prod: Aurora; dev:
+one small instance, endpoints in one AZ, inline keys): what is created by
+default, that each bring-your-own parameter switches its part off and is
+the same whatever the profile, least privilege in every
 IAM statement, and the custom resource's wiring. The application secret's
 resource policy is also evaluated, statement by statement, against the
 request contexts of the principals that matter (the readers, the rotation
@@ -56,6 +58,12 @@ EXISTING_IDP = {
     "JwtJwksUrl": "https://idp.example.com/.well-known/jwks.json",
 }
 INLINE = {"JwksMode": "inline", "JwksDocument": '{"keys":[]}'}
+NAT = {"JwksMode": "nat"}
+# Profile dev: what the stack creates for itself is smaller. Its JwksMode
+# auto means inline, so a dev deploy also gives the key set (the rule
+# InlineNeedsDocument, tested on its own).
+DEV = {"Profile": "dev", "JwksDocument": '{"keys":[]}'}
+PROFILES = [("prod", {}), ("dev", DEV)]
 
 
 class _Loader:
@@ -342,13 +350,15 @@ def handler_permissions(resource_type, *handlers):
 
 RAW, EXPANDED = expand()
 
-# Every independent choice a deployer has, in all combinations.
+# Every independent choice a deployer has, in all combinations: each
+# bring-your-own part, the JWKS mode (auto, inline, nat) and the profile.
 CHOICES = [
     [{}, EXISTING_NETWORK],
     [{}, EXISTING_DATABASE, {**EXISTING_DATABASE, **EXISTING_MASTER},
      {**EXISTING_DATABASE, **EXISTING_MASTER, **EXISTING_KMS}],
     [{}, EXISTING_IDP],
-    [{}, INLINE],
+    [{}, INLINE, NAT],
+    [extra for _, extra in PROFILES],
 ]
 ALL_STACKS = [
     (overrides, Stack(EXPANDED, overrides))
@@ -356,6 +366,25 @@ ALL_STACKS = [
                       for combo in itertools.product(*CHOICES))
 ]
 DEFAULT = Stack(EXPANDED)
+# The stack each profile creates with every other parameter left alone.
+DEFAULTS = {name: Stack(EXPANDED, extra) for name, extra in PROFILES}
+
+
+def with_profile(extra, overrides=None):
+    """Parameters of one profile plus the test's own."""
+    return {**extra, **(overrides or {})}
+
+
+def master_secret(profile):
+    """What names the RDS-managed master secret of the created database."""
+    owner = "DbCluster" if profile == "prod" else "DbInstance"
+    return {"Fn::GetAtt": [owner, "MasterUserSecret.SecretArn"]}
+
+
+def writer_host(profile):
+    """The created database's writer endpoint, as the migration reaches it."""
+    owner = "DbWriter" if profile == "prod" else "DbInstance"
+    return {"Fn::GetAtt": [owner, "Endpoint.Address"]}
 
 
 class TemplateTest(unittest.TestCase):
@@ -398,72 +427,91 @@ class TemplateTest(unittest.TestCase):
         self.assertEqual(s.props("DbClusterParameters")["Parameters"]["rds.force_ssl"], "1")
 
     def test_default_proxy_requires_tls_and_scram_with_the_app_secret(self):
-        p = DEFAULT.props("DbProxy")
-        self.assertIs(p["RequireTLS"], True)
-        self.assertEqual(p["EngineFamily"], "POSTGRESQL")
-        (auth,) = p["Auth"]
-        self.assertEqual(auth["ClientPasswordAuthType"], "POSTGRES_SCRAM_SHA_256")
-        self.assertEqual(auth["SecretArn"], {"Ref": "AppSecret"})
-        self.assertEqual(auth["IAMAuth"], "DISABLED")
-        self.assertEqual(ref_name(p["RoleArn"]), "ProxyRole")
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                p = s.props("DbProxy")
+                self.assertIs(p["RequireTLS"], True)
+                self.assertEqual(p["EngineFamily"], "POSTGRESQL")
+                (auth,) = p["Auth"]
+                self.assertEqual(auth["ClientPasswordAuthType"], "POSTGRES_SCRAM_SHA_256")
+                self.assertEqual(auth["SecretArn"], {"Ref": "AppSecret"})
+                self.assertEqual(auth["IAMAuth"], "DISABLED")
+                self.assertEqual(ref_name(p["RoleArn"]), "ProxyRole")
+                # Two AZs either way: RDS Proxy needs subnets in two.
+                self.assertEqual(p["VpcSubnetIds"], [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}])
+                (targets,) = s.of_type("AWS::RDS::DBProxyTargetGroup")
+                self.assertEqual(s.props(targets)["DBProxyName"], {"Ref": "DbProxy"})
         targets = DEFAULT.props("DbProxyTargets")
         self.assertEqual(targets["DBClusterIdentifiers"], [{"Ref": "DbCluster"}])
+        self.assertNotIn("DBInstanceIdentifiers", targets)
 
     def test_default_app_secret_is_generated_for_the_app_role_with_masterarn(self):
-        s = DEFAULT
-        gen = s.props("AppSecret")["GenerateSecretString"]
-        self.assertEqual(gen["GenerateStringKey"], "password")
-        text, values = gen["SecretStringTemplate"]["Fn::Sub"]
-        body = json.loads(text.replace("${DbPort}", "5432"))
-        self.assertEqual(body["username"], "${AppDbUser}")
-        self.assertEqual(body["engine"], "postgres")
-        self.assertEqual(set(body), {"engine", "username", "host", "port", "dbname", "masterarn"})
-        self.assertEqual(values["MasterArn"], {"Fn::GetAtt": ["DbCluster", "MasterUserSecret.SecretArn"]})
-        self.assertEqual(values["Host"], {"Fn::GetAtt": ["DbCluster", "Endpoint.Address"]})
-        self.assertNotIn("password", text)
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                gen = s.props("AppSecret")["GenerateSecretString"]
+                self.assertEqual(gen["GenerateStringKey"], "password")
+                text, values = gen["SecretStringTemplate"]["Fn::Sub"]
+                body = json.loads(text.replace("${DbPort}", "5432"))
+                self.assertEqual(body["username"], "${AppDbUser}")
+                self.assertEqual(body["engine"], "postgres")
+                self.assertEqual(set(body), {"engine", "username", "host", "port", "dbname", "masterarn"})
+                self.assertEqual(values["MasterArn"], master_secret(profile))
+                # The writer the rotation function logs in to.
+                owner = "DbCluster" if profile == "prod" else "DbInstance"
+                self.assertEqual(values["Host"], {"Fn::GetAtt": [owner, "Endpoint.Address"]})
+                self.assertNotIn("password", text)
 
     def test_default_rotation_is_hosted_multi_user_after_the_schema(self):
-        s = DEFAULT
         self.assertIn("AWS::SecretsManager-2020-07-23", RAW["Transform"])
         self.assertIn("AWS::Serverless-2016-10-31", RAW["Transform"])
-        rot = s.resources["AppSecretRotation"]
-        hosted = rot["Properties"]["HostedRotationLambda"]
-        self.assertEqual(hosted["RotationType"], "PostgreSQLMultiUser")
-        self.assertEqual(hosted["MasterSecretArn"],
-                         {"Fn::GetAtt": ["DbCluster", "MasterUserSecret.SecretArn"]})
-        self.assertEqual(hosted["VpcSubnetIds"],
-                         {"Fn::Join": [",", [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]]})
-        self.assertEqual(hosted["VpcSecurityGroupIds"], {"Ref": "AdminSecurityGroup"})
-        self.assertEqual(rot["Properties"]["RotationRules"]["ScheduleExpression"], "rate(30 days)")
-        # The first rotation clones the app role, which the migration creates.
-        self.assertIn("SchemaResource", rot["DependsOn"])
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                rot = s.resources["AppSecretRotation"]
+                hosted = rot["Properties"]["HostedRotationLambda"]
+                self.assertEqual(hosted["RotationType"], "PostgreSQLMultiUser")
+                self.assertEqual(hosted["MasterSecretArn"], master_secret(profile))
+                self.assertEqual(hosted["VpcSubnetIds"],
+                                 {"Fn::Join": [",", [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]]})
+                self.assertEqual(hosted["VpcSecurityGroupIds"], {"Ref": "AdminSecurityGroup"})
+                self.assertEqual(rot["Properties"]["RotationRules"]["ScheduleExpression"], "rate(30 days)")
+                # The first rotation clones the app role, which the migration creates.
+                self.assertIn("SchemaResource", rot["DependsOn"])
 
     def test_default_user_pool_tenant_attribute_is_immutable_and_not_writable(self):
-        s = DEFAULT
-        (attr,) = [a for a in s.props("UserPool")["Schema"] if a["Name"] == "tenant_id"]
-        self.assertIs(attr["Mutable"], False)
-        client = s.props("UserPoolClient")
-        self.assertNotIn("custom:tenant_id", client["WriteAttributes"])
-        self.assertIn("custom:tenant_id", client["ReadAttributes"])
-        self.assertIs(s.props("UserPool")["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"], True)
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                (attr,) = [a for a in s.props("UserPool")["Schema"] if a["Name"] == "tenant_id"]
+                self.assertIs(attr["Mutable"], False)
+                client = s.props("UserPoolClient")
+                self.assertNotIn("custom:tenant_id", client["WriteAttributes"])
+                self.assertIn("custom:tenant_id", client["ReadAttributes"])
+                self.assertIs(s.props("UserPool")["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"], True)
 
     def test_default_function_verifies_tokens_from_the_created_pool(self):
-        env = DEFAULT.env("TenantUsersFunction")
         issuer = {"Fn::Sub": "https://cognito-idp.${AWS::Region}.${AWS::URLSuffix}/${UserPool}"}
-        self.assertEqual(env["JWT_ISSUER"], issuer)
-        self.assertEqual(env["JWT_JWKS_URL"], {"Fn::Sub": issuer["Fn::Sub"] + "/.well-known/jwks.json"})
-        self.assertEqual(env["JWT_AUDIENCE"], {"Ref": "UserPoolClient"})
-        self.assertEqual(env["JWT_ALGORITHMS"], "RS256")
-        self.assertEqual(env["TENANT_CLAIM"], "custom:tenant_id")
-        self.assertEqual(env["JWT_TOKEN_USE"], "id")
-        # An existing IdP need not be Cognito: token_use only when asked for.
-        self.assertNotIn("JWT_TOKEN_USE", Stack(EXPANDED, EXISTING_IDP).env("TenantUsersFunction"))
-        self.assertEqual(Stack(EXPANDED, {**EXISTING_IDP, "JwtTokenUse": "access"})
-                         .env("TenantUsersFunction")["JWT_TOKEN_USE"], "access")
-        self.assertNotIn("JWT_JWKS", env)
-        self.assertEqual(env["DB_HOST"], {"Fn::GetAtt": ["DbProxy", "Endpoint"]})
-        self.assertEqual(env["DB_SECRET_ARN"], {"Ref": "AppSecret"})
-        self.assertEqual(env["DB_SSLMODE"], "verify-full")
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                env = DEFAULTS[profile].env("TenantUsersFunction")
+                self.assertEqual(env["JWT_ISSUER"], issuer)
+                self.assertEqual(env["JWT_AUDIENCE"], {"Ref": "UserPoolClient"})
+                self.assertEqual(env["JWT_ALGORITHMS"], "RS256")
+                self.assertEqual(env["TENANT_CLAIM"], "custom:tenant_id")
+                self.assertEqual(env["JWT_TOKEN_USE"], "id")
+                # An existing IdP need not be Cognito: token_use only when asked for.
+                self.assertNotIn("JWT_TOKEN_USE", Stack(EXPANDED, with_profile(extra, EXISTING_IDP))
+                                 .env("TenantUsersFunction"))
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {**EXISTING_IDP, "JwtTokenUse": "access"}))
+                                 .env("TenantUsersFunction")["JWT_TOKEN_USE"], "access")
+                # The keys: the pool's URL (prod, nat) or the given set (dev, inline).
+                if profile == "prod":
+                    self.assertEqual(env["JWT_JWKS_URL"], {"Fn::Sub": issuer["Fn::Sub"] + "/.well-known/jwks.json"})
+                    self.assertNotIn("JWT_JWKS", env)
+                else:
+                    self.assertEqual(env["JWT_JWKS"], DEV["JwksDocument"])
+                    self.assertNotIn("JWT_JWKS_URL", env)
+                self.assertEqual(env["DB_HOST"], {"Fn::GetAtt": ["DbProxy", "Endpoint"]})
+                self.assertEqual(env["DB_SECRET_ARN"], {"Ref": "AppSecret"})
+                self.assertEqual(env["DB_SSLMODE"], "verify-full")
 
     def test_http_api_has_a_jwt_authorizer_on_every_route(self):
         for overrides, s in ((o, st) for o, st in ALL_STACKS if not o.get("JwksMode")):
@@ -484,128 +532,330 @@ class TemplateTest(unittest.TestCase):
             self.assertEqual(len([1 for m in body["paths"].values() for _ in m]), 5)
 
     def test_security_groups_open_only_the_documented_paths(self):
-        s = DEFAULT
-        edges = set()
-        for name, r in s.resources.items():
-            p = r.get("Properties", {})
-            if r["Type"] == "AWS::EC2::SecurityGroupEgress":
-                dest = (ref_name(p.get("DestinationSecurityGroupId")) or p.get("CidrIp")
-                        or p.get("DestinationPrefixListId"))
-                edges.add(("out", ref_name(p["GroupId"]), dest, p["FromPort"], p["ToPort"]))
-            if r["Type"] == "AWS::EC2::SecurityGroupIngress":
-                self.assertNotIn("CidrIp", p, f"{name} admits addresses, not groups")
-                edges.add(("in", ref_name(p["GroupId"]), ref_name(p["SourceSecurityGroupId"]),
-                           p["FromPort"], p["ToPort"]))
-        self.assertEqual(edges, {
-            ("out", "FunctionSecurityGroup", "ProxySecurityGroup", 5432, 5432),
-            ("in", "ProxySecurityGroup", "FunctionSecurityGroup", 5432, 5432),
-            ("out", "ProxySecurityGroup", "ClusterSecurityGroup", 5432, 5432),
-            ("in", "ClusterSecurityGroup", "ProxySecurityGroup", 5432, 5432),
-            ("out", "AdminSecurityGroup", "ClusterSecurityGroup", 5432, 5432),
-            ("in", "ClusterSecurityGroup", "AdminSecurityGroup", 5432, 5432),
-            ("out", "FunctionSecurityGroup", "EndpointSecurityGroup", 443, 443),
-            ("in", "EndpointSecurityGroup", "FunctionSecurityGroup", 443, 443),
-            ("out", "AdminSecurityGroup", "EndpointSecurityGroup", 443, 443),
-            ("in", "EndpointSecurityGroup", "AdminSecurityGroup", 443, 443),
-            # S3 (the ResponseURL) by its managed prefix list, no wider.
-            ("out", "AdminSecurityGroup", REQUIRED["S3PrefixListId"], 443, 443),
-            # JwksMode nat (the default): the public JWKS URL.
-            ("out", "FunctionSecurityGroup", "0.0.0.0/0", 443, 443),
-        })
-        for name in s.of_type("AWS::EC2::SecurityGroup"):
-            # The inline rule only replaces the default allow-all egress.
-            self.assertEqual([e["CidrIp"] for e in s.props(name)["SecurityGroupEgress"]], ["127.0.0.1/32"])
-            self.assertNotIn("SecurityGroupIngress", s.props(name))
-        inline = Stack(EXPANDED, INLINE)
-        self.assertNotIn("FunctionToJwks", inline.resources)
-        for name in ("FunctionToHttpsExistingNetwork", "FunctionToExistingProxy", "AdminToExistingDatabase",
-                     "AdminToHttpsExistingNetwork"):
-            self.assertNotIn(name, s.resources)
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                edges = set()
+                for name, r in s.resources.items():
+                    p = r.get("Properties", {})
+                    if r["Type"] == "AWS::EC2::SecurityGroupEgress":
+                        dest = (ref_name(p.get("DestinationSecurityGroupId")) or p.get("CidrIp")
+                                or p.get("DestinationPrefixListId"))
+                        edges.add(("out", ref_name(p["GroupId"]), dest, p["FromPort"], p["ToPort"]))
+                    if r["Type"] == "AWS::EC2::SecurityGroupIngress":
+                        self.assertNotIn("CidrIp", p, f"{name} admits addresses, not groups")
+                        edges.add(("in", ref_name(p["GroupId"]), ref_name(p["SourceSecurityGroupId"]),
+                                   p["FromPort"], p["ToPort"]))
+                expected = {
+                    ("out", "FunctionSecurityGroup", "ProxySecurityGroup", 5432, 5432),
+                    ("in", "ProxySecurityGroup", "FunctionSecurityGroup", 5432, 5432),
+                    ("out", "ProxySecurityGroup", "ClusterSecurityGroup", 5432, 5432),
+                    ("in", "ClusterSecurityGroup", "ProxySecurityGroup", 5432, 5432),
+                    ("out", "AdminSecurityGroup", "ClusterSecurityGroup", 5432, 5432),
+                    ("in", "ClusterSecurityGroup", "AdminSecurityGroup", 5432, 5432),
+                    ("out", "FunctionSecurityGroup", "EndpointSecurityGroup", 443, 443),
+                    ("in", "EndpointSecurityGroup", "FunctionSecurityGroup", 443, 443),
+                    ("out", "AdminSecurityGroup", "EndpointSecurityGroup", 443, 443),
+                    ("in", "EndpointSecurityGroup", "AdminSecurityGroup", 443, 443),
+                    # S3 (the ResponseURL) by its managed prefix list, no wider.
+                    ("out", "AdminSecurityGroup", REQUIRED["S3PrefixListId"], 443, 443),
+                }
+                if profile == "prod":
+                    # JwksMode auto is nat here: the public JWKS URL. (dev's
+                    # auto is inline: no way out to the internet at all.)
+                    expected.add(("out", "FunctionSecurityGroup", "0.0.0.0/0", 443, 443))
+                self.assertEqual(edges, expected)
+                for name in s.of_type("AWS::EC2::SecurityGroup"):
+                    # The inline rule only replaces the default allow-all egress.
+                    self.assertEqual([e["CidrIp"] for e in s.props(name)["SecurityGroupEgress"]], ["127.0.0.1/32"])
+                    self.assertNotIn("SecurityGroupIngress", s.props(name))
+                for name in ("FunctionToHttpsExistingNetwork", "FunctionToExistingProxy", "AdminToExistingDatabase",
+                             "AdminToHttpsExistingNetwork"):
+                    self.assertNotIn(name, s.resources)
+        for profile, extra in PROFILES:
+            self.assertNotIn("FunctionToJwks", Stack(EXPANDED, with_profile(extra, INLINE)).resources)
+            self.assertIn("FunctionToJwks", Stack(EXPANDED, with_profile(extra, NAT)).resources)
 
     def test_existing_network_or_database_opens_ports_without_groups_to_name(self):
         def egress(stack):
             return {(ref_name(p["GroupId"]), p.get("CidrIp"), p["FromPort"])
                     for p in (stack.props(n) for n in stack.of_type("AWS::EC2::SecurityGroupEgress"))}
-        net = egress(Stack(EXPANDED, {**EXISTING_NETWORK, **INLINE}))
-        self.assertIn(("FunctionSecurityGroup", "0.0.0.0/0", 443), net)
-        self.assertNotIn(("FunctionSecurityGroup", "EndpointSecurityGroup", 443), net)
-        db = Stack(EXPANDED, {**EXISTING_DATABASE, **EXISTING_MASTER, **INLINE})
-        self.assertEqual({e for e in egress(db) if e[2] == 5432},
-                         {("FunctionSecurityGroup", "0.0.0.0/0", 5432),
-                          ("AdminSecurityGroup", EXISTING_MASTER["DbAdminCidr"], 5432)})
-        # Without a master secret nothing runs in the admin group: it stays closed.
-        no_master = Stack(EXPANDED, {**EXISTING_DATABASE, **INLINE})
-        self.assertFalse([e for e in egress(no_master) if e[0] == "AdminSecurityGroup"])
-        for name in db.of_type("AWS::EC2::SecurityGroupIngress"):
-            self.assertNotEqual(ref_name(db.props(name)["GroupId"]), "FunctionSecurityGroup")
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                net = egress(Stack(EXPANDED, with_profile(extra, {**EXISTING_NETWORK, **INLINE})))
+                self.assertIn(("FunctionSecurityGroup", "0.0.0.0/0", 443), net)
+                self.assertNotIn(("FunctionSecurityGroup", "EndpointSecurityGroup", 443), net)
+                db = Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **EXISTING_MASTER, **INLINE}))
+                self.assertEqual({e for e in egress(db) if e[2] == 5432},
+                                 {("FunctionSecurityGroup", "0.0.0.0/0", 5432),
+                                  ("AdminSecurityGroup", EXISTING_MASTER["DbAdminCidr"], 5432)})
+                # Without a master secret nothing runs in the admin group: it stays closed.
+                no_master = Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **INLINE}))
+                self.assertFalse([e for e in egress(no_master) if e[0] == "AdminSecurityGroup"])
+                for name in db.of_type("AWS::EC2::SecurityGroupIngress"):
+                    self.assertNotEqual(ref_name(db.props(name)["GroupId"]), "FunctionSecurityGroup")
+
+    # --- issue 17, item 3: Profile dev, a stack you can afford to try ------------
+    def test_profile_is_prod_unless_asked(self):
+        spec = RAW["Parameters"]["Profile"]
+        self.assertEqual((spec["Default"], spec["AllowedValues"]), ("prod", ["prod", "dev"]))
+        # The defaults that follow the profile say so, rather than prod's value.
+        self.assertEqual(RAW["Parameters"]["JwksMode"]["Default"], "auto")
+        self.assertEqual(RAW["Parameters"]["DeletionProtection"]["Default"], "auto")
+        self.assertEqual(DEFAULT.params["Profile"], "prod")
+
+    def test_dev_creates_one_postgres_instance_and_no_aurora(self):
+        aurora = {"DbCluster", "DbWriter", "DbClusterParameters", "DbProxyTargets"}
+        instance = {"DbInstance", "DbParameters", "DbProxyInstanceTargets"}
+        checked = 0
+        for overrides, s in ALL_STACKS:
+            with self.subTest(overrides=sorted(overrides)):
+                created = s.conditions["CreateDatabase"]
+                dev = overrides.get("Profile") == "dev"
+                self.assertEqual(aurora <= set(s.resources), created and not dev)
+                self.assertEqual(instance <= set(s.resources), created and dev)
+                self.assertFalse((aurora | instance) & set(s.resources) - (instance if dev else aurora))
+                if created and dev:
+                    self.assertFalse(s.of_type("AWS::RDS::DBCluster"))
+                    (db,) = s.of_type("AWS::RDS::DBInstance")
+                    self.assertEqual(db, "DbInstance")
+                    checked += 1
+        self.assertGreater(checked, 0)
+
+    def test_dev_instance_keeps_the_clusters_security_settings(self):
+        prod, dev = DEFAULTS["prod"], DEFAULTS["dev"]
+        cluster, db = prod.props("DbCluster"), dev.props("DbInstance")
+        self.assertEqual(db["Engine"], "postgres")
+        # Graviton, the smallest class; one AZ.
+        self.assertEqual(db["DBInstanceClass"], "db.t4g.micro")
+        self.assertIs(db["MultiAZ"], False)
+        self.assertEqual((db["StorageType"], db["AllocatedStorage"]), ("gp3", "20"))
+        # The cluster's engine major version, the same family of parameters.
+        major = {"Fn::Select": [0, {"Fn::Split": [".", "16.6"]}]}
+        self.assertEqual(db["EngineVersion"], major)
+        self.assertEqual(cluster["EngineVersion"], "16.6")
+        family = dev.props("DbParameters")["Family"]["Fn::Sub"]
+        self.assertEqual(family, ["postgres${Major}", {"Major": major}])
+        self.assertEqual(prod.props("DbClusterParameters")["Family"]["Fn::Sub"],
+                         ["aurora-postgresql${Major}", {"Major": major}])
+        self.assertEqual(dev.props("DbParameters")["Parameters"], prod.props("DbClusterParameters")["Parameters"])
+        self.assertEqual(db["DBParameterGroupName"], {"Ref": "DbParameters"})
+        # Encrypted with the same key (neither names one: the AWS managed
+        # aws/rds key), RDS-managed master password in Secrets Manager with
+        # the same KMS key (neither names one), no IAM database auth.
+        for key in ("StorageEncrypted", "ManageMasterUserPassword", "MasterUsername", "BackupRetentionPeriod",
+                    "CopyTagsToSnapshot", "DBSubnetGroupName", "EnableCloudwatchLogsExports", "Port"):
+            self.assertEqual(db[key], cluster[key], key)
+        self.assertIs(db["StorageEncrypted"], True)
+        self.assertIs(db["ManageMasterUserPassword"], True)
+        for absent in ("KmsKeyId", "MasterUserSecret", "MasterUserPassword", "EnableIAMDatabaseAuthentication"):
+            self.assertNotIn(absent, db, absent)
+            self.assertNotIn(absent, cluster, absent)
+        self.assertEqual(db["DBName"], cluster["DatabaseName"])
+        self.assertEqual(db["VPCSecurityGroups"], cluster["VpcSecurityGroupIds"])
+        self.assertEqual(db["VPCSecurityGroups"], [{"Ref": "ClusterSecurityGroup"}])
+        writer = prod.props("DbWriter")
+        for key in ("PubliclyAccessible", "AutoMinorVersionUpgrade", "EnablePerformanceInsights"):
+            self.assertEqual(db[key], writer[key], key)
+        self.assertIs(db["PubliclyAccessible"], False)
+        self.assertEqual(dev.resources["DbInstance"]["DeletionPolicy"], "Snapshot")
+        self.assertEqual(dev.resources["DbInstance"]["UpdateReplacePolicy"], "Snapshot")
+
+    def test_dev_proxy_targets_the_instance(self):
+        dev, prod = DEFAULTS["dev"], DEFAULTS["prod"]
+        self.assertNotIn("DbProxyTargets", dev.resources)
+        targets = dev.props("DbProxyInstanceTargets")
+        self.assertEqual(targets["DBInstanceIdentifiers"], [{"Ref": "DbInstance"}])
+        self.assertNotIn("DBClusterIdentifiers", targets)
+        self.assertEqual(targets["DBProxyName"], {"Ref": "DbProxy"})
+        cluster_targets = prod.props("DbProxyTargets")
+        for key in ("TargetGroupName", "ConnectionPoolConfigurationInfo"):
+            self.assertEqual(targets[key], cluster_targets[key], key)
+        # The proxy itself is prod's: TLS, SCRAM, the app secret, two AZs.
+        self.assertEqual(dev.props("DbProxy"), prod.props("DbProxy"))
+        # And the API function still connects to the proxy, never the instance.
+        self.assertEqual(dev.env("TenantUsersFunction")["DB_HOST"], {"Fn::GetAtt": ["DbProxy", "Endpoint"]})
+        self.assertFalse(mentions(dev.props("TenantUsersFunction"), "DbInstance"))
+
+    def test_dev_puts_the_interface_endpoints_in_one_subnet(self):
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                interface = [n for n in s.of_type("AWS::EC2::VPCEndpoint")
+                             if s.props(n)["VpcEndpointType"] == "Interface"]
+                self.assertEqual(sorted(interface), ["SecretsManagerEndpoint", "StsEndpoint"])
+                for name in interface:
+                    subnets = s.props(name)["SubnetIds"]
+                    if profile == "dev":
+                        self.assertEqual(subnets, [{"Ref": "PrivateSubnetA"}], name)
+                    else:
+                        self.assertEqual(subnets, [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}], name)
+                    self.assertIs(s.props(name)["PrivateDnsEnabled"], True)
+                # Everything else still spans both subnets (RDS and RDS Proxy need two AZs).
+                both = [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
+                self.assertEqual(s.props("DbSubnetGroup")["SubnetIds"], both)
+                self.assertEqual(s.props("DbProxy")["VpcSubnetIds"], both)
+                for fn in ("TenantUsersFunction", "MigrateFunction"):
+                    self.assertEqual(s.props(fn)["VpcConfig"]["SubnetIds"], both, fn)
+                self.assertEqual(s.props("S3Endpoint")["RouteTableIds"], [{"Ref": "PrivateRouteTable"}])
+
+    def test_deletion_protection_is_off_in_dev_and_on_in_prod(self):
+        def protection(overrides):
+            s = Stack(EXPANDED, overrides)
+            db = s.props("DbCluster" if "DbCluster" in s.resources else "DbInstance")
+            return db["DeletionProtection"], s.props("UserPool")["DeletionProtection"]
+        self.assertEqual(protection({}), (True, "ACTIVE"))
+        self.assertEqual(protection(DEV), (False, "INACTIVE"))
+        # Said explicitly, it holds whatever the profile.
+        self.assertEqual(protection({**DEV, "DeletionProtection": "true"}), (True, "ACTIVE"))
+        self.assertEqual(protection({"DeletionProtection": "false"}), (False, "INACTIVE"))
+        self.assertEqual(protection({"DeletionProtection": "auto"}), (True, "ACTIVE"))
+        self.assertEqual(protection({**DEV, "DeletionProtection": "auto"}), (False, "INACTIVE"))
+
+    def test_dev_takes_inline_jwks_by_default_and_needs_no_internet(self):
+        dev = DEFAULTS["dev"]
+        self.assertIs(dev.conditions["InlineJwks"], True)
+        self.assertIs(DEFAULT.conditions["InlineJwks"], False)
+        env = dev.env("TenantUsersFunction")
+        self.assertEqual(env["JWT_JWKS"], DEV["JwksDocument"])
+        self.assertNotIn("JWT_JWKS_URL", env)
+        # No NAT gateway, internet gateway, public subnet or default route;
+        # no group opens 443 to the internet.
+        for kind in ("AWS::EC2::NatGateway", "AWS::EC2::InternetGateway", "AWS::EC2::EIP", "AWS::EC2::Route"):
+            self.assertFalse(dev.of_type(kind), kind)
+        self.assertNotIn("PublicSubnet", dev.resources)
+        self.assertFalse([n for n in dev.of_type("AWS::EC2::SecurityGroupEgress")
+                          if dev.props(n).get("CidrIp") == "0.0.0.0/0"])
+        # auto means inline, so the key set must be given ...
+        self.assertEqual(Stack(EXPANDED, {"Profile": "dev"}).rules_hold(), ["InlineNeedsDocument"])
+        self.assertIn("JwksMode nat", RAW["Rules"]["InlineNeedsDocument"]["Assertions"][0]["AssertDescription"])
+        # ... unless the deployer asks for nat (e.g. the first deploy of a created pool).
+        nat = Stack(EXPANDED, {"Profile": "dev", **NAT})
+        self.assertEqual(nat.rules_hold(), [])
+        self.assertEqual(ref_name(nat.props("PrivateDefaultRoute")["NatGatewayId"]), "NatGateway")
+        self.assertIn("JWT_JWKS_URL", nat.env("TenantUsersFunction"))
+
+    def test_bring_your_own_database_is_unaffected_by_profile(self):
+        """With DbSecretArn the stack creates no database: prod and dev
+        differ only in where the interface endpoints are (a created
+        network), once the choices that follow the profile (JwksMode,
+        DeletionProtection) are given explicitly."""
+        byo = [EXISTING_DATABASE, {**EXISTING_DATABASE, **EXISTING_MASTER},
+               {**EXISTING_DATABASE, **EXISTING_MASTER, **EXISTING_KMS}]
+        endpoints = {"SecretsManagerEndpoint", "StsEndpoint"}
+        compared = 0
+        for net, db, idp, jwks in itertools.product([{}, EXISTING_NETWORK], byo, [{}, EXISTING_IDP], [INLINE, NAT]):
+            overrides = {**net, **db, **idp, **jwks, "DeletionProtection": "true"}
+            prod = Stack(EXPANDED, overrides)
+            dev = Stack(EXPANDED, {**overrides, "Profile": "dev"})
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual(set(prod.resources), set(dev.resources))
+                for name in prod.resources:
+                    a, b = prod.resources[name], dev.resources[name]
+                    if name in endpoints:
+                        a, b = copy.deepcopy(a), copy.deepcopy(b)
+                        del a["Properties"]["SubnetIds"], b["Properties"]["SubnetIds"]
+                    self.assertEqual(a, b, name)
+                self.assertEqual(prod.rules_hold(), dev.rules_hold())
+                compared += 1
+        self.assertEqual(compared, 24)
 
     # --- item 1: bring your own, each independently ---------------------------
     def test_existing_network_switches_off_vpc_endpoints_and_nat(self):
-        s = Stack(EXPANDED, EXISTING_NETWORK)
-        for gone in ("Vpc", "PrivateSubnetA", "PrivateSubnetB", "SecretsManagerEndpoint",
-                     "StsEndpoint", "S3Endpoint", "NatGateway", "InternetGateway", "PublicSubnet"):
-            self.assertNotIn(gone, s.resources)
-        vpc = s.props("TenantUsersFunction")["VpcConfig"]
-        self.assertEqual(vpc["SubnetIds"], ["subnet-0a", "subnet-0b"])
-        groups = vpc["SecurityGroupIds"]["Fn::Split"][1]["Fn::Join"][1]
-        self.assertEqual(groups[0], {"Ref": "FunctionSecurityGroup"})
-        self.assertEqual(groups[1], {"Fn::Join": [",", ["sg-0proxyclient"]]})
-        self.assertEqual(s.props("FunctionSecurityGroup")["VpcId"], "vpc-0abc")
-        self.assertEqual(s.props("DbSubnetGroup")["SubnetIds"], ["subnet-0a", "subnet-0b"])
-        self.assertEqual(s.props("AppSecretRotation")["HostedRotationLambda"]["VpcSubnetIds"],
-                         {"Fn::Join": [",", ["subnet-0a", "subnet-0b"]]})
-        self.assertEqual(s.rules_hold(), [])
-        self.assertEqual(Stack(EXPANDED, {"VpcId": "vpc-0abc"}).rules_hold(),
-                         ["VpcGivenWithSubnets", "MigrationInExistingNetworkNeedsHttpsCidr"])
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                s = Stack(EXPANDED, with_profile(extra, EXISTING_NETWORK))
+                for gone in ("Vpc", "PrivateSubnetA", "PrivateSubnetB", "SecretsManagerEndpoint",
+                             "StsEndpoint", "S3Endpoint", "NatGateway", "InternetGateway", "PublicSubnet"):
+                    self.assertNotIn(gone, s.resources)
+                vpc = s.props("TenantUsersFunction")["VpcConfig"]
+                self.assertEqual(vpc["SubnetIds"], ["subnet-0a", "subnet-0b"])
+                groups = vpc["SecurityGroupIds"]["Fn::Split"][1]["Fn::Join"][1]
+                self.assertEqual(groups[0], {"Ref": "FunctionSecurityGroup"})
+                self.assertEqual(groups[1], {"Fn::Join": [",", ["sg-0proxyclient"]]})
+                self.assertEqual(s.props("FunctionSecurityGroup")["VpcId"], "vpc-0abc")
+                self.assertEqual(s.props("DbSubnetGroup")["SubnetIds"], ["subnet-0a", "subnet-0b"])
+                self.assertEqual(s.props("DbProxy")["VpcSubnetIds"], ["subnet-0a", "subnet-0b"])
+                self.assertEqual(s.props("AppSecretRotation")["HostedRotationLambda"]["VpcSubnetIds"],
+                                 {"Fn::Join": [",", ["subnet-0a", "subnet-0b"]]})
+                self.assertEqual(s.rules_hold(), [])
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {"VpcId": "vpc-0abc"})).rules_hold(),
+                                 ["VpcGivenWithSubnets", "MigrationInExistingNetworkNeedsHttpsCidr"])
 
     def test_existing_database_switches_off_aurora_proxy_secret_and_migration(self):
-        s = Stack(EXPANDED, EXISTING_DATABASE)
-        for gone in ("DbCluster", "DbWriter", "DbProxy", "DbProxyTargets", "AppSecret",
-                     "AppSecretPolicy", "AppSecretRotation", "ProxyRole", "ClusterSecurityGroup",
-                     "ProxySecurityGroup", "MigrateFunction", "MigrateRole", "SchemaResource",
-                     "MigrateFunctionAliaslive"):
-            self.assertNotIn(gone, s.resources)
-        self.assertFalse(s.of_type("AWS::Lambda::Version"))
-        env = s.env("TenantUsersFunction")
-        self.assertEqual(env["DB_SECRET_ARN"], EXISTING_DATABASE["DbSecretArn"])
-        self.assertEqual(env["DB_HOST"], EXISTING_DATABASE["DbProxyEndpoint"])
-        self.assertEqual(s.rules_hold(), [])
-        self.assertEqual(Stack(EXPANDED, {"DbSecretArn": EXISTING_DATABASE["DbSecretArn"]}).rules_hold(),
-                         ["ExistingDatabaseIsComplete"])
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                s = Stack(EXPANDED, with_profile(extra, EXISTING_DATABASE))
+                for gone in ("DbCluster", "DbWriter", "DbClusterParameters", "DbInstance", "DbParameters",
+                             "DbSubnetGroup", "DbProxy", "DbProxyTargets", "DbProxyInstanceTargets",
+                             "AppSecret", "AppSecretPolicy", "AppSecretRotation", "ProxyRole",
+                             "ClusterSecurityGroup", "ProxySecurityGroup", "MigrateFunction", "MigrateRole",
+                             "SchemaResource", "MigrateFunctionAliaslive"):
+                    self.assertNotIn(gone, s.resources)
+                self.assertFalse(s.of_type("AWS::Lambda::Version"))
+                self.assertFalse([n for n, r in s.resources.items() if r["Type"].startswith("AWS::RDS::")])
+                env = s.env("TenantUsersFunction")
+                self.assertEqual(env["DB_SECRET_ARN"], EXISTING_DATABASE["DbSecretArn"])
+                self.assertEqual(env["DB_HOST"], EXISTING_DATABASE["DbProxyEndpoint"])
+                self.assertEqual(s.rules_hold(), [])
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {"DbSecretArn": EXISTING_DATABASE["DbSecretArn"]}))
+                                 .rules_hold(), ["ExistingDatabaseIsComplete"])
 
     def test_existing_database_with_master_secret_still_migrates(self):
-        s = Stack(EXPANDED, {**EXISTING_DATABASE, **EXISTING_MASTER})
-        self.assertNotIn("DbCluster", s.resources)
-        cr = s.props("SchemaResource")
-        self.assertEqual(cr["MasterSecretArn"], EXISTING_MASTER["DbMasterSecretArn"])
-        self.assertEqual(cr["AppSecretArn"], EXISTING_DATABASE["DbSecretArn"])
-        self.assertEqual(cr["DbHost"], EXISTING_MASTER["DbAdminHost"])
-        (st,) = [st for owner, st in s.statements() if owner == "MigrateRole"]
-        self.assertEqual(st["Resource"], [EXISTING_MASTER["DbMasterSecretArn"], EXISTING_DATABASE["DbSecretArn"]])
-        no_host = Stack(EXPANDED, {**EXISTING_DATABASE, "DbMasterSecretArn": EXISTING_MASTER["DbMasterSecretArn"]})
-        self.assertEqual(no_host.props("SchemaResource")["DbHost"], EXISTING_DATABASE["DbProxyEndpoint"])
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                s = Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **EXISTING_MASTER}))
+                self.assertNotIn("DbCluster", s.resources)
+                self.assertNotIn("DbInstance", s.resources)
+                cr = s.props("SchemaResource")
+                self.assertEqual(cr["MasterSecretArn"], EXISTING_MASTER["DbMasterSecretArn"])
+                self.assertEqual(cr["AppSecretArn"], EXISTING_DATABASE["DbSecretArn"])
+                self.assertEqual(cr["DbHost"], EXISTING_MASTER["DbAdminHost"])
+                (st,) = [st for owner, st in s.statements() if owner == "MigrateRole"]
+                self.assertEqual(st["Resource"],
+                                 [EXISTING_MASTER["DbMasterSecretArn"], EXISTING_DATABASE["DbSecretArn"]])
+                no_host = Stack(EXPANDED, with_profile(
+                    extra, {**EXISTING_DATABASE, "DbMasterSecretArn": EXISTING_MASTER["DbMasterSecretArn"]}))
+                self.assertEqual(no_host.props("SchemaResource")["DbHost"], EXISTING_DATABASE["DbProxyEndpoint"])
 
     def test_existing_idp_switches_off_cognito(self):
-        s = Stack(EXPANDED, EXISTING_IDP)
-        self.assertNotIn("UserPool", s.resources)
-        self.assertNotIn("UserPoolClient", s.resources)
-        env = s.env("TenantUsersFunction")
-        self.assertEqual(env["JWT_ISSUER"], EXISTING_IDP["JwtIssuer"])
-        self.assertEqual(env["JWT_AUDIENCE"], EXISTING_IDP["JwtAudience"])
-        self.assertEqual(env["JWT_JWKS_URL"], EXISTING_IDP["JwtJwksUrl"])
-        self.assertEqual(s.rules_hold(), [])
-        partial = Stack(EXPANDED, {"JwtIssuer": EXISTING_IDP["JwtIssuer"]})
-        self.assertEqual(sorted(partial.rules_hold()), ["ExistingIdpIsComplete", "ExistingIdpNatNeedsUrl"])
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                s = Stack(EXPANDED, with_profile(extra, EXISTING_IDP))
+                self.assertNotIn("UserPool", s.resources)
+                self.assertNotIn("UserPoolClient", s.resources)
+                env = s.env("TenantUsersFunction")
+                self.assertEqual(env["JWT_ISSUER"], EXISTING_IDP["JwtIssuer"])
+                self.assertEqual(env["JWT_AUDIENCE"], EXISTING_IDP["JwtAudience"])
+                self.assertEqual(s.rules_hold(), [])
+                nat = Stack(EXPANDED, with_profile(extra, {**EXISTING_IDP, **NAT}))
+                self.assertEqual(nat.env("TenantUsersFunction")["JWT_JWKS_URL"], EXISTING_IDP["JwtJwksUrl"])
+                partial = Stack(EXPANDED, with_profile(extra, {"JwtIssuer": EXISTING_IDP["JwtIssuer"], **NAT}))
+                self.assertEqual(sorted(partial.rules_hold()), ["ExistingIdpIsComplete", "ExistingIdpNatNeedsUrl"])
+        # JwksMode auto: the URL with prod (nat), the document with dev (inline).
+        self.assertEqual(Stack(EXPANDED, EXISTING_IDP).env("TenantUsersFunction")["JWT_JWKS_URL"],
+                         EXISTING_IDP["JwtJwksUrl"])
+        dev = Stack(EXPANDED, {**DEV, **EXISTING_IDP}).env("TenantUsersFunction")
+        self.assertEqual(dev["JWT_JWKS"], DEV["JwksDocument"])
+        self.assertNotIn("JWT_JWKS_URL", dev)
+        self.assertEqual(sorted(Stack(EXPANDED, {"JwtIssuer": EXISTING_IDP["JwtIssuer"]}).rules_hold()),
+                         ["ExistingIdpIsComplete", "ExistingIdpNatNeedsUrl"])
+        self.assertEqual(Stack(EXPANDED, {**DEV, "JwtIssuer": EXISTING_IDP["JwtIssuer"]}).rules_hold(),
+                         ["ExistingIdpIsComplete"])
 
     def test_inline_jwks_needs_no_nat_and_no_url(self):
-        s = Stack(EXPANDED, INLINE)
-        for gone in ("NatGateway", "NatAddress", "InternetGateway", "PublicSubnet", "PrivateDefaultRoute"):
-            self.assertNotIn(gone, s.resources)
-        env = s.env("TenantUsersFunction")
-        self.assertEqual(env["JWT_JWKS"], INLINE["JwksDocument"])
-        self.assertNotIn("JWT_JWKS_URL", env)
-        self.assertEqual(Stack(EXPANDED, {"JwksMode": "inline"}).rules_hold(), ["InlineNeedsDocument"])
-        # Default (nat): a route to the internet exists for the JWKS URL.
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                s = Stack(EXPANDED, with_profile(extra, INLINE))
+                for gone in ("NatGateway", "NatAddress", "InternetGateway", "PublicSubnet", "PrivateDefaultRoute"):
+                    self.assertNotIn(gone, s.resources)
+                env = s.env("TenantUsersFunction")
+                self.assertEqual(env["JWT_JWKS"], INLINE["JwksDocument"])
+                self.assertNotIn("JWT_JWKS_URL", env)
+                self.assertEqual(Stack(EXPANDED, {"Profile": profile, "JwksMode": "inline"}).rules_hold(),
+                                 ["InlineNeedsDocument"])
+                # nat, whatever the profile: a route to the internet for the JWKS URL.
+                nat = Stack(EXPANDED, with_profile(extra, NAT))
+                self.assertEqual(ref_name(nat.props("PrivateDefaultRoute")["NatGatewayId"]), "NatGateway")
+        # Default (auto with prod: nat).
         self.assertEqual(ref_name(DEFAULT.props("PrivateDefaultRoute")["NatGatewayId"]), "NatGateway")
 
     def test_every_combination_resolves_and_keeps_the_function(self):
@@ -652,21 +902,25 @@ class TemplateTest(unittest.TestCase):
                              {"kms:Decrypt"} if len(reader) == 2 else set())
 
     def test_kms_decrypt_only_through_secrets_manager_on_the_named_key(self):
-        s = Stack(EXPANDED, {**EXISTING_DATABASE, **EXISTING_MASTER, **EXISTING_KMS})
-        kms = [(o, st) for o, st in s.statements() if st["Action"] == "kms:Decrypt"]
-        self.assertEqual(sorted(o for o, _ in kms), ["MigrateRole", "SecretReaderRole"])
-        for _, st in kms:
-            self.assertEqual(st["Resource"], EXISTING_KMS["DbSecretKmsKeyArn"])
-            self.assertEqual(st["Condition"]["StringEquals"]["kms:ViaService"],
-                             {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"})
-        self.assertFalse([st for _, st in DEFAULT.statements() if st["Action"] == "kms:Decrypt"])
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                s = Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **EXISTING_MASTER, **EXISTING_KMS}))
+                kms = [(o, st) for o, st in s.statements() if st["Action"] == "kms:Decrypt"]
+                self.assertEqual(sorted(o for o, _ in kms), ["MigrateRole", "SecretReaderRole"])
+                for _, st in kms:
+                    self.assertEqual(st["Resource"], EXISTING_KMS["DbSecretKmsKeyArn"])
+                    self.assertEqual(st["Condition"]["StringEquals"]["kms:ViaService"],
+                                     {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"})
+                # The created secrets use the AWS managed key: nothing to grant.
+                self.assertFalse([st for _, st in DEFAULTS[profile].statements() if st["Action"] == "kms:Decrypt"])
 
     def test_service_trust_policies_carry_source_conditions(self):
-        trust = DEFAULT.props("ProxyRole")["AssumeRolePolicyDocument"]["Statement"]
-        self.assertEqual(trust, [{
-            "Effect": "Allow", "Principal": {"Service": "rds.amazonaws.com"}, "Action": "sts:AssumeRole",
-            "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}},
-        }])
+        for profile, s in DEFAULTS.items():
+            trust = s.props("ProxyRole")["AssumeRolePolicyDocument"]["Statement"]
+            self.assertEqual(trust, [{
+                "Effect": "Allow", "Principal": {"Service": "rds.amazonaws.com"}, "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}},
+            }], profile)
         for overrides, s in ALL_STACKS:
             for name in s.of_type("AWS::IAM::Role"):
                 for st in s.props(name)["AssumeRolePolicyDocument"]["Statement"]:
@@ -680,35 +934,36 @@ class TemplateTest(unittest.TestCase):
                         self.assertIn("aws:SourceAccount", json.dumps(st.get("Condition")), name)
 
     def test_app_secret_readable_only_by_reader_proxy_migration_and_rotation(self):
-        s = DEFAULT
-        policy = s.props("AppSecretPolicy")
-        self.assertIs(policy["BlockPublicPolicy"], True)
-        statements = policy["ResourcePolicy"]["Statement"]
-        self.assertTrue(statements)
-        for st in statements:
-            self.assertEqual((st["Effect"], st["Principal"], st["Resource"]), ("Deny", "*", "*"), st["Sid"])
-        # Every named principal is one of this stack's roles by ARN; no
-        # pattern names a role but the one for the rotation function's.
-        named = {ref_name(a) for st in statements for op, keys in st["Condition"].items()
-                 for a in as_list(keys.get("aws:PrincipalArn", [])) if ref_name(a)}
-        self.assertEqual(named, {"SecretReaderRole", "ProxyRole", "MigrateRole"})
-        self.assertNotIn("ExecutionRole", json.dumps(statements))
-        patterns = {json.dumps(a) for st in statements for op, keys in st["Condition"].items()
-                    for a in as_list(keys.get("aws:PrincipalArn", [])) if "Fn::Sub" in json.dumps(a)}
-        self.assertEqual(patterns, {
-            json.dumps({"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${AWS::StackName}-*"}),
-            json.dumps({"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}),
-        })
-        # The session the rotation function runs as is the name the stack gives it.
-        rotation = s.props("AppSecretRotation")["HostedRotationLambda"]["RotationLambdaName"]
-        self.assertEqual(rotation, {"Fn::Sub": "${AWS::StackName}-rotation"})
-        self.assertIn({"aws:userid": {"Fn::Sub": "*:${AWS::StackName}-rotation"}},
-                      [st["Condition"].get("StringNotLike") for st in statements])
-        # Identity side: exactly those roles of this stack may read it.
-        readers = sorted({owner for owner, st in s.statements()
-                          if "secretsmanager:GetSecretValue" in as_list(st["Action"])
-                          and {"Ref": "AppSecret"} in as_list(st["Resource"])})
-        self.assertEqual(readers, ["MigrateRole", "ProxyRole", "SecretReaderRole"])
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                policy = s.props("AppSecretPolicy")
+                self.assertIs(policy["BlockPublicPolicy"], True)
+                statements = policy["ResourcePolicy"]["Statement"]
+                self.assertTrue(statements)
+                for st in statements:
+                    self.assertEqual((st["Effect"], st["Principal"], st["Resource"]), ("Deny", "*", "*"), st["Sid"])
+                # Every named principal is one of this stack's roles by ARN; no
+                # pattern names a role but the one for the rotation function's.
+                named = {ref_name(a) for st in statements for op, keys in st["Condition"].items()
+                         for a in as_list(keys.get("aws:PrincipalArn", [])) if ref_name(a)}
+                self.assertEqual(named, {"SecretReaderRole", "ProxyRole", "MigrateRole"})
+                self.assertNotIn("ExecutionRole", json.dumps(statements))
+                patterns = {json.dumps(a) for st in statements for op, keys in st["Condition"].items()
+                            for a in as_list(keys.get("aws:PrincipalArn", [])) if "Fn::Sub" in json.dumps(a)}
+                self.assertEqual(patterns, {
+                    json.dumps({"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${AWS::StackName}-*"}),
+                    json.dumps({"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}),
+                })
+                # The session the rotation function runs as is the name the stack gives it.
+                rotation = s.props("AppSecretRotation")["HostedRotationLambda"]["RotationLambdaName"]
+                self.assertEqual(rotation, {"Fn::Sub": "${AWS::StackName}-rotation"})
+                self.assertIn({"aws:userid": {"Fn::Sub": "*:${AWS::StackName}-rotation"}},
+                              [st["Condition"].get("StringNotLike") for st in statements])
+                # Identity side: exactly those roles of this stack may read it.
+                readers = sorted({owner for owner, st in s.statements()
+                                  if "secretsmanager:GetSecretValue" in as_list(st["Action"])
+                                  and {"Ref": "AppSecret"} in as_list(st["Resource"])})
+                self.assertEqual(readers, ["MigrateRole", "ProxyRole", "SecretReaderRole"])
 
     # --- issue 16, item 2: the secret's policy, evaluated ---------------------------
     def test_secret_policy_denies_the_execution_role_and_a_probe_role_everything(self):
@@ -814,9 +1069,9 @@ class TemplateTest(unittest.TestCase):
              caller(role_arn(f"{STACK_NAME}-probe"), session="x", via=["cloudformation.amazonaws.com"]), False),
             ({"DeployerRoleArn": service_role}, caller(stack_role("ExecutionRole"), session="fn"), False),
         ]
-        for extra, request, manages in cases:
-            policy = Stack(EXPANDED, extra).props("AppSecretPolicy")["ResourcePolicy"]
-            with self.subTest(extra=extra, request=request):
+        for (profile, base), (extra, request, manages) in itertools.product(PROFILES, cases):
+            policy = Stack(EXPANDED, with_profile(base, extra)).props("AppSecretPolicy")["ResourcePolicy"]
+            with self.subTest(profile=profile, extra=extra, request=request):
                 if manages:
                     refused = {a for a in needed if denied_by(policy, a, request)}
                     self.assertEqual(refused, {"secretsmanager:GetSecretValue"})
@@ -826,8 +1081,8 @@ class TemplateTest(unittest.TestCase):
                 for action in SECRET_VALUE_READ + SECRET_VALUE_WRITE:
                     self.assertTrue(denied_by(policy, action, request), action)
         # The account root can always take the policy off again (recovery).
-        for extra in ({}, {"DeployerRoleArn": service_role}):
-            policy = Stack(EXPANDED, extra).props("AppSecretPolicy")["ResourcePolicy"]
+        for (_, base), extra in itertools.product(PROFILES, ({}, {"DeployerRoleArn": service_role})):
+            policy = Stack(EXPANDED, with_profile(base, extra)).props("AppSecretPolicy")["ResourcePolicy"]
             root = caller(f"arn:aws:iam::{ACCOUNT}:root")
             self.assertEqual(denied_by(policy, "secretsmanager:DeleteResourcePolicy", root), [])
             self.assertTrue(denied_by(policy, "secretsmanager:GetSecretValue", root))
@@ -838,40 +1093,58 @@ class TemplateTest(unittest.TestCase):
 
     # --- item 2: the migration custom resource ------------------------------------
     def test_schema_custom_resource_is_wired_to_the_migrate_function(self):
-        s = DEFAULT
-        cr = s.resources["SchemaResource"]
-        self.assertEqual(cr["Type"], "Custom::TenantUsersSchema")
-        props = cr["Properties"]
-        self.assertEqual(set(props), {"ServiceToken", "MasterSecretArn", "AppSecretArn", "DbHost",
-                                      "DbPort", "DbName", "SchemaVersion"})
-        self.assertEqual(props["ServiceToken"], {"Ref": "MigrateFunctionAliaslive"})
-        self.assertEqual(s.props("MigrateFunctionAliaslive")["FunctionName"], {"Ref": "MigrateFunction"})
-        self.assertEqual(props["MasterSecretArn"], {"Fn::GetAtt": ["DbCluster", "MasterUserSecret.SecretArn"]})
-        self.assertEqual(props["AppSecretArn"], {"Ref": "AppSecret"})
-        # The writer instance, so the migration waits for it to exist.
-        self.assertEqual(props["DbHost"], {"Fn::GetAtt": ["DbWriter", "Endpoint.Address"]})
-        self.assertEqual((props["DbPort"], props["DbName"]), (5432, "tenant_users"))
-        fn = s.props("MigrateFunction")
-        self.assertEqual(fn["Handler"], "migrate")
-        self.assertEqual(fn["Environment"]["Variables"]["TENANT_USERS_ROLE"], "migrate")
-        self.assertEqual(fn["Runtime"], s.props("TenantUsersFunction")["Runtime"])
-        self.assertEqual(fn["VpcConfig"]["SubnetIds"], [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}])
-        self.assertEqual(fn["VpcConfig"]["SecurityGroupIds"], [{"Ref": "AdminSecurityGroup"}])
-        self.assertGreaterEqual(fn["Timeout"], 120)
-        (st,) = [st for owner, st in s.statements() if owner == "MigrateRole"]
-        self.assertEqual(st["Action"], "secretsmanager:GetSecretValue")
-        self.assertEqual(st["Resource"], [props["MasterSecretArn"], {"Ref": "AppSecret"}])
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                cr = s.resources["SchemaResource"]
+                self.assertEqual(cr["Type"], "Custom::TenantUsersSchema")
+                props = cr["Properties"]
+                self.assertEqual(set(props), {"ServiceToken", "MasterSecretArn", "AppSecretArn", "DbHost",
+                                              "DbPort", "DbName", "SchemaVersion"})
+                self.assertEqual(props["ServiceToken"], {"Ref": "MigrateFunctionAliaslive"})
+                self.assertEqual(s.props("MigrateFunctionAliaslive")["FunctionName"], {"Ref": "MigrateFunction"})
+                self.assertEqual(props["MasterSecretArn"], master_secret(profile))
+                self.assertEqual(props["AppSecretArn"], {"Ref": "AppSecret"})
+                # The writer instance, so the migration waits for it to exist.
+                self.assertEqual(props["DbHost"], writer_host(profile))
+                self.assertEqual((props["DbPort"], props["DbName"]), (5432, "tenant_users"))
+                fn = s.props("MigrateFunction")
+                # Its own binary: no handler name or variable says which function it is.
+                self.assertEqual(fn["Handler"], "bootstrap")
+                self.assertNotIn("TENANT_USERS_ROLE", fn["Environment"]["Variables"])
+                self.assertEqual(fn["Runtime"], s.props("TenantUsersFunction")["Runtime"])
+                self.assertEqual(fn["VpcConfig"]["SubnetIds"], [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}])
+                self.assertEqual(fn["VpcConfig"]["SecurityGroupIds"], [{"Ref": "AdminSecurityGroup"}])
+                self.assertGreaterEqual(fn["Timeout"], 120)
+                (st,) = [st for owner, st in s.statements() if owner == "MigrateRole"]
+                self.assertEqual(st["Action"], "secretsmanager:GetSecretValue")
+                self.assertEqual(st["Resource"], [props["MasterSecretArn"], {"Ref": "AppSecret"}])
+
+    def test_each_function_is_built_from_its_own_binary(self):
+        """One cargo package, one binary per function (src/bin/<name>.rs):
+        the SAM CLI picks it from Metadata.BuildProperties.Binary (a Binary
+        key beside BuildMethod is not read), and Lambda runs it as bootstrap."""
+        functions = {name: res for name, res in RAW["Resources"].items()
+                     if res["Type"] == "AWS::Serverless::Function"}
+        binaries = {name: res["Metadata"]["BuildProperties"]["Binary"] for name, res in functions.items()}
+        self.assertEqual(binaries, {"TenantUsersFunction": "api", "MigrateFunction": "migrate"})
+        for name, res in functions.items():
+            self.assertEqual(res["Metadata"]["BuildMethod"], "rust-cargolambda", name)
+            self.assertNotIn("Binary", res["Metadata"], name)
+            self.assertEqual(res["Properties"]["Handler"], "bootstrap", name)
+            self.assertNotIn("TENANT_USERS_ROLE", json.dumps(res), name)
 
     def test_schema_version_changes_with_code_and_role_name(self):
-        def version(template, overrides=None):
-            return Stack(template, overrides).props("SchemaResource")["SchemaVersion"]
         _, other_code = expand("s3://bucket/tenant-users-next.zip")
-        first = version(EXPANDED)
-        self.assertEqual(version(EXPANDED), first)
-        self.assertNotEqual(version(other_code), first)
-        self.assertNotEqual(version(EXPANDED, {"AppDbUser": "other_app"}), first)
-        (versioned,) = [ref_name(x) for x in first["Fn::Join"][1] if ref_name(x)]
-        self.assertEqual(EXPANDED["Resources"][versioned]["Type"], "AWS::Lambda::Version")
+        for profile, extra in PROFILES:
+            def version(template, overrides=None):
+                return Stack(template, with_profile(extra, overrides)).props("SchemaResource")["SchemaVersion"]
+            with self.subTest(profile=profile):
+                first = version(EXPANDED)
+                self.assertEqual(version(EXPANDED), first)
+                self.assertNotEqual(version(other_code), first)
+                self.assertNotEqual(version(EXPANDED, {"AppDbUser": "other_app"}), first)
+                (versioned,) = [ref_name(x) for x in first["Fn::Join"][1] if ref_name(x)]
+                self.assertEqual(EXPANDED["Resources"][versioned]["Type"], "AWS::Lambda::Version")
 
 
     # --- issue 16, item 1: the migration trusts nothing it is sent -------------------
@@ -927,49 +1200,59 @@ class TemplateTest(unittest.TestCase):
         self.assertEqual(nat.props("AdminToHttpsExistingNetwork")["CidrIp"], "0.0.0.0/0")
 
     def test_migration_is_refused_without_its_s3_prefix_list_and_ranges(self):
-        bare = Stack(EXPANDED, base={})
-        self.assertEqual(bare.rules_hold(), ["MigrationNeedsS3PrefixList"])
         self.assertIn("describe-managed-prefix-lists", RAW["Rules"]["MigrationNeedsS3PrefixList"]
                       ["Assertions"][0]["AssertDescription"])
         self.assertIn("describe-managed-prefix-lists", RAW["Parameters"]["S3PrefixListId"]["Description"])
-        # No migration, no S3 egress and no prefix list needed.
-        self.assertEqual(Stack(EXPANDED, EXISTING_DATABASE, base={}).rules_hold(), [])
-        self.assertNotIn("AdminToS3", Stack(EXPANDED, EXISTING_DATABASE).resources)
-        no_cidr = {k: v for k, v in EXISTING_MASTER.items() if k != "DbAdminCidr"}
-        self.assertEqual(Stack(EXPANDED, {**EXISTING_DATABASE, **no_cidr}).rules_hold(),
-                         ["MigrationOfExistingDatabaseNeedsCidr"])
-        no_https = {k: v for k, v in EXISTING_NETWORK.items() if k != "AdminHttpsCidr"}
-        self.assertEqual(Stack(EXPANDED, no_https).rules_hold(), ["MigrationInExistingNetworkNeedsHttpsCidr"])
-        self.assertEqual(Stack(EXPANDED, {**no_https, **EXISTING_DATABASE}).rules_hold(), [])
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                bare = Stack(EXPANDED, extra, base={})
+                self.assertEqual(bare.rules_hold(), ["MigrationNeedsS3PrefixList"])
+                # No migration, no S3 egress and no prefix list needed.
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, EXISTING_DATABASE), base={}).rules_hold(), [])
+                self.assertNotIn("AdminToS3", Stack(EXPANDED, with_profile(extra, EXISTING_DATABASE)).resources)
+                no_cidr = {k: v for k, v in EXISTING_MASTER.items() if k != "DbAdminCidr"}
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **no_cidr})).rules_hold(),
+                                 ["MigrationOfExistingDatabaseNeedsCidr"])
+                no_https = {k: v for k, v in EXISTING_NETWORK.items() if k != "AdminHttpsCidr"}
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, no_https)).rules_hold(),
+                                 ["MigrationInExistingNetworkNeedsHttpsCidr"])
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {**no_https, **EXISTING_DATABASE})).rules_hold(),
+                                 [])
 
     # --- issue 16, item 4: revocable sessions --------------------------------------
     def test_tokens_live_five_minutes_and_refresh_tokens_are_revocable(self):
-        client = DEFAULT.props("UserPoolClient")
-        self.assertEqual((client["IdTokenValidity"], client["AccessTokenValidity"]), (5, 5))
-        self.assertEqual(client["TokenValidityUnits"]["IdToken"], "minutes")
-        self.assertEqual(client["TokenValidityUnits"]["AccessToken"], "minutes")
-        self.assertIs(client["EnableTokenRevocation"], True)
-        # The window a signed-out or disabled user keeps: lifetime + leeway.
-        leeway = int(DEFAULT.env("TenantUsersFunction")["JWT_LEEWAY_SECONDS"])
-        self.assertLessEqual(leeway, 60)
-        self.assertLessEqual(client["IdTokenValidity"] * 60 + leeway, 6 * 60)
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                client = s.props("UserPoolClient")
+                self.assertEqual((client["IdTokenValidity"], client["AccessTokenValidity"]), (5, 5))
+                self.assertEqual(client["TokenValidityUnits"]["IdToken"], "minutes")
+                self.assertEqual(client["TokenValidityUnits"]["AccessToken"], "minutes")
+                self.assertIs(client["EnableTokenRevocation"], True)
+                # The window a signed-out or disabled user keeps: lifetime + leeway.
+                leeway = int(s.env("TenantUsersFunction")["JWT_LEEWAY_SECONDS"])
+                self.assertLessEqual(leeway, 60)
+                self.assertLessEqual(client["IdTokenValidity"] * 60 + leeway, 6 * 60)
 
     def test_password_auth_only_when_the_parameter_turns_it_on(self):
-        flows = DEFAULT.props("UserPoolClient")["ExplicitAuthFlows"]
-        self.assertEqual(flows, ["ALLOW_USER_SRP_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"])
         self.assertEqual(RAW["Parameters"]["AllowPasswordAuth"]["Default"], "false")
-        on = Stack(EXPANDED, {"AllowPasswordAuth": "true"}).props("UserPoolClient")["ExplicitAuthFlows"]
-        self.assertEqual(sorted(on), sorted(flows + ["ALLOW_USER_PASSWORD_AUTH"]))
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                flows = DEFAULTS[profile].props("UserPoolClient")["ExplicitAuthFlows"]
+                self.assertEqual(flows, ["ALLOW_USER_SRP_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"])
+                on = Stack(EXPANDED, with_profile(extra, {"AllowPasswordAuth": "true"})).props("UserPoolClient")
+                self.assertEqual(sorted(on["ExplicitAuthFlows"]), sorted(flows + ["ALLOW_USER_PASSWORD_AUTH"]))
 
     def test_mfa_parameter_maps_to_the_user_pool(self):
-        for mode in ("OFF", "OPTIONAL", "ON"):
-            pool = Stack(EXPANDED, {"Mfa": mode}).props("UserPool")
-            self.assertEqual(pool["MfaConfiguration"], mode)
-            if mode == "OFF":
-                self.assertNotIn("EnabledMfas", pool)
-            else:
-                self.assertEqual(pool["EnabledMfas"], ["SOFTWARE_TOKEN_MFA"])
-        self.assertEqual(DEFAULT.props("UserPool")["MfaConfiguration"], RAW["Parameters"]["Mfa"]["Default"])
+        for (profile, extra), mode in itertools.product(PROFILES, ("OFF", "OPTIONAL", "ON")):
+            with self.subTest(profile=profile, mode=mode):
+                pool = Stack(EXPANDED, with_profile(extra, {"Mfa": mode})).props("UserPool")
+                self.assertEqual(pool["MfaConfiguration"], mode)
+                if mode == "OFF":
+                    self.assertNotIn("EnabledMfas", pool)
+                else:
+                    self.assertEqual(pool["EnabledMfas"], ["SOFTWARE_TOKEN_MFA"])
+        for s in DEFAULTS.values():
+            self.assertEqual(s.props("UserPool")["MfaConfiguration"], RAW["Parameters"]["Mfa"]["Default"])
         self.assertEqual(RAW["Parameters"]["Mfa"]["AllowedValues"], ["OFF", "OPTIONAL", "ON"])
 
     def test_every_parameter_is_in_a_parameter_group(self):
