@@ -13,16 +13,25 @@ IAM statement, and the custom resource's wiring. The application secret's
 resource policy is also evaluated, statement by statement, against the
 request contexts of the principals that matter (the readers, the rotation
 function, the execution role, a look-alike role, CloudFormation acting for
-the deployer, the account root).
+the deployer, the account root). The one function whose code the template
+carries (PoolJwksFunction, which fetches the created pool's keys at deploy
+time) is loaded from it and run in-process against good and hostile input,
+with its network calls replaced.
 """
 
+import ast
+import base64
 import copy
 import fnmatch
 import itertools
 import json
+import logging
 import os
+import secrets
 import sys
+import types
 import unittest
+from unittest import mock
 
 from samtranslator.translator.transform import transform
 from samtranslator.yaml_helper import yaml_parse
@@ -57,13 +66,18 @@ EXISTING_IDP = {
     "JwtAudience": "client-a,client-b",
     "JwtJwksUrl": "https://idp.example.com/.well-known/jwks.json",
 }
-INLINE = {"JwksMode": "inline", "JwksDocument": '{"keys":[]}'}
+DOCUMENT = '{"keys":[]}'
+INLINE = {"JwksMode": "inline", "JwksDocument": DOCUMENT}
+# Inline without a document: the created pool's keys are fetched at deploy
+# time (PoolJwks); an existing IdP's are refused (rule InlineNeedsDocument).
+INLINE_FETCHED = {"JwksMode": "inline"}
 NAT = {"JwksMode": "nat"}
 # Profile dev: what the stack creates for itself is smaller. Its JwksMode
-# auto means inline, so a dev deploy also gives the key set (the rule
-# InlineNeedsDocument, tested on its own).
-DEV = {"Profile": "dev", "JwksDocument": '{"keys":[]}'}
+# auto means inline, with the created pool's keys fetched at deploy time:
+# nothing else to give.
+DEV = {"Profile": "dev"}
 PROFILES = [("prod", {}), ("dev", DEV)]
+FETCHED = {"Fn::GetAtt": ["PoolJwks", "Document"]}
 
 
 class _Loader:
@@ -80,9 +94,10 @@ def expand(code_uri="s3://bucket/tenant-users.zip"):
         raw = yaml_parse(f.read())
     source = copy.deepcopy(raw)
     # `sam deploy` uploads the code and puts its S3 location here; the
-    # location is what names a function version (see SchemaVersion).
+    # location is what names a function version (see SchemaVersion). The
+    # template carries the code of an InlineCode function itself.
     for resource in source["Resources"].values():
-        if resource["Type"] == "AWS::Serverless::Function":
+        if resource["Type"] == "AWS::Serverless::Function" and "InlineCode" not in resource["Properties"]:
             resource["Properties"]["CodeUri"] = code_uri
     return raw, transform(source, {}, _Loader())
 
@@ -351,20 +366,25 @@ def handler_permissions(resource_type, *handlers):
 RAW, EXPANDED = expand()
 
 # Every independent choice a deployer has, in all combinations: each
-# bring-your-own part, the JWKS mode (auto, inline, nat) and the profile.
+# bring-your-own part, the JWKS mode (auto, inline with or without a
+# document, nat) and the profile.
 CHOICES = [
     [{}, EXISTING_NETWORK],
     [{}, EXISTING_DATABASE, {**EXISTING_DATABASE, **EXISTING_MASTER},
      {**EXISTING_DATABASE, **EXISTING_MASTER, **EXISTING_KMS}],
     [{}, EXISTING_IDP],
-    [{}, INLINE, NAT],
+    [{}, INLINE, INLINE_FETCHED, NAT],
     [extra for _, extra in PROFILES],
 ]
-ALL_STACKS = [
+COMBINATIONS = [
     (overrides, Stack(EXPANDED, overrides))
     for overrides in ({k: v for part in combo for k, v in part.items()}
                       for combo in itertools.product(*CHOICES))
 ]
+# The ones CloudFormation would deploy; the rest are refused by a Rule
+# (test_only_an_existing_idp_with_inline_keys_and_no_document_is_refused).
+ALL_STACKS = [(o, s) for o, s in COMBINATIONS if not s.rules_hold()]
+REFUSED = [(o, s) for o, s in COMBINATIONS if s.rules_hold()]
 DEFAULT = Stack(EXPANDED)
 # The stack each profile creates with every other parameter left alone.
 DEFAULTS = {name: Stack(EXPANDED, extra) for name, extra in PROFILES}
@@ -385,6 +405,16 @@ def writer_host(profile):
     """The created database's writer endpoint, as the migration reaches it."""
     owner = "DbWriter" if profile == "prod" else "DbInstance"
     return {"Fn::GetAtt": [owner, "Endpoint.Address"]}
+
+
+def pool_jwks_module():
+    """PoolJwksFunction's InlineCode, as the template carries it, loaded as
+    a module (its functions run here, in-process; nothing reaches the
+    network: the tests replace its connection class)."""
+    code = RAW["Resources"]["PoolJwksFunction"]["Properties"]["InlineCode"]
+    module = types.ModuleType("pool_jwks_index")
+    exec(compile(code, "template.yaml#PoolJwksFunction/index.py", "exec"), module.__dict__)
+    return module
 
 
 class TemplateTest(unittest.TestCase):
@@ -502,12 +532,13 @@ class TemplateTest(unittest.TestCase):
                                  .env("TenantUsersFunction"))
                 self.assertEqual(Stack(EXPANDED, with_profile(extra, {**EXISTING_IDP, "JwtTokenUse": "access"}))
                                  .env("TenantUsersFunction")["JWT_TOKEN_USE"], "access")
-                # The keys: the pool's URL (prod, nat) or the given set (dev, inline).
+                # The keys: the pool's URL (prod, nat) or the pool's set as
+                # fetched at deploy time (dev, inline).
                 if profile == "prod":
                     self.assertEqual(env["JWT_JWKS_URL"], {"Fn::Sub": issuer["Fn::Sub"] + "/.well-known/jwks.json"})
                     self.assertNotIn("JWT_JWKS", env)
                 else:
-                    self.assertEqual(env["JWT_JWKS"], DEV["JwksDocument"])
+                    self.assertEqual(env["JWT_JWKS"], FETCHED)
                     self.assertNotIn("JWT_JWKS_URL", env)
                 self.assertEqual(env["DB_HOST"], {"Fn::GetAtt": ["DbProxy", "Endpoint"]})
                 self.assertEqual(env["DB_SECRET_ARN"], {"Ref": "AppSecret"})
@@ -715,7 +746,7 @@ class TemplateTest(unittest.TestCase):
         self.assertIs(dev.conditions["InlineJwks"], True)
         self.assertIs(DEFAULT.conditions["InlineJwks"], False)
         env = dev.env("TenantUsersFunction")
-        self.assertEqual(env["JWT_JWKS"], DEV["JwksDocument"])
+        self.assertEqual(env["JWT_JWKS"], FETCHED)
         self.assertNotIn("JWT_JWKS_URL", env)
         # No NAT gateway, internet gateway, public subnet or default route;
         # no group opens 443 to the internet.
@@ -724,10 +755,11 @@ class TemplateTest(unittest.TestCase):
         self.assertNotIn("PublicSubnet", dev.resources)
         self.assertFalse([n for n in dev.of_type("AWS::EC2::SecurityGroupEgress")
                           if dev.props(n).get("CidrIp") == "0.0.0.0/0"])
-        # auto means inline, so the key set must be given ...
-        self.assertEqual(Stack(EXPANDED, {"Profile": "dev"}).rules_hold(), ["InlineNeedsDocument"])
-        self.assertIn("JwksMode nat", RAW["Rules"]["InlineNeedsDocument"]["Assertions"][0]["AssertDescription"])
-        # ... unless the deployer asks for nat (e.g. the first deploy of a created pool).
+        # auto means inline, and the created pool's keys are fetched at
+        # deploy time: one deploy, nothing else to give ...
+        self.assertEqual(Stack(EXPANDED, {"Profile": "dev"}).rules_hold(), [])
+        self.assertNotIn("JwksMode nat", RAW["Rules"]["InlineNeedsDocument"]["Assertions"][0]["AssertDescription"])
+        # ... and nat is still there for whoever asks for it.
         nat = Stack(EXPANDED, {"Profile": "dev", **NAT})
         self.assertEqual(nat.rules_hold(), [])
         self.assertEqual(ref_name(nat.props("PrivateDefaultRoute")["NatGatewayId"]), "NatGateway")
@@ -819,7 +851,8 @@ class TemplateTest(unittest.TestCase):
     def test_existing_idp_switches_off_cognito(self):
         for profile, extra in PROFILES:
             with self.subTest(profile=profile):
-                s = Stack(EXPANDED, with_profile(extra, EXISTING_IDP))
+                # dev's auto is inline: an existing IdP's keys must be given.
+                s = Stack(EXPANDED, with_profile(extra, {**EXISTING_IDP, "JwksDocument": DOCUMENT}))
                 self.assertNotIn("UserPool", s.resources)
                 self.assertNotIn("UserPoolClient", s.resources)
                 env = s.env("TenantUsersFunction")
@@ -833,13 +866,16 @@ class TemplateTest(unittest.TestCase):
         # JwksMode auto: the URL with prod (nat), the document with dev (inline).
         self.assertEqual(Stack(EXPANDED, EXISTING_IDP).env("TenantUsersFunction")["JWT_JWKS_URL"],
                          EXISTING_IDP["JwtJwksUrl"])
-        dev = Stack(EXPANDED, {**DEV, **EXISTING_IDP}).env("TenantUsersFunction")
-        self.assertEqual(dev["JWT_JWKS"], DEV["JwksDocument"])
-        self.assertNotIn("JWT_JWKS_URL", dev)
+        dev = Stack(EXPANDED, {**DEV, **EXISTING_IDP, "JwksDocument": DOCUMENT})
+        self.assertEqual(dev.env("TenantUsersFunction")["JWT_JWKS"], DOCUMENT)
+        self.assertNotIn("JWT_JWKS_URL", dev.env("TenantUsersFunction"))
+        # Nothing is fetched for an IdP the stack does not create.
+        self.assertNotIn("PoolJwks", dev.resources)
+        self.assertEqual(Stack(EXPANDED, {**DEV, **EXISTING_IDP}).rules_hold(), ["InlineNeedsDocument"])
         self.assertEqual(sorted(Stack(EXPANDED, {"JwtIssuer": EXISTING_IDP["JwtIssuer"]}).rules_hold()),
                          ["ExistingIdpIsComplete", "ExistingIdpNatNeedsUrl"])
-        self.assertEqual(Stack(EXPANDED, {**DEV, "JwtIssuer": EXISTING_IDP["JwtIssuer"]}).rules_hold(),
-                         ["ExistingIdpIsComplete"])
+        self.assertEqual(sorted(Stack(EXPANDED, {**DEV, "JwtIssuer": EXISTING_IDP["JwtIssuer"]}).rules_hold()),
+                         ["ExistingIdpIsComplete", "InlineNeedsDocument"])
 
     def test_inline_jwks_needs_no_nat_and_no_url(self):
         for profile, extra in PROFILES:
@@ -850,13 +886,152 @@ class TemplateTest(unittest.TestCase):
                 env = s.env("TenantUsersFunction")
                 self.assertEqual(env["JWT_JWKS"], INLINE["JwksDocument"])
                 self.assertNotIn("JWT_JWKS_URL", env)
-                self.assertEqual(Stack(EXPANDED, {"Profile": profile, "JwksMode": "inline"}).rules_hold(),
+                # Without a document: the created pool's keys are fetched,
+                # an existing IdP's cannot be.
+                self.assertEqual(Stack(EXPANDED, {"Profile": profile, **INLINE_FETCHED}).rules_hold(), [])
+                self.assertEqual(Stack(EXPANDED, {"Profile": profile, **INLINE_FETCHED, **EXISTING_IDP}).rules_hold(),
                                  ["InlineNeedsDocument"])
                 # nat, whatever the profile: a route to the internet for the JWKS URL.
                 nat = Stack(EXPANDED, with_profile(extra, NAT))
                 self.assertEqual(ref_name(nat.props("PrivateDefaultRoute")["NatGatewayId"]), "NatGateway")
         # Default (auto with prod: nat).
         self.assertEqual(ref_name(DEFAULT.props("PrivateDefaultRoute")["NatGatewayId"]), "NatGateway")
+
+    # --- one deploy for Profile dev: the created pool's keys, fetched -------------
+    def test_pool_keys_are_fetched_exactly_for_a_created_pool_inline_without_a_document(self):
+        fetcher = {"PoolJwks", "PoolJwksFunction", "PoolJwksRole", "PoolJwksLogs"}
+        seen = set()
+        for overrides, s in ALL_STACKS:
+            created_pool = "JwtIssuer" not in overrides
+            mode = overrides.get("JwksMode", "auto")
+            inline = mode == "inline" or (mode == "auto" and overrides.get("Profile") == "dev")
+            fetched = created_pool and inline and "JwksDocument" not in overrides
+            env = s.env("TenantUsersFunction")
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual(fetcher & set(s.resources), fetcher if fetched else set())
+                if fetched:
+                    self.assertEqual(env["JWT_JWKS"], FETCHED)
+                elif inline:
+                    self.assertEqual(env["JWT_JWKS"], overrides["JwksDocument"])
+                else:
+                    self.assertNotIn("JWT_JWKS", env)
+                # The fetched keys replace the NAT gateway, never add to it.
+                if fetched:
+                    self.assertNotIn("NatGateway", s.resources)
+                    self.assertNotIn("JWT_JWKS_URL", env)
+            seen.add(fetched)
+        self.assertEqual(seen, {True, False})
+        # A given document wins, also with the created pool.
+        given = Stack(EXPANDED, {**DEV, "JwksDocument": DOCUMENT})
+        self.assertFalse(fetcher & set(given.resources))
+        self.assertEqual(given.env("TenantUsersFunction")["JWT_JWKS"], DOCUMENT)
+
+    def test_pool_keys_fetcher_runs_outside_the_vpc_with_logs_only(self):
+        checked = 0
+        for overrides, s in ALL_STACKS:
+            if "PoolJwksFunction" not in s.resources:
+                continue
+            fn = s.props("PoolJwksFunction")
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual(s.resources["PoolJwksFunction"]["Type"], "AWS::Lambda::Function")
+                # Outside the VPC: Lambda's own internet access, no NAT gateway.
+                self.assertNotIn("VpcConfig", fn)
+                self.assertIn(fn["Runtime"], ("python3.12", "python3.13"))
+                self.assertEqual((fn["Handler"], fn["Architectures"]), ("index.handler", ["arm64"]))
+                self.assertLessEqual(fn["Timeout"], 60)
+                self.assertEqual(fn["Code"], {"ZipFile": RAW["Resources"]["PoolJwksFunction"]["Properties"]["InlineCode"]})
+                self.assertEqual(fn["Role"], {"Fn::GetAtt": ["PoolJwksRole", "Arn"]})
+                self.assertEqual(fn["LoggingConfig"]["LogGroup"], {"Ref": "PoolJwksLogs"})
+                # Its whole configuration: which pool, in which partition.
+                self.assertEqual(fn["Environment"]["Variables"], {
+                    "POOL_ID": {"Ref": "UserPool"}, "POOL_REGION": {"Ref": "AWS::Region"},
+                    "DNS_SUFFIX": {"Ref": "AWS::URLSuffix"}})
+                # Its role: writing its own log group, nothing else.
+                role = s.props("PoolJwksRole")
+                self.assertNotIn("ManagedPolicyArns", role)
+                self.assertNotIn("PermissionsBoundary", role)
+                (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+                self.assertEqual(trust, {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+                                         "Action": "sts:AssumeRole"})
+                mine = [st for owner, st in s.statements() if owner == "PoolJwksRole"]
+                self.assertEqual(mine, [{"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                                         "Resource": {"Fn::GetAtt": ["PoolJwksLogs", "Arn"]}}])
+                # No other function runs as that role; no policy grants it more.
+                users = {n for n, r in s.resources.items() if n != "PoolJwksRole" and mentions(r, "PoolJwksRole")}
+                self.assertEqual(users, {"PoolJwksFunction"})
+                self.assertEqual(s.props("PoolJwksLogs")["RetentionInDays"], 365)
+                # The custom resource names the pool the function's
+                # environment names, and nothing else.
+                cr = s.resources["PoolJwks"]
+                self.assertEqual(cr["Type"], "Custom::TenantUsersPoolJwks")
+                self.assertEqual(cr["Properties"], {"ServiceToken": {"Fn::GetAtt": ["PoolJwksFunction", "Arn"]},
+                                                    "UserPoolId": fn["Environment"]["Variables"]["POOL_ID"]})
+                checked += 1
+        self.assertGreater(checked, 0)
+        self.assertFalse(EXPANDED["Resources"]["PoolJwksFunction"]["Properties"].get("VpcConfig"))
+        # CloudFormation invokes it with the deployer's credentials: no
+        # resource policy lets anyone else (a service, an event source) in.
+        self.assertFalse([n for n, r in EXPANDED["Resources"].items()
+                          if r["Type"] == "AWS::Lambda::Permission" and mentions(r, "PoolJwksFunction")])
+
+    def test_only_an_existing_idp_with_inline_keys_and_no_document_is_refused(self):
+        """Profile dev deploys in one go: the rule that made a created pool
+        deploy once with nat now fires only where no key set can be had."""
+        self.assertTrue(REFUSED)
+        for overrides, s in REFUSED:
+            mode = overrides.get("JwksMode", "auto")
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual(s.rules_hold(), ["InlineNeedsDocument"])
+                self.assertIn("JwtIssuer", overrides)
+                self.assertNotIn("JwksDocument", overrides)
+                self.assertTrue(mode == "inline" or (mode == "auto" and overrides.get("Profile") == "dev"))
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, INLINE_FETCHED)).rules_hold(), [])
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {**INLINE_FETCHED, **EXISTING_IDP})).rules_hold(),
+                                 ["InlineNeedsDocument"])
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {**INLINE, **EXISTING_IDP})).rules_hold(), [])
+        # The dev stack of README's one `sam deploy --guided`: every default.
+        dev = Stack(EXPANDED, {"Profile": "dev"})
+        self.assertEqual(dev.rules_hold(), [])
+        self.assertIn("PoolJwks", dev.resources)
+        self.assertNotIn("NatGateway", dev.resources)
+
+    def test_api_environment_fits_lambdas_4_kb_with_the_largest_fetched_key_set(self):
+        """Lambda refuses more than 4 KB of environment variables (names and
+        values together). The fetched document may take MAX_DOCUMENT bytes;
+        the rest, with the longest values the created resources can have,
+        must fit beside it."""
+        limit = pool_jwks_module().MAX_DOCUMENT
+        self.assertEqual(limit, 3000)
+        # Longest plausible values: ARNs, a proxy endpoint (63-character
+        # proxy name), a 128-character app client id; the issuer with the
+        # longest region, the China suffix and a 55-character pool id.
+        longest = {"Ref": 128, "Fn::GetAtt": 128}
+        subs = {"${AWS::Region}": "ap-southeast-2", "${AWS::URLSuffix}": "amazonaws.com.cn", "${UserPool}": "p" * 55}
+
+        def size(value):
+            if isinstance(value, dict):
+                (fn, arg), = value.items()
+                if fn == "Fn::Sub":
+                    for name, text in subs.items():
+                        arg = arg.replace(name, text)
+                    self.assertNotIn("${", arg)
+                    return len(arg)
+                return longest[fn]
+            return len(str(value))
+
+        checked = 0
+        for overrides, s in ALL_STACKS:
+            if "PoolJwks" not in s.resources:
+                continue
+            env = s.env("TenantUsersFunction")
+            self.assertEqual(env["JWT_JWKS"], FETCHED)
+            total = sum(len(k) + (limit if k == "JWT_JWKS" else size(v)) for k, v in env.items())
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertLessEqual(total, 4096)
+            checked += 1
+        self.assertGreater(checked, 0)
 
     def test_every_combination_resolves_and_keeps_the_function(self):
         for overrides, s in ALL_STACKS:
@@ -1124,7 +1299,7 @@ class TemplateTest(unittest.TestCase):
         the SAM CLI picks it from Metadata.BuildProperties.Binary (a Binary
         key beside BuildMethod is not read), and Lambda runs it as bootstrap."""
         functions = {name: res for name, res in RAW["Resources"].items()
-                     if res["Type"] == "AWS::Serverless::Function"}
+                     if res["Type"] == "AWS::Serverless::Function" and "InlineCode" not in res["Properties"]}
         binaries = {name: res["Metadata"]["BuildProperties"]["Binary"] for name, res in functions.items()}
         self.assertEqual(binaries, {"TenantUsersFunction": "api", "MigrateFunction": "migrate"})
         for name, res in functions.items():
@@ -1260,6 +1435,433 @@ class TemplateTest(unittest.TestCase):
                    for p in g["Parameters"]]
         self.assertEqual(sorted(grouped), sorted(RAW["Parameters"]))
         self.assertEqual(len(grouped), len(set(grouped)))
+
+
+# --- PoolJwksFunction's code, run in-process ----------------------------------
+REGION = "us-east-1"
+POOL = "us-east-1_AbCdEfGhI"
+ENV = {"AWS_REGION": REGION, "POOL_REGION": REGION, "DNS_SUFFIX": "amazonaws.com", "POOL_ID": POOL}
+JWKS_URL = f"https://cognito-idp.us-east-1.amazonaws.com/{POOL}/.well-known/jwks.json"
+RESPONSE_BUCKET = "cloudformation-custom-resource-response-useast1"
+SIGNED = ("?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20261201T000000Z&X-Amz-SignedHeaders=host"
+          "&X-Amz-Expires=7200&X-Amz-Credential=AKIAEXAMPLE%2F20261201%2Fus-east-1%2Fs3%2Faws4_request"
+          "&X-Amz-Signature=0123456789abcdef")
+RESPONSE_PATH = "/arn%3Aaws%3Acloudformation%3Aus-east-1%3A123456789012%3Astack/tenant-users-dev/1%7CPoolJwks%7Cabc"
+RESPONSE_URL = f"https://{RESPONSE_BUCKET}.s3.amazonaws.com{RESPONSE_PATH}{SIGNED}"
+
+
+def b64url(number, length):
+    return base64.urlsafe_b64encode(number.to_bytes(length, "big")).rstrip(b"=").decode()
+
+
+def rsa_jwk(kid, bits=2048, **extra):
+    """A JWK shaped like Cognito's (a random odd modulus of that size)."""
+    n = secrets.randbits(bits) | (1 << (bits - 1)) | 1
+    return {"alg": "RS256", "e": "AQAB", "kid": kid, "kty": "RSA", "n": b64url(n, bits // 8), "use": "sig", **extra}
+
+
+def cognito_jwks():
+    return {"keys": [rsa_jwk("4tQ2+ExampleKid1+abcdefghijklmnopqrstuv0123=="),
+                     rsa_jwk("9xZ7/ExampleKid2/abcdefghijklmnopqrstuv0123==")]}
+
+
+class FakeContext:
+    def get_remaining_time_in_millis(self):
+        return 30_000
+
+
+def event(kind="Create", url=RESPONSE_URL, **properties):
+    ev = {"RequestType": kind, "ResponseURL": url, "LogicalResourceId": "PoolJwks",
+          "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/tenant-users-dev/0a1b2c3d-1111-2222-3333-444455556666",
+          "RequestId": "5e6f7a8b-1111-2222-3333-444455556666", "ResourceType": "Custom::TenantUsersPoolJwks",
+          "ResourceProperties": {"ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:f", "UserPoolId": POOL,
+                                 **properties}}
+    if kind != "Create":
+        ev["PhysicalResourceId"] = f"tenant-users-pool-jwks-{POOL}"
+    return ev
+
+
+class FakeSocket:
+    def __init__(self):
+        self.timeouts = []
+
+    def settimeout(self, seconds):
+        self.timeouts.append(seconds)
+
+
+class FakeResponse:
+    def __init__(self, status=200, chunks=(), headers=None):
+        self.status, self.chunks, self.headers = status, list(chunks), headers or {}
+        self.closed = False
+
+    def getheader(self, name):
+        return self.headers.get(name)
+
+    def read1(self, n):
+        if not self.chunks:
+            return b""
+        chunk = self.chunks.pop(0)
+        if len(chunk) > n:
+            chunk, rest = chunk[:n], chunk[n:]
+            self.chunks.insert(0, rest)
+        return chunk
+
+    def read(self, n=-1):
+        return b""
+
+    def close(self):
+        self.closed = True
+
+
+def fake_connections(*responses):
+    """An HTTPSConnection stand-in answering with the given responses (an
+    exception is raised instead), recording every connection."""
+    made = []
+    queue = list(responses)
+
+    class Connection:
+        def __init__(self, host, port=None, timeout=None, context=None):
+            self.host, self.port, self.timeout, self.context = host, port, timeout, context
+            self.sock, self.requests, self.closed = FakeSocket(), [], False
+            made.append(self)
+
+        def request(self, method, target, body=None, headers=None):
+            self.requests.append((method, target, body, dict(headers or {})))
+
+        def getresponse(self):
+            answer = queue.pop(0)
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+
+        def close(self):
+            self.closed = True
+
+    return Connection, made
+
+
+class PoolJwksCodeTest(unittest.TestCase):
+    """The fetcher's own rules, from the code in the template."""
+
+    def setUp(self):
+        self.m = pool_jwks_module()
+        # Its log lines (the root logger in Lambda) stay out of the test output.
+        self.m.LOG = logging.getLogger("template_test.pool_jwks")
+        self.m.LOG.propagate = False
+        self.m.LOG.addHandler(logging.NullHandler())
+
+    def test_code_uses_the_standard_library_only_and_has_the_handler(self):
+        tree = ast.parse(RAW["Resources"]["PoolJwksFunction"]["Properties"]["InlineCode"])
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        self.assertTrue(imported)
+        self.assertLessEqual(imported, set(sys.stdlib_module_names))
+        self.assertNotIn("urllib.request", RAW["Resources"]["PoolJwksFunction"]["Properties"]["InlineCode"])
+        self.assertTrue(callable(self.m.handler))
+        self.assertEqual((self.m.MAX_BODY, self.m.FETCH_SECONDS), (64 * 1024, 5.0))
+
+    def test_response_url_must_be_cloudformations_bucket_of_the_region(self):
+        check = self.m.response_url_is_cloudformations
+        good = [
+            RESPONSE_URL,
+            f"https://{RESPONSE_BUCKET}.s3.us-east-1.amazonaws.com{RESPONSE_PATH}{SIGNED}",
+            f"https://{RESPONSE_BUCKET}.s3-us-east-1.amazonaws.com{RESPONSE_PATH}{SIGNED}",
+            f"https://{RESPONSE_BUCKET}.s3.amazonaws.com:443{RESPONSE_PATH}{SIGNED}",
+            f"https://{RESPONSE_BUCKET.upper()}.S3.AMAZONAWS.COM{RESPONSE_PATH}{SIGNED}",
+            f"https://{RESPONSE_BUCKET}.s3.amazonaws.com/x?AWSAccessKeyId=AKIA&Expires=1&Signature=abc%2B",
+        ]
+        for url in good:
+            with self.subTest(url=url):
+                self.assertIsNone(check(url, REGION))
+        self.assertIsNone(check("https://cloudformation-custom-resource-response-cnnorth1.s3.cn-north-1.amazonaws.com.cn"
+                                f"/x{SIGNED}", "cn-north-1"))
+        bucket = f"{RESPONSE_BUCKET}.s3.amazonaws.com"
+        hostile = [
+            f"http://{bucket}{RESPONSE_PATH}{SIGNED}",
+            f"ftp://{bucket}/x{SIGNED}",
+            f"https://evil.example{RESPONSE_PATH}{SIGNED}",
+            f"https://{bucket}.evil.example{RESPONSE_PATH}{SIGNED}",
+            f"https://evil-{bucket}/x{SIGNED}",
+            f"https://cloudformation-custom-resource-response-uswest2.s3.amazonaws.com/x{SIGNED}",
+            f"https://{RESPONSE_BUCKET}.s3.us-west-2.amazonaws.com/x{SIGNED}",
+            f"https://{RESPONSE_BUCKET}.s3-website-us-east-1.amazonaws.com/x{SIGNED}",
+            f"https://{RESPONSE_BUCKET}.s3.amazonaws.com.evil.example/x{SIGNED}",
+            f"https://{RESPONSE_BUCKET}.s3.amazonaws.com./x{SIGNED}",
+            f"https://{RESPONSE_BUCKET}x.s3.amazonaws.com/x{SIGNED}",
+            f"https://s3.amazonaws.com/{RESPONSE_BUCKET}/x{SIGNED}",
+            # user info, either way round, and a backslash that parsers disagree on
+            f"https://{bucket}@evil.example/x{SIGNED}",
+            f"https://user:pass@{bucket}/x{SIGNED}",
+            f"https://evil.example\\@{bucket}/x{SIGNED}",
+            f"https://{bucket}\\@evil.example/x{SIGNED}",
+            f"https://{bucket}:8443/x{SIGNED}",
+            f"https://{bucket}:/x{SIGNED}",
+            f"https://{bucket}:443@evil.example/x{SIGNED}",
+            f"https://{bucket.replace('.', '%2e')}/x{SIGNED}",
+            f"https://{bucket.replace('a', 'а')}/x{SIGNED}",
+            f"https://{bucket}/x{SIGNED}\r\nHost: evil.example",
+            f"https://{bucket}/x {SIGNED}",
+            "https://52.216.0.1/x" + SIGNED,
+            f"https://[::1]/x{SIGNED}",
+            # not pre-signed
+            f"https://{bucket}{RESPONSE_PATH}",
+            f"https://{bucket}{RESPONSE_PATH}?X-Amz-Signature=",
+            f"https://{bucket}{RESPONSE_PATH}?X-Amz-Algorithm=AWS4-HMAC-SHA256#X-Amz-Signature=abc",
+            f"https://{bucket}{RESPONSE_PATH}?x-amz-signature-not=abc",
+            "",
+            None,
+            42,
+        ]
+        for url in hostile:
+            with self.subTest(url=url):
+                with self.assertRaises(ValueError):
+                    check(url, REGION)
+        for region in (None, "", "us-east-1/../x", "evil"):
+            with self.subTest(region=region), self.assertRaises(ValueError):
+                check(RESPONSE_URL, region)
+
+    def test_the_only_url_fetched_is_built_from_its_environment(self):
+        self.assertEqual(self.m.settings(ENV), (JWKS_URL, POOL))
+        china = {**ENV, "AWS_REGION": "cn-north-1", "POOL_REGION": "cn-north-1", "DNS_SUFFIX": "amazonaws.com.cn",
+                 "POOL_ID": "cn-north-1_AbCdEfGhI"}
+        self.assertEqual(self.m.settings(china)[0],
+                         "https://cognito-idp.cn-north-1.amazonaws.com.cn/cn-north-1_AbCdEfGhI/.well-known/jwks.json")
+        hostile = [
+            {},
+            {**ENV, "POOL_REGION": "us-west-2"},
+            {**ENV, "AWS_REGION": "us-west-2"},
+            {**ENV, "POOL_REGION": "evil.example/", "AWS_REGION": "evil.example/"},
+            {**ENV, "DNS_SUFFIX": "evil.example"},
+            {**ENV, "DNS_SUFFIX": "amazonaws.com.evil.example"},
+            {**ENV, "POOL_ID": ""},
+            {**ENV, "POOL_ID": "us-west-2_AbCdEfGhI"},
+            {**ENV, "POOL_ID": "us-east-1_Ab/../../x"},
+            {**ENV, "POOL_ID": "us-east-1_AbC?x=1"},
+            {**ENV, "POOL_ID": "us-east-1_AbC@evil.example"},
+        ]
+        for env in hostile:
+            with self.subTest(env=env), self.assertRaises(ValueError):
+                self.m.settings(env)
+        # The event may repeat the pool id, and say nothing else.
+        self.assertIsNone(self.m.check_properties({"ServiceToken": "arn", "UserPoolId": POOL}, POOL))
+        self.assertIsNone(self.m.check_properties({"ServiceToken": "arn"}, POOL))
+        for properties in ({"UserPoolId": "us-east-1_Other"}, {"UserPoolId": POOL, "JwksUrl": "https://evil.example/"},
+                           {"Url": JWKS_URL}, [], "x"):
+            with self.subTest(properties=properties), self.assertRaises(ValueError):
+                self.m.check_properties(properties, POOL)
+
+    def test_key_set_is_checked_and_made_compact(self):
+        jwks = cognito_jwks()
+        body = json.dumps(jwks, indent=2).encode()
+        document = self.m.jwks_document(body)
+        self.assertEqual(json.loads(document), jwks)
+        self.assertNotIn(" ", document)
+        self.assertNotIn("\n", document)
+        self.assertLess(len(document), 1100)
+        # The same keys always give the same text (no needless update of
+        # the API function), and only the members a verifier reads.
+        shuffled = {"keys": [dict(reversed(list(k.items()))) for k in jwks["keys"]]}
+        self.assertEqual(self.m.jwks_document(json.dumps(shuffled).encode()), document)
+        extra = {"keys": [{**k, "x5c": ["MIIB..."], "note": "x"} for k in jwks["keys"]], "other": 1}
+        self.assertEqual(self.m.jwks_document(json.dumps(extra).encode()), document)
+        bare = {"keys": [{m: k[m] for m in ("kty", "kid", "n", "e")} for k in jwks["keys"]]}
+        self.assertEqual(json.loads(self.m.jwks_document(json.dumps(bare).encode())), bare)
+
+    def test_key_set_refuses_what_is_not_rsa_signing_keys(self):
+        good = rsa_jwk("kid-1")
+        small = rsa_jwk("kid-small", bits=1024)
+        hostile = {
+            "not JSON": b"<html>",
+            "NaN": b'{"keys":[NaN]}',
+            "not UTF-8": b'{"keys":["\xff"]}',
+            "repeated member": b'{"keys":[],"keys":[{}]}',
+            "deep": b"[" * 100_000 + b"]" * 100_000,
+            "a list": json.dumps([good]).encode(),
+            "no keys": b"{}",
+            "empty keys": b'{"keys":[]}',
+            "keys not a list": json.dumps({"keys": good}).encode(),
+            "a key not an object": json.dumps({"keys": ["x"]}).encode(),
+            "EC key": json.dumps({"keys": [{**good, "kty": "EC"}]}).encode(),
+            "oct key": json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "x"}]}).encode(),
+            "no kty": json.dumps({"keys": [{m: v for m, v in good.items() if m != "kty"}]}).encode(),
+            "no n": json.dumps({"keys": [{m: v for m, v in good.items() if m != "n"}]}).encode(),
+            "no e": json.dumps({"keys": [{m: v for m, v in good.items() if m != "e"}]}).encode(),
+            "no kid": json.dumps({"keys": [{m: v for m, v in good.items() if m != "kid"}]}).encode(),
+            "empty kid": json.dumps({"keys": [{**good, "kid": ""}]}).encode(),
+            "kid not a string": json.dumps({"keys": [{**good, "kid": 7}]}).encode(),
+            "kid with quotes": json.dumps({"keys": [{**good, "kid": 'a"b'}]}).encode(),
+            "kid with a space": json.dumps({"keys": [{**good, "kid": "a b"}]}).encode(),
+            "repeated kid": json.dumps({"keys": [good, {**rsa_jwk("kid-1")}]}).encode(),
+            "n not base64url": json.dumps({"keys": [{**good, "n": good["n"][:-2] + "+/"}]}).encode(),
+            "e not base64url": json.dumps({"keys": [{**good, "e": "AQ=B"}]}).encode(),
+            "1024-bit key": json.dumps({"keys": [small]}).encode(),
+            "even exponent": json.dumps({"keys": [{**good, "e": b64url(65536, 3)}]}).encode(),
+            "exponent 1": json.dumps({"keys": [{**good, "e": "AQ"}]}).encode(),
+            "HS256": json.dumps({"keys": [{**good, "alg": "HS256"}]}).encode(),
+            "none": json.dumps({"keys": [{**good, "alg": "none"}]}).encode(),
+            "encryption key": json.dumps({"keys": [{**good, "use": "enc"}]}).encode(),
+            "too many keys": json.dumps({"keys": [rsa_jwk(f"k{i}") for i in range(9)]}).encode(),
+            "over 64 KiB": json.dumps({"keys": [good], "pad": "x" * 70_000}).encode(),
+            "not bytes": json.dumps({"keys": [good]}),
+        }
+        for name, body in hostile.items():
+            with self.subTest(name=name), self.assertRaises(ValueError):
+                self.m.jwks_document(body)
+        # Valid keys, but more than JWT_JWKS may hold: refused, saying why.
+        big = json.dumps({"keys": [rsa_jwk(f"k{i}", bits=4096) for i in range(4)]}).encode()
+        with self.assertRaises(ValueError) as refused:
+            self.m.jwks_document(big)
+        self.assertIn("3000", str(refused.exception))
+        self.assertIn("environment", str(refused.exception))
+
+    def test_body_is_capped_in_size_and_time(self):
+        sock = FakeSocket()
+        body = self.m.read_capped(FakeResponse(chunks=[b"ab", b"cd"]), sock, 10, deadline=5.0, clock=lambda: 1.0)
+        self.assertEqual(body, b"abcd")
+        self.assertEqual(sock.timeouts, [4.0, 4.0, 4.0])
+        with self.assertRaises(ValueError):
+            self.m.read_capped(FakeResponse(chunks=[b"x" * 6, b"y" * 6]), FakeSocket(), 10, 5.0, lambda: 1.0)
+        ticks = iter([1.0, 4.0, 6.0])
+        with self.assertRaises(ValueError):
+            self.m.read_capped(FakeResponse(chunks=[b"a", b"b", b"c"]), FakeSocket(), 10, 5.0, lambda: next(ticks))
+
+    def test_fetch_gets_only_that_url_and_follows_no_redirect(self):
+        body = json.dumps(cognito_jwks()).encode()
+        connection, made = fake_connections(FakeResponse(chunks=[body], headers={"Content-Length": str(len(body))}))
+        with mock.patch.object(self.m, "HTTPSConnection", connection):
+            self.assertEqual(self.m.fetch_jwks(JWKS_URL), body)
+        (conn,) = made
+        self.assertEqual((conn.host, conn.port), ("cognito-idp.us-east-1.amazonaws.com", 443))
+        self.assertLessEqual(conn.timeout, 5.0)
+        self.assertTrue(conn.context.check_hostname)
+        (request,) = conn.requests
+        self.assertEqual(request[:2], ("GET", f"/{POOL}/.well-known/jwks.json"))
+        self.assertTrue(all(0 < t <= 5.0 for t in conn.sock.timeouts))
+        self.assertTrue(conn.closed)
+        refused = [
+            FakeResponse(status=302, headers={"Location": "https://evil.example/jwks.json"}),
+            FakeResponse(status=404),
+            FakeResponse(headers={"Content-Length": str(70_000)}),
+            FakeResponse(headers={"Content-Length": "-1"}),
+            FakeResponse(chunks=[b"x" * 16384] * 5),
+        ]
+        for response in refused:
+            connection, made = fake_connections(response)
+            with self.subTest(status=response.status, headers=response.headers), \
+                    mock.patch.object(self.m, "HTTPSConnection", connection), self.assertRaises(ValueError):
+                self.m.fetch_jwks(JWKS_URL)
+            self.assertEqual(len(made), 1)
+            self.assertEqual(len(made[0].requests), 1)
+
+    def test_answer_is_put_to_the_response_url_with_an_empty_content_type(self):
+        connection, made = fake_connections(OSError("reset"), FakeResponse(status=503), FakeResponse(status=200))
+        with mock.patch.object(self.m, "HTTPSConnection", connection), mock.patch.object(self.m.time, "sleep"):
+            self.assertTrue(self.m.put_answer(RESPONSE_URL, b"{}", deadline=self.m.time.monotonic() + 30))
+        self.assertEqual(len(made), 3)
+        for conn in made:
+            self.assertEqual((conn.host, conn.port), (f"{RESPONSE_BUCKET}.s3.amazonaws.com", 443))
+            self.assertEqual(conn.requests, [("PUT", RESPONSE_PATH + SIGNED, b"{}", {"Content-Type": ""})])
+        connection, made = fake_connections(*[FakeResponse(status=403)] * 3)
+        with mock.patch.object(self.m, "HTTPSConnection", connection), mock.patch.object(self.m.time, "sleep"):
+            self.assertFalse(self.m.put_answer(RESPONSE_URL, b"{}", deadline=self.m.time.monotonic() + 30))
+        self.assertEqual(len(made), 3)
+
+    def run_handler(self, ev, fetch=None, env=ENV):
+        """(what the handler returned, the answers it PUT, the URLs it fetched)."""
+        answers, fetched = [], []
+
+        def fake_fetch(url, budget):
+            fetched.append(url)
+            self.assertLessEqual(budget, 5.0)
+            if isinstance(fetch, BaseException):
+                raise fetch
+            return fetch if fetch is not None else json.dumps(cognito_jwks()).encode()
+
+        def fake_put(url, body, deadline):
+            answers.append((url, json.loads(body), len(body)))
+            return True
+
+        with mock.patch.object(self.m, "fetch_jwks", fake_fetch), mock.patch.object(self.m, "put_answer", fake_put):
+            result = self.m.handler(ev, FakeContext(), env=env)
+        for url, answer, size in answers:
+            self.assertEqual(url, RESPONSE_URL)
+            self.assertLessEqual(size, 4096)
+            for key in ("Status", "Reason", "PhysicalResourceId", "StackId", "RequestId", "LogicalResourceId"):
+                self.assertIn(key, answer)
+            self.assertEqual((answer["StackId"], answer["RequestId"]), (ev["StackId"], ev["RequestId"]))
+        return result, [a for _, a, _ in answers], fetched
+
+    def test_create_and_update_answer_the_document(self):
+        for kind in ("Create", "Update"):
+            with self.subTest(kind=kind):
+                _, (answer,), fetched = self.run_handler(event(kind))
+                self.assertEqual(fetched, [JWKS_URL])
+                self.assertEqual(answer["Status"], "SUCCESS", answer["Reason"])
+                self.assertEqual(answer["PhysicalResourceId"], f"tenant-users-pool-jwks-{POOL}")
+                self.assertEqual(json.loads(answer["Data"]["Document"])["keys"][0]["kty"], "RSA")
+                self.assertLessEqual(len(answer["Data"]["Document"]), 3000)
+
+    def test_delete_succeeds_without_work(self):
+        # Only Lambda's own AWS_REGION (to check the ResponseURL) is read.
+        _, (answer,), fetched = self.run_handler(event("Delete"), env={"AWS_REGION": REGION})
+        self.assertEqual(fetched, [])
+        self.assertEqual(answer["Status"], "SUCCESS")
+        self.assertEqual(answer["PhysicalResourceId"], f"tenant-users-pool-jwks-{POOL}")
+        self.assertFalse(answer["Data"])
+
+    def test_every_failure_is_answered_failed(self):
+        cases = {
+            "fetch raises": (event(), TimeoutError("timed out"), ENV),
+            "fetch fails": (event(), ValueError("cognito-idp answered HTTP 404"), ENV),
+            "not a key set": (event(), b"<html>", ENV),
+            "unexpected error": (event(), RuntimeError("boom"), ENV),
+            "unknown request": (event("Replace"), None, ENV),
+            "no configuration": (event(), None, {"AWS_REGION": REGION}),
+            "update of another pool": (event("Update", UserPoolId="us-east-1_Other"), None, ENV),
+            "a URL in the event": (event(JwksUrl="https://evil.example/jwks.json"), None, ENV),
+        }
+        for name, (ev, fetch, env) in cases.items():
+            with self.subTest(name=name):
+                _, (answer,), fetched = self.run_handler(ev, fetch, env)
+                self.assertEqual(answer["Status"], "FAILED")
+                self.assertTrue(answer["Reason"])
+                self.assertFalse(answer.get("Data"))
+                # Nothing fetched when the event names anything but our pool.
+                if name in ("update of another pool", "a URL in the event", "unknown request", "no configuration"):
+                    self.assertEqual(fetched, [])
+                else:
+                    self.assertEqual(fetched, [JWKS_URL])
+                # An Update that fails keeps its id: no replacement.
+                if ev["RequestType"] == "Update":
+                    self.assertEqual(answer["PhysicalResourceId"], ev["PhysicalResourceId"])
+        # Even an error outside every step is answered.
+        with mock.patch.object(self.m, "outcome", side_effect=KeyError("x")):
+            _, (answer,), _ = self.run_handler(event())
+        self.assertEqual(answer["Status"], "FAILED")
+        # An answer CloudFormation would refuse (over 4096 bytes) becomes a FAILED one that fits.
+        answer, body = self.m.answer_for(event(), "SUCCESS", "ok", "id", {"Document": "x" * 4000})
+        self.assertEqual(answer["Status"], "FAILED")
+        self.assertLessEqual(len(body), 4096)
+        self.assertIn("4096", answer["Reason"])
+
+    def test_untrusted_response_url_is_never_contacted(self):
+        for kind in ("Create", "Update", "Delete"):
+            for url in (f"https://evil.example/x{SIGNED}", f"https://{RESPONSE_BUCKET}.s3.amazonaws.com/x",
+                        f"http://{RESPONSE_BUCKET}.s3.amazonaws.com/x{SIGNED}", None):
+                with self.subTest(kind=kind, url=url):
+                    result, answers, fetched = self.run_handler(event(kind, url=url))
+                    self.assertEqual((answers, fetched), ([], []))
+                    self.assertIs(result["answered"], False)
+        # Not an event, or one without a ResponseURL: nothing to answer to.
+        for ev in (None, [], "x", {"RequestType": "Create"}):
+            with self.subTest(event=ev):
+                with mock.patch.object(self.m, "put_answer") as put, mock.patch.object(self.m, "fetch_jwks") as get:
+                    result = self.m.handler(ev, FakeContext(), env=ENV)
+                put.assert_not_called()
+                get.assert_not_called()
+                self.assertIs(result["answered"], False)
+
 
 if __name__ == "__main__":
     # `--write-expanded PATH` also saves the expanded template, so the policy
