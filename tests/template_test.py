@@ -5,22 +5,33 @@ template.yaml is expanded offline with aws-sam-translator (the library
 parameter combination a deployer can choose is resolved here: conditions
 evaluated, Fn::If branches taken, parameter Refs substituted. The tests then
 read the resources that would exist, the way CloudFormation would create
-them, and check the stack's promises: what is created by default, that each
-bring-your-own parameter switches its part off, least privilege in every
+them, and check the stack's promises, in both profiles (prod: Aurora; dev:
+one small instance, endpoints in one AZ, inline keys): what is created by
+default, that each bring-your-own parameter switches its part off and is
+the same whatever the profile, least privilege in every
 IAM statement, and the custom resource's wiring. The application secret's
 resource policy is also evaluated, statement by statement, against the
 request contexts of the principals that matter (the readers, the rotation
 function, the execution role, a look-alike role, CloudFormation acting for
-the deployer, the account root).
+the deployer, the account root). The one function whose code the template
+carries (PoolJwksFunction, which fetches the created pool's keys at deploy
+time) is loaded from it and run in-process against good and hostile input,
+with its network calls replaced.
 """
 
+import ast
+import base64
 import copy
 import fnmatch
 import itertools
 import json
+import logging
 import os
+import secrets
 import sys
+import types
 import unittest
+from unittest import mock
 
 from samtranslator.translator.transform import transform
 from samtranslator.yaml_helper import yaml_parse
@@ -55,7 +66,18 @@ EXISTING_IDP = {
     "JwtAudience": "client-a,client-b",
     "JwtJwksUrl": "https://idp.example.com/.well-known/jwks.json",
 }
-INLINE = {"JwksMode": "inline", "JwksDocument": '{"keys":[]}'}
+DOCUMENT = '{"keys":[]}'
+INLINE = {"JwksMode": "inline", "JwksDocument": DOCUMENT}
+# Inline without a document: the created pool's keys are fetched at deploy
+# time (PoolJwks); an existing IdP's are refused (rule InlineNeedsDocument).
+INLINE_FETCHED = {"JwksMode": "inline"}
+NAT = {"JwksMode": "nat"}
+# Profile dev: what the stack creates for itself is smaller. Its JwksMode
+# auto means inline, with the created pool's keys fetched at deploy time:
+# nothing else to give.
+DEV = {"Profile": "dev"}
+PROFILES = [("prod", {}), ("dev", DEV)]
+FETCHED = {"Fn::GetAtt": ["PoolJwks", "Document"]}
 
 
 class _Loader:
@@ -72,9 +94,10 @@ def expand(code_uri="s3://bucket/tenant-users.zip"):
         raw = yaml_parse(f.read())
     source = copy.deepcopy(raw)
     # `sam deploy` uploads the code and puts its S3 location here; the
-    # location is what names a function version (see SchemaVersion).
+    # location is what names a function version (see SchemaVersion). The
+    # template carries the code of an InlineCode function itself.
     for resource in source["Resources"].values():
-        if resource["Type"] == "AWS::Serverless::Function":
+        if resource["Type"] == "AWS::Serverless::Function" and "InlineCode" not in resource["Properties"]:
             resource["Properties"]["CodeUri"] = code_uri
     return raw, transform(source, {}, _Loader())
 
@@ -342,20 +365,56 @@ def handler_permissions(resource_type, *handlers):
 
 RAW, EXPANDED = expand()
 
-# Every independent choice a deployer has, in all combinations.
+# Every independent choice a deployer has, in all combinations: each
+# bring-your-own part, the JWKS mode (auto, inline with or without a
+# document, nat) and the profile.
 CHOICES = [
     [{}, EXISTING_NETWORK],
     [{}, EXISTING_DATABASE, {**EXISTING_DATABASE, **EXISTING_MASTER},
      {**EXISTING_DATABASE, **EXISTING_MASTER, **EXISTING_KMS}],
     [{}, EXISTING_IDP],
-    [{}, INLINE],
+    [{}, INLINE, INLINE_FETCHED, NAT],
+    [extra for _, extra in PROFILES],
 ]
-ALL_STACKS = [
+COMBINATIONS = [
     (overrides, Stack(EXPANDED, overrides))
     for overrides in ({k: v for part in combo for k, v in part.items()}
                       for combo in itertools.product(*CHOICES))
 ]
+# The ones CloudFormation would deploy; the rest are refused by a Rule
+# (test_only_an_existing_idp_with_inline_keys_and_no_document_is_refused).
+ALL_STACKS = [(o, s) for o, s in COMBINATIONS if not s.rules_hold()]
+REFUSED = [(o, s) for o, s in COMBINATIONS if s.rules_hold()]
 DEFAULT = Stack(EXPANDED)
+# The stack each profile creates with every other parameter left alone.
+DEFAULTS = {name: Stack(EXPANDED, extra) for name, extra in PROFILES}
+
+
+def with_profile(extra, overrides=None):
+    """Parameters of one profile plus the test's own."""
+    return {**extra, **(overrides or {})}
+
+
+def master_secret(profile):
+    """What names the RDS-managed master secret of the created database."""
+    owner = "DbCluster" if profile == "prod" else "DbInstance"
+    return {"Fn::GetAtt": [owner, "MasterUserSecret.SecretArn"]}
+
+
+def writer_host(profile):
+    """The created database's writer endpoint, as the migration reaches it."""
+    owner = "DbWriter" if profile == "prod" else "DbInstance"
+    return {"Fn::GetAtt": [owner, "Endpoint.Address"]}
+
+
+def pool_jwks_module():
+    """PoolJwksFunction's InlineCode, as the template carries it, loaded as
+    a module (its functions run here, in-process; nothing reaches the
+    network: the tests replace its connection class)."""
+    code = RAW["Resources"]["PoolJwksFunction"]["Properties"]["InlineCode"]
+    module = types.ModuleType("pool_jwks_index")
+    exec(compile(code, "template.yaml#PoolJwksFunction/index.py", "exec"), module.__dict__)
+    return module
 
 
 class TemplateTest(unittest.TestCase):
@@ -398,72 +457,92 @@ class TemplateTest(unittest.TestCase):
         self.assertEqual(s.props("DbClusterParameters")["Parameters"]["rds.force_ssl"], "1")
 
     def test_default_proxy_requires_tls_and_scram_with_the_app_secret(self):
-        p = DEFAULT.props("DbProxy")
-        self.assertIs(p["RequireTLS"], True)
-        self.assertEqual(p["EngineFamily"], "POSTGRESQL")
-        (auth,) = p["Auth"]
-        self.assertEqual(auth["ClientPasswordAuthType"], "POSTGRES_SCRAM_SHA_256")
-        self.assertEqual(auth["SecretArn"], {"Ref": "AppSecret"})
-        self.assertEqual(auth["IAMAuth"], "DISABLED")
-        self.assertEqual(ref_name(p["RoleArn"]), "ProxyRole")
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                p = s.props("DbProxy")
+                self.assertIs(p["RequireTLS"], True)
+                self.assertEqual(p["EngineFamily"], "POSTGRESQL")
+                (auth,) = p["Auth"]
+                self.assertEqual(auth["ClientPasswordAuthType"], "POSTGRES_SCRAM_SHA_256")
+                self.assertEqual(auth["SecretArn"], {"Ref": "AppSecret"})
+                self.assertEqual(auth["IAMAuth"], "DISABLED")
+                self.assertEqual(ref_name(p["RoleArn"]), "ProxyRole")
+                # Two AZs either way: RDS Proxy needs subnets in two.
+                self.assertEqual(p["VpcSubnetIds"], [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}])
+                (targets,) = s.of_type("AWS::RDS::DBProxyTargetGroup")
+                self.assertEqual(s.props(targets)["DBProxyName"], {"Ref": "DbProxy"})
         targets = DEFAULT.props("DbProxyTargets")
         self.assertEqual(targets["DBClusterIdentifiers"], [{"Ref": "DbCluster"}])
+        self.assertNotIn("DBInstanceIdentifiers", targets)
 
     def test_default_app_secret_is_generated_for_the_app_role_with_masterarn(self):
-        s = DEFAULT
-        gen = s.props("AppSecret")["GenerateSecretString"]
-        self.assertEqual(gen["GenerateStringKey"], "password")
-        text, values = gen["SecretStringTemplate"]["Fn::Sub"]
-        body = json.loads(text.replace("${DbPort}", "5432"))
-        self.assertEqual(body["username"], "${AppDbUser}")
-        self.assertEqual(body["engine"], "postgres")
-        self.assertEqual(set(body), {"engine", "username", "host", "port", "dbname", "masterarn"})
-        self.assertEqual(values["MasterArn"], {"Fn::GetAtt": ["DbCluster", "MasterUserSecret.SecretArn"]})
-        self.assertEqual(values["Host"], {"Fn::GetAtt": ["DbCluster", "Endpoint.Address"]})
-        self.assertNotIn("password", text)
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                gen = s.props("AppSecret")["GenerateSecretString"]
+                self.assertEqual(gen["GenerateStringKey"], "password")
+                text, values = gen["SecretStringTemplate"]["Fn::Sub"]
+                body = json.loads(text.replace("${DbPort}", "5432"))
+                self.assertEqual(body["username"], "${AppDbUser}")
+                self.assertEqual(body["engine"], "postgres")
+                self.assertEqual(set(body), {"engine", "username", "host", "port", "dbname", "masterarn"})
+                self.assertEqual(values["MasterArn"], master_secret(profile))
+                # The writer the rotation function logs in to.
+                owner = "DbCluster" if profile == "prod" else "DbInstance"
+                self.assertEqual(values["Host"], {"Fn::GetAtt": [owner, "Endpoint.Address"]})
+                self.assertNotIn("password", text)
 
     def test_default_rotation_is_hosted_multi_user_after_the_schema(self):
-        s = DEFAULT
         self.assertIn("AWS::SecretsManager-2020-07-23", RAW["Transform"])
         self.assertIn("AWS::Serverless-2016-10-31", RAW["Transform"])
-        rot = s.resources["AppSecretRotation"]
-        hosted = rot["Properties"]["HostedRotationLambda"]
-        self.assertEqual(hosted["RotationType"], "PostgreSQLMultiUser")
-        self.assertEqual(hosted["MasterSecretArn"],
-                         {"Fn::GetAtt": ["DbCluster", "MasterUserSecret.SecretArn"]})
-        self.assertEqual(hosted["VpcSubnetIds"],
-                         {"Fn::Join": [",", [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]]})
-        self.assertEqual(hosted["VpcSecurityGroupIds"], {"Ref": "AdminSecurityGroup"})
-        self.assertEqual(rot["Properties"]["RotationRules"]["ScheduleExpression"], "rate(30 days)")
-        # The first rotation clones the app role, which the migration creates.
-        self.assertIn("SchemaResource", rot["DependsOn"])
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                rot = s.resources["AppSecretRotation"]
+                hosted = rot["Properties"]["HostedRotationLambda"]
+                self.assertEqual(hosted["RotationType"], "PostgreSQLMultiUser")
+                self.assertEqual(hosted["MasterSecretArn"], master_secret(profile))
+                self.assertEqual(hosted["VpcSubnetIds"],
+                                 {"Fn::Join": [",", [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]]})
+                self.assertEqual(hosted["VpcSecurityGroupIds"], {"Ref": "AdminSecurityGroup"})
+                self.assertEqual(rot["Properties"]["RotationRules"]["ScheduleExpression"], "rate(30 days)")
+                # The first rotation clones the app role, which the migration creates.
+                self.assertIn("SchemaResource", rot["DependsOn"])
 
     def test_default_user_pool_tenant_attribute_is_immutable_and_not_writable(self):
-        s = DEFAULT
-        (attr,) = [a for a in s.props("UserPool")["Schema"] if a["Name"] == "tenant_id"]
-        self.assertIs(attr["Mutable"], False)
-        client = s.props("UserPoolClient")
-        self.assertNotIn("custom:tenant_id", client["WriteAttributes"])
-        self.assertIn("custom:tenant_id", client["ReadAttributes"])
-        self.assertIs(s.props("UserPool")["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"], True)
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                (attr,) = [a for a in s.props("UserPool")["Schema"] if a["Name"] == "tenant_id"]
+                self.assertIs(attr["Mutable"], False)
+                client = s.props("UserPoolClient")
+                self.assertNotIn("custom:tenant_id", client["WriteAttributes"])
+                self.assertIn("custom:tenant_id", client["ReadAttributes"])
+                self.assertIs(s.props("UserPool")["AdminCreateUserConfig"]["AllowAdminCreateUserOnly"], True)
 
     def test_default_function_verifies_tokens_from_the_created_pool(self):
-        env = DEFAULT.env("TenantUsersFunction")
         issuer = {"Fn::Sub": "https://cognito-idp.${AWS::Region}.${AWS::URLSuffix}/${UserPool}"}
-        self.assertEqual(env["JWT_ISSUER"], issuer)
-        self.assertEqual(env["JWT_JWKS_URL"], {"Fn::Sub": issuer["Fn::Sub"] + "/.well-known/jwks.json"})
-        self.assertEqual(env["JWT_AUDIENCE"], {"Ref": "UserPoolClient"})
-        self.assertEqual(env["JWT_ALGORITHMS"], "RS256")
-        self.assertEqual(env["TENANT_CLAIM"], "custom:tenant_id")
-        self.assertEqual(env["JWT_TOKEN_USE"], "id")
-        # An existing IdP need not be Cognito: token_use only when asked for.
-        self.assertNotIn("JWT_TOKEN_USE", Stack(EXPANDED, EXISTING_IDP).env("TenantUsersFunction"))
-        self.assertEqual(Stack(EXPANDED, {**EXISTING_IDP, "JwtTokenUse": "access"})
-                         .env("TenantUsersFunction")["JWT_TOKEN_USE"], "access")
-        self.assertNotIn("JWT_JWKS", env)
-        self.assertEqual(env["DB_HOST"], {"Fn::GetAtt": ["DbProxy", "Endpoint"]})
-        self.assertEqual(env["DB_SECRET_ARN"], {"Ref": "AppSecret"})
-        self.assertEqual(env["DB_SSLMODE"], "verify-full")
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                env = DEFAULTS[profile].env("TenantUsersFunction")
+                self.assertEqual(env["JWT_ISSUER"], issuer)
+                self.assertEqual(env["JWT_AUDIENCE"], {"Ref": "UserPoolClient"})
+                self.assertEqual(env["JWT_ALGORITHMS"], "RS256")
+                self.assertEqual(env["TENANT_CLAIM"], "custom:tenant_id")
+                self.assertEqual(env["JWT_TOKEN_USE"], "id")
+                # An existing IdP need not be Cognito: token_use only when asked for.
+                self.assertNotIn("JWT_TOKEN_USE", Stack(EXPANDED, with_profile(extra, EXISTING_IDP))
+                                 .env("TenantUsersFunction"))
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {**EXISTING_IDP, "JwtTokenUse": "access"}))
+                                 .env("TenantUsersFunction")["JWT_TOKEN_USE"], "access")
+                # The keys: the pool's URL (prod, nat) or the pool's set as
+                # fetched at deploy time (dev, inline).
+                if profile == "prod":
+                    self.assertEqual(env["JWT_JWKS_URL"], {"Fn::Sub": issuer["Fn::Sub"] + "/.well-known/jwks.json"})
+                    self.assertNotIn("JWT_JWKS", env)
+                else:
+                    self.assertEqual(env["JWT_JWKS"], FETCHED)
+                    self.assertNotIn("JWT_JWKS_URL", env)
+                self.assertEqual(env["DB_HOST"], {"Fn::GetAtt": ["DbProxy", "Endpoint"]})
+                self.assertEqual(env["DB_SECRET_ARN"], {"Ref": "AppSecret"})
+                self.assertEqual(env["DB_SSLMODE"], "verify-full")
 
     def test_http_api_has_a_jwt_authorizer_on_every_route(self):
         for overrides, s in ((o, st) for o, st in ALL_STACKS if not o.get("JwksMode")):
@@ -484,129 +563,475 @@ class TemplateTest(unittest.TestCase):
             self.assertEqual(len([1 for m in body["paths"].values() for _ in m]), 5)
 
     def test_security_groups_open_only_the_documented_paths(self):
-        s = DEFAULT
-        edges = set()
-        for name, r in s.resources.items():
-            p = r.get("Properties", {})
-            if r["Type"] == "AWS::EC2::SecurityGroupEgress":
-                dest = (ref_name(p.get("DestinationSecurityGroupId")) or p.get("CidrIp")
-                        or p.get("DestinationPrefixListId"))
-                edges.add(("out", ref_name(p["GroupId"]), dest, p["FromPort"], p["ToPort"]))
-            if r["Type"] == "AWS::EC2::SecurityGroupIngress":
-                self.assertNotIn("CidrIp", p, f"{name} admits addresses, not groups")
-                edges.add(("in", ref_name(p["GroupId"]), ref_name(p["SourceSecurityGroupId"]),
-                           p["FromPort"], p["ToPort"]))
-        self.assertEqual(edges, {
-            ("out", "FunctionSecurityGroup", "ProxySecurityGroup", 5432, 5432),
-            ("in", "ProxySecurityGroup", "FunctionSecurityGroup", 5432, 5432),
-            ("out", "ProxySecurityGroup", "ClusterSecurityGroup", 5432, 5432),
-            ("in", "ClusterSecurityGroup", "ProxySecurityGroup", 5432, 5432),
-            ("out", "AdminSecurityGroup", "ClusterSecurityGroup", 5432, 5432),
-            ("in", "ClusterSecurityGroup", "AdminSecurityGroup", 5432, 5432),
-            ("out", "FunctionSecurityGroup", "EndpointSecurityGroup", 443, 443),
-            ("in", "EndpointSecurityGroup", "FunctionSecurityGroup", 443, 443),
-            ("out", "AdminSecurityGroup", "EndpointSecurityGroup", 443, 443),
-            ("in", "EndpointSecurityGroup", "AdminSecurityGroup", 443, 443),
-            # S3 (the ResponseURL) by its managed prefix list, no wider.
-            ("out", "AdminSecurityGroup", REQUIRED["S3PrefixListId"], 443, 443),
-            # JwksMode nat (the default): the public JWKS URL.
-            ("out", "FunctionSecurityGroup", "0.0.0.0/0", 443, 443),
-        })
-        for name in s.of_type("AWS::EC2::SecurityGroup"):
-            # The inline rule only replaces the default allow-all egress.
-            self.assertEqual([e["CidrIp"] for e in s.props(name)["SecurityGroupEgress"]], ["127.0.0.1/32"])
-            self.assertNotIn("SecurityGroupIngress", s.props(name))
-        inline = Stack(EXPANDED, INLINE)
-        self.assertNotIn("FunctionToJwks", inline.resources)
-        for name in ("FunctionToHttpsExistingNetwork", "FunctionToExistingProxy", "AdminToExistingDatabase",
-                     "AdminToHttpsExistingNetwork"):
-            self.assertNotIn(name, s.resources)
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                edges = set()
+                for name, r in s.resources.items():
+                    p = r.get("Properties", {})
+                    if r["Type"] == "AWS::EC2::SecurityGroupEgress":
+                        dest = (ref_name(p.get("DestinationSecurityGroupId")) or p.get("CidrIp")
+                                or p.get("DestinationPrefixListId"))
+                        edges.add(("out", ref_name(p["GroupId"]), dest, p["FromPort"], p["ToPort"]))
+                    if r["Type"] == "AWS::EC2::SecurityGroupIngress":
+                        self.assertNotIn("CidrIp", p, f"{name} admits addresses, not groups")
+                        edges.add(("in", ref_name(p["GroupId"]), ref_name(p["SourceSecurityGroupId"]),
+                                   p["FromPort"], p["ToPort"]))
+                expected = {
+                    ("out", "FunctionSecurityGroup", "ProxySecurityGroup", 5432, 5432),
+                    ("in", "ProxySecurityGroup", "FunctionSecurityGroup", 5432, 5432),
+                    ("out", "ProxySecurityGroup", "ClusterSecurityGroup", 5432, 5432),
+                    ("in", "ClusterSecurityGroup", "ProxySecurityGroup", 5432, 5432),
+                    ("out", "AdminSecurityGroup", "ClusterSecurityGroup", 5432, 5432),
+                    ("in", "ClusterSecurityGroup", "AdminSecurityGroup", 5432, 5432),
+                    ("out", "FunctionSecurityGroup", "EndpointSecurityGroup", 443, 443),
+                    ("in", "EndpointSecurityGroup", "FunctionSecurityGroup", 443, 443),
+                    ("out", "AdminSecurityGroup", "EndpointSecurityGroup", 443, 443),
+                    ("in", "EndpointSecurityGroup", "AdminSecurityGroup", 443, 443),
+                    # S3 (the ResponseURL) by its managed prefix list, no wider.
+                    ("out", "AdminSecurityGroup", REQUIRED["S3PrefixListId"], 443, 443),
+                }
+                if profile == "prod":
+                    # JwksMode auto is nat here: the public JWKS URL. (dev's
+                    # auto is inline: no way out to the internet at all.)
+                    expected.add(("out", "FunctionSecurityGroup", "0.0.0.0/0", 443, 443))
+                self.assertEqual(edges, expected)
+                for name in s.of_type("AWS::EC2::SecurityGroup"):
+                    # The inline rule only replaces the default allow-all egress.
+                    self.assertEqual([e["CidrIp"] for e in s.props(name)["SecurityGroupEgress"]], ["127.0.0.1/32"])
+                    self.assertNotIn("SecurityGroupIngress", s.props(name))
+                for name in ("FunctionToHttpsExistingNetwork", "FunctionToExistingProxy", "AdminToExistingDatabase",
+                             "AdminToHttpsExistingNetwork"):
+                    self.assertNotIn(name, s.resources)
+        for profile, extra in PROFILES:
+            self.assertNotIn("FunctionToJwks", Stack(EXPANDED, with_profile(extra, INLINE)).resources)
+            self.assertIn("FunctionToJwks", Stack(EXPANDED, with_profile(extra, NAT)).resources)
 
     def test_existing_network_or_database_opens_ports_without_groups_to_name(self):
         def egress(stack):
             return {(ref_name(p["GroupId"]), p.get("CidrIp"), p["FromPort"])
                     for p in (stack.props(n) for n in stack.of_type("AWS::EC2::SecurityGroupEgress"))}
-        net = egress(Stack(EXPANDED, {**EXISTING_NETWORK, **INLINE}))
-        self.assertIn(("FunctionSecurityGroup", "0.0.0.0/0", 443), net)
-        self.assertNotIn(("FunctionSecurityGroup", "EndpointSecurityGroup", 443), net)
-        db = Stack(EXPANDED, {**EXISTING_DATABASE, **EXISTING_MASTER, **INLINE})
-        self.assertEqual({e for e in egress(db) if e[2] == 5432},
-                         {("FunctionSecurityGroup", "0.0.0.0/0", 5432),
-                          ("AdminSecurityGroup", EXISTING_MASTER["DbAdminCidr"], 5432)})
-        # Without a master secret nothing runs in the admin group: it stays closed.
-        no_master = Stack(EXPANDED, {**EXISTING_DATABASE, **INLINE})
-        self.assertFalse([e for e in egress(no_master) if e[0] == "AdminSecurityGroup"])
-        for name in db.of_type("AWS::EC2::SecurityGroupIngress"):
-            self.assertNotEqual(ref_name(db.props(name)["GroupId"]), "FunctionSecurityGroup")
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                net = egress(Stack(EXPANDED, with_profile(extra, {**EXISTING_NETWORK, **INLINE})))
+                self.assertIn(("FunctionSecurityGroup", "0.0.0.0/0", 443), net)
+                self.assertNotIn(("FunctionSecurityGroup", "EndpointSecurityGroup", 443), net)
+                db = Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **EXISTING_MASTER, **INLINE}))
+                self.assertEqual({e for e in egress(db) if e[2] == 5432},
+                                 {("FunctionSecurityGroup", "0.0.0.0/0", 5432),
+                                  ("AdminSecurityGroup", EXISTING_MASTER["DbAdminCidr"], 5432)})
+                # Without a master secret nothing runs in the admin group: it stays closed.
+                no_master = Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **INLINE}))
+                self.assertFalse([e for e in egress(no_master) if e[0] == "AdminSecurityGroup"])
+                for name in db.of_type("AWS::EC2::SecurityGroupIngress"):
+                    self.assertNotEqual(ref_name(db.props(name)["GroupId"]), "FunctionSecurityGroup")
+
+    # --- issue 17, item 3: Profile dev, a stack you can afford to try ------------
+    def test_profile_is_prod_unless_asked(self):
+        spec = RAW["Parameters"]["Profile"]
+        self.assertEqual((spec["Default"], spec["AllowedValues"]), ("prod", ["prod", "dev"]))
+        # The defaults that follow the profile say so, rather than prod's value.
+        self.assertEqual(RAW["Parameters"]["JwksMode"]["Default"], "auto")
+        self.assertEqual(RAW["Parameters"]["DeletionProtection"]["Default"], "auto")
+        self.assertEqual(DEFAULT.params["Profile"], "prod")
+
+    def test_dev_creates_one_postgres_instance_and_no_aurora(self):
+        aurora = {"DbCluster", "DbWriter", "DbClusterParameters", "DbProxyTargets"}
+        instance = {"DbInstance", "DbParameters", "DbProxyInstanceTargets"}
+        checked = 0
+        for overrides, s in ALL_STACKS:
+            with self.subTest(overrides=sorted(overrides)):
+                created = s.conditions["CreateDatabase"]
+                dev = overrides.get("Profile") == "dev"
+                self.assertEqual(aurora <= set(s.resources), created and not dev)
+                self.assertEqual(instance <= set(s.resources), created and dev)
+                self.assertFalse((aurora | instance) & set(s.resources) - (instance if dev else aurora))
+                if created and dev:
+                    self.assertFalse(s.of_type("AWS::RDS::DBCluster"))
+                    (db,) = s.of_type("AWS::RDS::DBInstance")
+                    self.assertEqual(db, "DbInstance")
+                    checked += 1
+        self.assertGreater(checked, 0)
+
+    def test_dev_instance_keeps_the_clusters_security_settings(self):
+        prod, dev = DEFAULTS["prod"], DEFAULTS["dev"]
+        cluster, db = prod.props("DbCluster"), dev.props("DbInstance")
+        self.assertEqual(db["Engine"], "postgres")
+        # Graviton, the smallest class; one AZ.
+        self.assertEqual(db["DBInstanceClass"], "db.t4g.micro")
+        self.assertIs(db["MultiAZ"], False)
+        self.assertEqual((db["StorageType"], db["AllocatedStorage"]), ("gp3", "20"))
+        # The cluster's engine major version, the same family of parameters.
+        major = {"Fn::Select": [0, {"Fn::Split": [".", "16.6"]}]}
+        self.assertEqual(db["EngineVersion"], major)
+        self.assertEqual(cluster["EngineVersion"], "16.6")
+        family = dev.props("DbParameters")["Family"]["Fn::Sub"]
+        self.assertEqual(family, ["postgres${Major}", {"Major": major}])
+        self.assertEqual(prod.props("DbClusterParameters")["Family"]["Fn::Sub"],
+                         ["aurora-postgresql${Major}", {"Major": major}])
+        self.assertEqual(dev.props("DbParameters")["Parameters"], prod.props("DbClusterParameters")["Parameters"])
+        self.assertEqual(db["DBParameterGroupName"], {"Ref": "DbParameters"})
+        # Encrypted with the same key (neither names one: the AWS managed
+        # aws/rds key), RDS-managed master password in Secrets Manager with
+        # the same KMS key (neither names one), no IAM database auth.
+        for key in ("StorageEncrypted", "ManageMasterUserPassword", "MasterUsername", "BackupRetentionPeriod",
+                    "CopyTagsToSnapshot", "DBSubnetGroupName", "EnableCloudwatchLogsExports", "Port"):
+            self.assertEqual(db[key], cluster[key], key)
+        self.assertIs(db["StorageEncrypted"], True)
+        self.assertIs(db["ManageMasterUserPassword"], True)
+        for absent in ("KmsKeyId", "MasterUserSecret", "MasterUserPassword", "EnableIAMDatabaseAuthentication"):
+            self.assertNotIn(absent, db, absent)
+            self.assertNotIn(absent, cluster, absent)
+        self.assertEqual(db["DBName"], cluster["DatabaseName"])
+        self.assertEqual(db["VPCSecurityGroups"], cluster["VpcSecurityGroupIds"])
+        self.assertEqual(db["VPCSecurityGroups"], [{"Ref": "ClusterSecurityGroup"}])
+        writer = prod.props("DbWriter")
+        for key in ("PubliclyAccessible", "AutoMinorVersionUpgrade", "EnablePerformanceInsights"):
+            self.assertEqual(db[key], writer[key], key)
+        self.assertIs(db["PubliclyAccessible"], False)
+        self.assertEqual(dev.resources["DbInstance"]["DeletionPolicy"], "Snapshot")
+        self.assertEqual(dev.resources["DbInstance"]["UpdateReplacePolicy"], "Snapshot")
+
+    def test_dev_proxy_targets_the_instance(self):
+        dev, prod = DEFAULTS["dev"], DEFAULTS["prod"]
+        self.assertNotIn("DbProxyTargets", dev.resources)
+        targets = dev.props("DbProxyInstanceTargets")
+        self.assertEqual(targets["DBInstanceIdentifiers"], [{"Ref": "DbInstance"}])
+        self.assertNotIn("DBClusterIdentifiers", targets)
+        self.assertEqual(targets["DBProxyName"], {"Ref": "DbProxy"})
+        cluster_targets = prod.props("DbProxyTargets")
+        for key in ("TargetGroupName", "ConnectionPoolConfigurationInfo"):
+            self.assertEqual(targets[key], cluster_targets[key], key)
+        # The proxy itself is prod's: TLS, SCRAM, the app secret, two AZs.
+        self.assertEqual(dev.props("DbProxy"), prod.props("DbProxy"))
+        # And the API function still connects to the proxy, never the instance.
+        self.assertEqual(dev.env("TenantUsersFunction")["DB_HOST"], {"Fn::GetAtt": ["DbProxy", "Endpoint"]})
+        self.assertFalse(mentions(dev.props("TenantUsersFunction"), "DbInstance"))
+
+    def test_dev_puts_the_interface_endpoints_in_one_subnet(self):
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                interface = [n for n in s.of_type("AWS::EC2::VPCEndpoint")
+                             if s.props(n)["VpcEndpointType"] == "Interface"]
+                self.assertEqual(sorted(interface), ["SecretsManagerEndpoint", "StsEndpoint"])
+                for name in interface:
+                    subnets = s.props(name)["SubnetIds"]
+                    if profile == "dev":
+                        self.assertEqual(subnets, [{"Ref": "PrivateSubnetA"}], name)
+                    else:
+                        self.assertEqual(subnets, [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}], name)
+                    self.assertIs(s.props(name)["PrivateDnsEnabled"], True)
+                # Everything else still spans both subnets (RDS and RDS Proxy need two AZs).
+                both = [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
+                self.assertEqual(s.props("DbSubnetGroup")["SubnetIds"], both)
+                self.assertEqual(s.props("DbProxy")["VpcSubnetIds"], both)
+                for fn in ("TenantUsersFunction", "MigrateFunction"):
+                    self.assertEqual(s.props(fn)["VpcConfig"]["SubnetIds"], both, fn)
+                self.assertEqual(s.props("S3Endpoint")["RouteTableIds"], [{"Ref": "PrivateRouteTable"}])
+
+    def test_deletion_protection_is_off_in_dev_and_on_in_prod(self):
+        def protection(overrides):
+            s = Stack(EXPANDED, overrides)
+            db = s.props("DbCluster" if "DbCluster" in s.resources else "DbInstance")
+            return db["DeletionProtection"], s.props("UserPool")["DeletionProtection"]
+        self.assertEqual(protection({}), (True, "ACTIVE"))
+        self.assertEqual(protection(DEV), (False, "INACTIVE"))
+        # Said explicitly, it holds whatever the profile.
+        self.assertEqual(protection({**DEV, "DeletionProtection": "true"}), (True, "ACTIVE"))
+        self.assertEqual(protection({"DeletionProtection": "false"}), (False, "INACTIVE"))
+        self.assertEqual(protection({"DeletionProtection": "auto"}), (True, "ACTIVE"))
+        self.assertEqual(protection({**DEV, "DeletionProtection": "auto"}), (False, "INACTIVE"))
+
+    def test_dev_takes_inline_jwks_by_default_and_needs_no_internet(self):
+        dev = DEFAULTS["dev"]
+        self.assertIs(dev.conditions["InlineJwks"], True)
+        self.assertIs(DEFAULT.conditions["InlineJwks"], False)
+        env = dev.env("TenantUsersFunction")
+        self.assertEqual(env["JWT_JWKS"], FETCHED)
+        self.assertNotIn("JWT_JWKS_URL", env)
+        # No NAT gateway, internet gateway, public subnet or default route;
+        # no group opens 443 to the internet.
+        for kind in ("AWS::EC2::NatGateway", "AWS::EC2::InternetGateway", "AWS::EC2::EIP", "AWS::EC2::Route"):
+            self.assertFalse(dev.of_type(kind), kind)
+        self.assertNotIn("PublicSubnet", dev.resources)
+        self.assertFalse([n for n in dev.of_type("AWS::EC2::SecurityGroupEgress")
+                          if dev.props(n).get("CidrIp") == "0.0.0.0/0"])
+        # auto means inline, and the created pool's keys are fetched at
+        # deploy time: one deploy, nothing else to give ...
+        self.assertEqual(Stack(EXPANDED, {"Profile": "dev"}).rules_hold(), [])
+        self.assertNotIn("JwksMode nat", RAW["Rules"]["InlineNeedsDocument"]["Assertions"][0]["AssertDescription"])
+        # ... and nat is still there for whoever asks for it.
+        nat = Stack(EXPANDED, {"Profile": "dev", **NAT})
+        self.assertEqual(nat.rules_hold(), [])
+        self.assertEqual(ref_name(nat.props("PrivateDefaultRoute")["NatGatewayId"]), "NatGateway")
+        self.assertIn("JWT_JWKS_URL", nat.env("TenantUsersFunction"))
+
+    def test_bring_your_own_database_is_unaffected_by_profile(self):
+        """With DbSecretArn the stack creates no database: prod and dev
+        differ only in where the interface endpoints are (a created
+        network), once the choices that follow the profile (JwksMode,
+        DeletionProtection) are given explicitly."""
+        byo = [EXISTING_DATABASE, {**EXISTING_DATABASE, **EXISTING_MASTER},
+               {**EXISTING_DATABASE, **EXISTING_MASTER, **EXISTING_KMS}]
+        endpoints = {"SecretsManagerEndpoint", "StsEndpoint"}
+        compared = 0
+        for net, db, idp, jwks in itertools.product([{}, EXISTING_NETWORK], byo, [{}, EXISTING_IDP], [INLINE, NAT]):
+            overrides = {**net, **db, **idp, **jwks, "DeletionProtection": "true"}
+            prod = Stack(EXPANDED, overrides)
+            dev = Stack(EXPANDED, {**overrides, "Profile": "dev"})
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual(set(prod.resources), set(dev.resources))
+                for name in prod.resources:
+                    a, b = prod.resources[name], dev.resources[name]
+                    if name in endpoints:
+                        a, b = copy.deepcopy(a), copy.deepcopy(b)
+                        del a["Properties"]["SubnetIds"], b["Properties"]["SubnetIds"]
+                    self.assertEqual(a, b, name)
+                self.assertEqual(prod.rules_hold(), dev.rules_hold())
+                compared += 1
+        self.assertEqual(compared, 24)
 
     # --- item 1: bring your own, each independently ---------------------------
     def test_existing_network_switches_off_vpc_endpoints_and_nat(self):
-        s = Stack(EXPANDED, EXISTING_NETWORK)
-        for gone in ("Vpc", "PrivateSubnetA", "PrivateSubnetB", "SecretsManagerEndpoint",
-                     "StsEndpoint", "S3Endpoint", "NatGateway", "InternetGateway", "PublicSubnet"):
-            self.assertNotIn(gone, s.resources)
-        vpc = s.props("TenantUsersFunction")["VpcConfig"]
-        self.assertEqual(vpc["SubnetIds"], ["subnet-0a", "subnet-0b"])
-        groups = vpc["SecurityGroupIds"]["Fn::Split"][1]["Fn::Join"][1]
-        self.assertEqual(groups[0], {"Ref": "FunctionSecurityGroup"})
-        self.assertEqual(groups[1], {"Fn::Join": [",", ["sg-0proxyclient"]]})
-        self.assertEqual(s.props("FunctionSecurityGroup")["VpcId"], "vpc-0abc")
-        self.assertEqual(s.props("DbSubnetGroup")["SubnetIds"], ["subnet-0a", "subnet-0b"])
-        self.assertEqual(s.props("AppSecretRotation")["HostedRotationLambda"]["VpcSubnetIds"],
-                         {"Fn::Join": [",", ["subnet-0a", "subnet-0b"]]})
-        self.assertEqual(s.rules_hold(), [])
-        self.assertEqual(Stack(EXPANDED, {"VpcId": "vpc-0abc"}).rules_hold(),
-                         ["VpcGivenWithSubnets", "MigrationInExistingNetworkNeedsHttpsCidr"])
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                s = Stack(EXPANDED, with_profile(extra, EXISTING_NETWORK))
+                for gone in ("Vpc", "PrivateSubnetA", "PrivateSubnetB", "SecretsManagerEndpoint",
+                             "StsEndpoint", "S3Endpoint", "NatGateway", "InternetGateway", "PublicSubnet"):
+                    self.assertNotIn(gone, s.resources)
+                vpc = s.props("TenantUsersFunction")["VpcConfig"]
+                self.assertEqual(vpc["SubnetIds"], ["subnet-0a", "subnet-0b"])
+                groups = vpc["SecurityGroupIds"]["Fn::Split"][1]["Fn::Join"][1]
+                self.assertEqual(groups[0], {"Ref": "FunctionSecurityGroup"})
+                self.assertEqual(groups[1], {"Fn::Join": [",", ["sg-0proxyclient"]]})
+                self.assertEqual(s.props("FunctionSecurityGroup")["VpcId"], "vpc-0abc")
+                self.assertEqual(s.props("DbSubnetGroup")["SubnetIds"], ["subnet-0a", "subnet-0b"])
+                self.assertEqual(s.props("DbProxy")["VpcSubnetIds"], ["subnet-0a", "subnet-0b"])
+                self.assertEqual(s.props("AppSecretRotation")["HostedRotationLambda"]["VpcSubnetIds"],
+                                 {"Fn::Join": [",", ["subnet-0a", "subnet-0b"]]})
+                self.assertEqual(s.rules_hold(), [])
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {"VpcId": "vpc-0abc"})).rules_hold(),
+                                 ["VpcGivenWithSubnets", "MigrationInExistingNetworkNeedsHttpsCidr"])
 
     def test_existing_database_switches_off_aurora_proxy_secret_and_migration(self):
-        s = Stack(EXPANDED, EXISTING_DATABASE)
-        for gone in ("DbCluster", "DbWriter", "DbProxy", "DbProxyTargets", "AppSecret",
-                     "AppSecretPolicy", "AppSecretRotation", "ProxyRole", "ClusterSecurityGroup",
-                     "ProxySecurityGroup", "MigrateFunction", "MigrateRole", "SchemaResource",
-                     "MigrateFunctionAliaslive"):
-            self.assertNotIn(gone, s.resources)
-        self.assertFalse(s.of_type("AWS::Lambda::Version"))
-        env = s.env("TenantUsersFunction")
-        self.assertEqual(env["DB_SECRET_ARN"], EXISTING_DATABASE["DbSecretArn"])
-        self.assertEqual(env["DB_HOST"], EXISTING_DATABASE["DbProxyEndpoint"])
-        self.assertEqual(s.rules_hold(), [])
-        self.assertEqual(Stack(EXPANDED, {"DbSecretArn": EXISTING_DATABASE["DbSecretArn"]}).rules_hold(),
-                         ["ExistingDatabaseIsComplete"])
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                s = Stack(EXPANDED, with_profile(extra, EXISTING_DATABASE))
+                for gone in ("DbCluster", "DbWriter", "DbClusterParameters", "DbInstance", "DbParameters",
+                             "DbSubnetGroup", "DbProxy", "DbProxyTargets", "DbProxyInstanceTargets",
+                             "AppSecret", "AppSecretPolicy", "AppSecretRotation", "ProxyRole",
+                             "ClusterSecurityGroup", "ProxySecurityGroup", "MigrateFunction", "MigrateRole",
+                             "SchemaResource", "MigrateFunctionAliaslive"):
+                    self.assertNotIn(gone, s.resources)
+                self.assertFalse(s.of_type("AWS::Lambda::Version"))
+                self.assertFalse([n for n, r in s.resources.items() if r["Type"].startswith("AWS::RDS::")])
+                env = s.env("TenantUsersFunction")
+                self.assertEqual(env["DB_SECRET_ARN"], EXISTING_DATABASE["DbSecretArn"])
+                self.assertEqual(env["DB_HOST"], EXISTING_DATABASE["DbProxyEndpoint"])
+                self.assertEqual(s.rules_hold(), [])
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {"DbSecretArn": EXISTING_DATABASE["DbSecretArn"]}))
+                                 .rules_hold(), ["ExistingDatabaseIsComplete"])
 
     def test_existing_database_with_master_secret_still_migrates(self):
-        s = Stack(EXPANDED, {**EXISTING_DATABASE, **EXISTING_MASTER})
-        self.assertNotIn("DbCluster", s.resources)
-        cr = s.props("SchemaResource")
-        self.assertEqual(cr["MasterSecretArn"], EXISTING_MASTER["DbMasterSecretArn"])
-        self.assertEqual(cr["AppSecretArn"], EXISTING_DATABASE["DbSecretArn"])
-        self.assertEqual(cr["DbHost"], EXISTING_MASTER["DbAdminHost"])
-        (st,) = [st for owner, st in s.statements() if owner == "MigrateRole"]
-        self.assertEqual(st["Resource"], [EXISTING_MASTER["DbMasterSecretArn"], EXISTING_DATABASE["DbSecretArn"]])
-        no_host = Stack(EXPANDED, {**EXISTING_DATABASE, "DbMasterSecretArn": EXISTING_MASTER["DbMasterSecretArn"]})
-        self.assertEqual(no_host.props("SchemaResource")["DbHost"], EXISTING_DATABASE["DbProxyEndpoint"])
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                s = Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **EXISTING_MASTER}))
+                self.assertNotIn("DbCluster", s.resources)
+                self.assertNotIn("DbInstance", s.resources)
+                cr = s.props("SchemaResource")
+                self.assertEqual(cr["MasterSecretArn"], EXISTING_MASTER["DbMasterSecretArn"])
+                self.assertEqual(cr["AppSecretArn"], EXISTING_DATABASE["DbSecretArn"])
+                self.assertEqual(cr["DbHost"], EXISTING_MASTER["DbAdminHost"])
+                (st,) = [st for owner, st in s.statements() if owner == "MigrateRole"]
+                self.assertEqual(st["Resource"],
+                                 [EXISTING_MASTER["DbMasterSecretArn"], EXISTING_DATABASE["DbSecretArn"]])
+                no_host = Stack(EXPANDED, with_profile(
+                    extra, {**EXISTING_DATABASE, "DbMasterSecretArn": EXISTING_MASTER["DbMasterSecretArn"]}))
+                self.assertEqual(no_host.props("SchemaResource")["DbHost"], EXISTING_DATABASE["DbProxyEndpoint"])
 
     def test_existing_idp_switches_off_cognito(self):
-        s = Stack(EXPANDED, EXISTING_IDP)
-        self.assertNotIn("UserPool", s.resources)
-        self.assertNotIn("UserPoolClient", s.resources)
-        env = s.env("TenantUsersFunction")
-        self.assertEqual(env["JWT_ISSUER"], EXISTING_IDP["JwtIssuer"])
-        self.assertEqual(env["JWT_AUDIENCE"], EXISTING_IDP["JwtAudience"])
-        self.assertEqual(env["JWT_JWKS_URL"], EXISTING_IDP["JwtJwksUrl"])
-        self.assertEqual(s.rules_hold(), [])
-        partial = Stack(EXPANDED, {"JwtIssuer": EXISTING_IDP["JwtIssuer"]})
-        self.assertEqual(sorted(partial.rules_hold()), ["ExistingIdpIsComplete", "ExistingIdpNatNeedsUrl"])
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                # dev's auto is inline: an existing IdP's keys must be given.
+                s = Stack(EXPANDED, with_profile(extra, {**EXISTING_IDP, "JwksDocument": DOCUMENT}))
+                self.assertNotIn("UserPool", s.resources)
+                self.assertNotIn("UserPoolClient", s.resources)
+                env = s.env("TenantUsersFunction")
+                self.assertEqual(env["JWT_ISSUER"], EXISTING_IDP["JwtIssuer"])
+                self.assertEqual(env["JWT_AUDIENCE"], EXISTING_IDP["JwtAudience"])
+                self.assertEqual(s.rules_hold(), [])
+                nat = Stack(EXPANDED, with_profile(extra, {**EXISTING_IDP, **NAT}))
+                self.assertEqual(nat.env("TenantUsersFunction")["JWT_JWKS_URL"], EXISTING_IDP["JwtJwksUrl"])
+                partial = Stack(EXPANDED, with_profile(extra, {"JwtIssuer": EXISTING_IDP["JwtIssuer"], **NAT}))
+                self.assertEqual(sorted(partial.rules_hold()), ["ExistingIdpIsComplete", "ExistingIdpNatNeedsUrl"])
+        # JwksMode auto: the URL with prod (nat), the document with dev (inline).
+        self.assertEqual(Stack(EXPANDED, EXISTING_IDP).env("TenantUsersFunction")["JWT_JWKS_URL"],
+                         EXISTING_IDP["JwtJwksUrl"])
+        dev = Stack(EXPANDED, {**DEV, **EXISTING_IDP, "JwksDocument": DOCUMENT})
+        self.assertEqual(dev.env("TenantUsersFunction")["JWT_JWKS"], DOCUMENT)
+        self.assertNotIn("JWT_JWKS_URL", dev.env("TenantUsersFunction"))
+        # Nothing is fetched for an IdP the stack does not create.
+        self.assertNotIn("PoolJwks", dev.resources)
+        self.assertEqual(Stack(EXPANDED, {**DEV, **EXISTING_IDP}).rules_hold(), ["InlineNeedsDocument"])
+        self.assertEqual(sorted(Stack(EXPANDED, {"JwtIssuer": EXISTING_IDP["JwtIssuer"]}).rules_hold()),
+                         ["ExistingIdpIsComplete", "ExistingIdpNatNeedsUrl"])
+        self.assertEqual(sorted(Stack(EXPANDED, {**DEV, "JwtIssuer": EXISTING_IDP["JwtIssuer"]}).rules_hold()),
+                         ["ExistingIdpIsComplete", "InlineNeedsDocument"])
 
     def test_inline_jwks_needs_no_nat_and_no_url(self):
-        s = Stack(EXPANDED, INLINE)
-        for gone in ("NatGateway", "NatAddress", "InternetGateway", "PublicSubnet", "PrivateDefaultRoute"):
-            self.assertNotIn(gone, s.resources)
-        env = s.env("TenantUsersFunction")
-        self.assertEqual(env["JWT_JWKS"], INLINE["JwksDocument"])
-        self.assertNotIn("JWT_JWKS_URL", env)
-        self.assertEqual(Stack(EXPANDED, {"JwksMode": "inline"}).rules_hold(), ["InlineNeedsDocument"])
-        # Default (nat): a route to the internet exists for the JWKS URL.
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                s = Stack(EXPANDED, with_profile(extra, INLINE))
+                for gone in ("NatGateway", "NatAddress", "InternetGateway", "PublicSubnet", "PrivateDefaultRoute"):
+                    self.assertNotIn(gone, s.resources)
+                env = s.env("TenantUsersFunction")
+                self.assertEqual(env["JWT_JWKS"], INLINE["JwksDocument"])
+                self.assertNotIn("JWT_JWKS_URL", env)
+                # Without a document: the created pool's keys are fetched,
+                # an existing IdP's cannot be.
+                self.assertEqual(Stack(EXPANDED, {"Profile": profile, **INLINE_FETCHED}).rules_hold(), [])
+                self.assertEqual(Stack(EXPANDED, {"Profile": profile, **INLINE_FETCHED, **EXISTING_IDP}).rules_hold(),
+                                 ["InlineNeedsDocument"])
+                # nat, whatever the profile: a route to the internet for the JWKS URL.
+                nat = Stack(EXPANDED, with_profile(extra, NAT))
+                self.assertEqual(ref_name(nat.props("PrivateDefaultRoute")["NatGatewayId"]), "NatGateway")
+        # Default (auto with prod: nat).
         self.assertEqual(ref_name(DEFAULT.props("PrivateDefaultRoute")["NatGatewayId"]), "NatGateway")
+
+    # --- one deploy for Profile dev: the created pool's keys, fetched -------------
+    def test_pool_keys_are_fetched_exactly_for_a_created_pool_inline_without_a_document(self):
+        fetcher = {"PoolJwks", "PoolJwksFunction", "PoolJwksRole", "PoolJwksLogs"}
+        seen = set()
+        for overrides, s in ALL_STACKS:
+            created_pool = "JwtIssuer" not in overrides
+            mode = overrides.get("JwksMode", "auto")
+            inline = mode == "inline" or (mode == "auto" and overrides.get("Profile") == "dev")
+            fetched = created_pool and inline and "JwksDocument" not in overrides
+            env = s.env("TenantUsersFunction")
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual(fetcher & set(s.resources), fetcher if fetched else set())
+                if fetched:
+                    self.assertEqual(env["JWT_JWKS"], FETCHED)
+                elif inline:
+                    self.assertEqual(env["JWT_JWKS"], overrides["JwksDocument"])
+                else:
+                    self.assertNotIn("JWT_JWKS", env)
+                # The fetched keys replace the NAT gateway, never add to it.
+                if fetched:
+                    self.assertNotIn("NatGateway", s.resources)
+                    self.assertNotIn("JWT_JWKS_URL", env)
+            seen.add(fetched)
+        self.assertEqual(seen, {True, False})
+        # A given document wins, also with the created pool.
+        given = Stack(EXPANDED, {**DEV, "JwksDocument": DOCUMENT})
+        self.assertFalse(fetcher & set(given.resources))
+        self.assertEqual(given.env("TenantUsersFunction")["JWT_JWKS"], DOCUMENT)
+
+    def test_pool_keys_fetcher_runs_outside_the_vpc_with_logs_only(self):
+        checked = 0
+        for overrides, s in ALL_STACKS:
+            if "PoolJwksFunction" not in s.resources:
+                continue
+            fn = s.props("PoolJwksFunction")
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual(s.resources["PoolJwksFunction"]["Type"], "AWS::Lambda::Function")
+                # Outside the VPC: Lambda's own internet access, no NAT gateway.
+                self.assertNotIn("VpcConfig", fn)
+                self.assertIn(fn["Runtime"], ("python3.12", "python3.13"))
+                self.assertEqual((fn["Handler"], fn["Architectures"]), ("index.handler", ["arm64"]))
+                self.assertLessEqual(fn["Timeout"], 60)
+                self.assertEqual(fn["Code"], {"ZipFile": RAW["Resources"]["PoolJwksFunction"]["Properties"]["InlineCode"]})
+                self.assertEqual(fn["Role"], {"Fn::GetAtt": ["PoolJwksRole", "Arn"]})
+                self.assertEqual(fn["LoggingConfig"]["LogGroup"], {"Ref": "PoolJwksLogs"})
+                # Its whole configuration: which pool, in which partition.
+                self.assertEqual(fn["Environment"]["Variables"], {
+                    "POOL_ID": {"Ref": "UserPool"}, "POOL_REGION": {"Ref": "AWS::Region"},
+                    "DNS_SUFFIX": {"Ref": "AWS::URLSuffix"}})
+                # Its role: writing its own log group, nothing else.
+                role = s.props("PoolJwksRole")
+                self.assertNotIn("ManagedPolicyArns", role)
+                self.assertNotIn("PermissionsBoundary", role)
+                (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+                self.assertEqual(trust, {"Effect": "Allow", "Principal": {"Service": "lambda.amazonaws.com"},
+                                         "Action": "sts:AssumeRole"})
+                mine = [st for owner, st in s.statements() if owner == "PoolJwksRole"]
+                self.assertEqual(mine, [{"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                                         "Resource": {"Fn::GetAtt": ["PoolJwksLogs", "Arn"]}}])
+                # No other function runs as that role; no policy grants it more.
+                users = {n for n, r in s.resources.items() if n != "PoolJwksRole" and mentions(r, "PoolJwksRole")}
+                self.assertEqual(users, {"PoolJwksFunction"})
+                self.assertEqual(s.props("PoolJwksLogs")["RetentionInDays"], 365)
+                # The custom resource names the pool the function's
+                # environment names, and nothing else.
+                cr = s.resources["PoolJwks"]
+                self.assertEqual(cr["Type"], "Custom::TenantUsersPoolJwks")
+                self.assertEqual(cr["Properties"], {"ServiceToken": {"Fn::GetAtt": ["PoolJwksFunction", "Arn"]},
+                                                    "UserPoolId": fn["Environment"]["Variables"]["POOL_ID"]})
+                checked += 1
+        self.assertGreater(checked, 0)
+        self.assertFalse(EXPANDED["Resources"]["PoolJwksFunction"]["Properties"].get("VpcConfig"))
+        # CloudFormation invokes it with the deployer's credentials: no
+        # resource policy lets anyone else (a service, an event source) in.
+        self.assertFalse([n for n, r in EXPANDED["Resources"].items()
+                          if r["Type"] == "AWS::Lambda::Permission" and mentions(r, "PoolJwksFunction")])
+
+    def test_only_an_existing_idp_with_inline_keys_and_no_document_is_refused(self):
+        """Profile dev deploys in one go: the rule that made a created pool
+        deploy once with nat now fires only where no key set can be had."""
+        self.assertTrue(REFUSED)
+        for overrides, s in REFUSED:
+            mode = overrides.get("JwksMode", "auto")
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual(s.rules_hold(), ["InlineNeedsDocument"])
+                self.assertIn("JwtIssuer", overrides)
+                self.assertNotIn("JwksDocument", overrides)
+                self.assertTrue(mode == "inline" or (mode == "auto" and overrides.get("Profile") == "dev"))
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, INLINE_FETCHED)).rules_hold(), [])
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {**INLINE_FETCHED, **EXISTING_IDP})).rules_hold(),
+                                 ["InlineNeedsDocument"])
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {**INLINE, **EXISTING_IDP})).rules_hold(), [])
+        # The dev stack of README's one `sam deploy --guided`: every default.
+        dev = Stack(EXPANDED, {"Profile": "dev"})
+        self.assertEqual(dev.rules_hold(), [])
+        self.assertIn("PoolJwks", dev.resources)
+        self.assertNotIn("NatGateway", dev.resources)
+
+    def test_api_environment_fits_lambdas_4_kb_with_the_largest_fetched_key_set(self):
+        """Lambda refuses more than 4 KB of environment variables (names and
+        values together). The fetched document may take MAX_DOCUMENT bytes;
+        the rest, with the longest values the created resources can have,
+        must fit beside it."""
+        limit = pool_jwks_module().MAX_DOCUMENT
+        self.assertEqual(limit, 3000)
+        # Longest plausible values: ARNs, a proxy endpoint (63-character
+        # proxy name), a 128-character app client id; the issuer with the
+        # longest region, the China suffix and a 55-character pool id.
+        longest = {"Ref": 128, "Fn::GetAtt": 128}
+        subs = {"${AWS::Region}": "ap-southeast-2", "${AWS::URLSuffix}": "amazonaws.com.cn", "${UserPool}": "p" * 55}
+
+        def size(value):
+            if isinstance(value, dict):
+                (fn, arg), = value.items()
+                if fn == "Fn::Sub":
+                    for name, text in subs.items():
+                        arg = arg.replace(name, text)
+                    self.assertNotIn("${", arg)
+                    return len(arg)
+                return longest[fn]
+            return len(str(value))
+
+        checked = 0
+        for overrides, s in ALL_STACKS:
+            if "PoolJwks" not in s.resources:
+                continue
+            env = s.env("TenantUsersFunction")
+            self.assertEqual(env["JWT_JWKS"], FETCHED)
+            total = sum(len(k) + (limit if k == "JWT_JWKS" else size(v)) for k, v in env.items())
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertLessEqual(total, 4096)
+            checked += 1
+        self.assertGreater(checked, 0)
 
     def test_every_combination_resolves_and_keeps_the_function(self):
         for overrides, s in ALL_STACKS:
@@ -652,21 +1077,25 @@ class TemplateTest(unittest.TestCase):
                              {"kms:Decrypt"} if len(reader) == 2 else set())
 
     def test_kms_decrypt_only_through_secrets_manager_on_the_named_key(self):
-        s = Stack(EXPANDED, {**EXISTING_DATABASE, **EXISTING_MASTER, **EXISTING_KMS})
-        kms = [(o, st) for o, st in s.statements() if st["Action"] == "kms:Decrypt"]
-        self.assertEqual(sorted(o for o, _ in kms), ["MigrateRole", "SecretReaderRole"])
-        for _, st in kms:
-            self.assertEqual(st["Resource"], EXISTING_KMS["DbSecretKmsKeyArn"])
-            self.assertEqual(st["Condition"]["StringEquals"]["kms:ViaService"],
-                             {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"})
-        self.assertFalse([st for _, st in DEFAULT.statements() if st["Action"] == "kms:Decrypt"])
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                s = Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **EXISTING_MASTER, **EXISTING_KMS}))
+                kms = [(o, st) for o, st in s.statements() if st["Action"] == "kms:Decrypt"]
+                self.assertEqual(sorted(o for o, _ in kms), ["MigrateRole", "SecretReaderRole"])
+                for _, st in kms:
+                    self.assertEqual(st["Resource"], EXISTING_KMS["DbSecretKmsKeyArn"])
+                    self.assertEqual(st["Condition"]["StringEquals"]["kms:ViaService"],
+                                     {"Fn::Sub": "secretsmanager.${AWS::Region}.amazonaws.com"})
+                # The created secrets use the AWS managed key: nothing to grant.
+                self.assertFalse([st for _, st in DEFAULTS[profile].statements() if st["Action"] == "kms:Decrypt"])
 
     def test_service_trust_policies_carry_source_conditions(self):
-        trust = DEFAULT.props("ProxyRole")["AssumeRolePolicyDocument"]["Statement"]
-        self.assertEqual(trust, [{
-            "Effect": "Allow", "Principal": {"Service": "rds.amazonaws.com"}, "Action": "sts:AssumeRole",
-            "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}},
-        }])
+        for profile, s in DEFAULTS.items():
+            trust = s.props("ProxyRole")["AssumeRolePolicyDocument"]["Statement"]
+            self.assertEqual(trust, [{
+                "Effect": "Allow", "Principal": {"Service": "rds.amazonaws.com"}, "Action": "sts:AssumeRole",
+                "Condition": {"StringEquals": {"aws:SourceAccount": {"Ref": "AWS::AccountId"}}},
+            }], profile)
         for overrides, s in ALL_STACKS:
             for name in s.of_type("AWS::IAM::Role"):
                 for st in s.props(name)["AssumeRolePolicyDocument"]["Statement"]:
@@ -680,35 +1109,36 @@ class TemplateTest(unittest.TestCase):
                         self.assertIn("aws:SourceAccount", json.dumps(st.get("Condition")), name)
 
     def test_app_secret_readable_only_by_reader_proxy_migration_and_rotation(self):
-        s = DEFAULT
-        policy = s.props("AppSecretPolicy")
-        self.assertIs(policy["BlockPublicPolicy"], True)
-        statements = policy["ResourcePolicy"]["Statement"]
-        self.assertTrue(statements)
-        for st in statements:
-            self.assertEqual((st["Effect"], st["Principal"], st["Resource"]), ("Deny", "*", "*"), st["Sid"])
-        # Every named principal is one of this stack's roles by ARN; no
-        # pattern names a role but the one for the rotation function's.
-        named = {ref_name(a) for st in statements for op, keys in st["Condition"].items()
-                 for a in as_list(keys.get("aws:PrincipalArn", [])) if ref_name(a)}
-        self.assertEqual(named, {"SecretReaderRole", "ProxyRole", "MigrateRole"})
-        self.assertNotIn("ExecutionRole", json.dumps(statements))
-        patterns = {json.dumps(a) for st in statements for op, keys in st["Condition"].items()
-                    for a in as_list(keys.get("aws:PrincipalArn", [])) if "Fn::Sub" in json.dumps(a)}
-        self.assertEqual(patterns, {
-            json.dumps({"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${AWS::StackName}-*"}),
-            json.dumps({"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}),
-        })
-        # The session the rotation function runs as is the name the stack gives it.
-        rotation = s.props("AppSecretRotation")["HostedRotationLambda"]["RotationLambdaName"]
-        self.assertEqual(rotation, {"Fn::Sub": "${AWS::StackName}-rotation"})
-        self.assertIn({"aws:userid": {"Fn::Sub": "*:${AWS::StackName}-rotation"}},
-                      [st["Condition"].get("StringNotLike") for st in statements])
-        # Identity side: exactly those roles of this stack may read it.
-        readers = sorted({owner for owner, st in s.statements()
-                          if "secretsmanager:GetSecretValue" in as_list(st["Action"])
-                          and {"Ref": "AppSecret"} in as_list(st["Resource"])})
-        self.assertEqual(readers, ["MigrateRole", "ProxyRole", "SecretReaderRole"])
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                policy = s.props("AppSecretPolicy")
+                self.assertIs(policy["BlockPublicPolicy"], True)
+                statements = policy["ResourcePolicy"]["Statement"]
+                self.assertTrue(statements)
+                for st in statements:
+                    self.assertEqual((st["Effect"], st["Principal"], st["Resource"]), ("Deny", "*", "*"), st["Sid"])
+                # Every named principal is one of this stack's roles by ARN; no
+                # pattern names a role but the one for the rotation function's.
+                named = {ref_name(a) for st in statements for op, keys in st["Condition"].items()
+                         for a in as_list(keys.get("aws:PrincipalArn", [])) if ref_name(a)}
+                self.assertEqual(named, {"SecretReaderRole", "ProxyRole", "MigrateRole"})
+                self.assertNotIn("ExecutionRole", json.dumps(statements))
+                patterns = {json.dumps(a) for st in statements for op, keys in st["Condition"].items()
+                            for a in as_list(keys.get("aws:PrincipalArn", [])) if "Fn::Sub" in json.dumps(a)}
+                self.assertEqual(patterns, {
+                    json.dumps({"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:role/${AWS::StackName}-*"}),
+                    json.dumps({"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}),
+                })
+                # The session the rotation function runs as is the name the stack gives it.
+                rotation = s.props("AppSecretRotation")["HostedRotationLambda"]["RotationLambdaName"]
+                self.assertEqual(rotation, {"Fn::Sub": "${AWS::StackName}-rotation"})
+                self.assertIn({"aws:userid": {"Fn::Sub": "*:${AWS::StackName}-rotation"}},
+                              [st["Condition"].get("StringNotLike") for st in statements])
+                # Identity side: exactly those roles of this stack may read it.
+                readers = sorted({owner for owner, st in s.statements()
+                                  if "secretsmanager:GetSecretValue" in as_list(st["Action"])
+                                  and {"Ref": "AppSecret"} in as_list(st["Resource"])})
+                self.assertEqual(readers, ["MigrateRole", "ProxyRole", "SecretReaderRole"])
 
     # --- issue 16, item 2: the secret's policy, evaluated ---------------------------
     def test_secret_policy_denies_the_execution_role_and_a_probe_role_everything(self):
@@ -814,9 +1244,9 @@ class TemplateTest(unittest.TestCase):
              caller(role_arn(f"{STACK_NAME}-probe"), session="x", via=["cloudformation.amazonaws.com"]), False),
             ({"DeployerRoleArn": service_role}, caller(stack_role("ExecutionRole"), session="fn"), False),
         ]
-        for extra, request, manages in cases:
-            policy = Stack(EXPANDED, extra).props("AppSecretPolicy")["ResourcePolicy"]
-            with self.subTest(extra=extra, request=request):
+        for (profile, base), (extra, request, manages) in itertools.product(PROFILES, cases):
+            policy = Stack(EXPANDED, with_profile(base, extra)).props("AppSecretPolicy")["ResourcePolicy"]
+            with self.subTest(profile=profile, extra=extra, request=request):
                 if manages:
                     refused = {a for a in needed if denied_by(policy, a, request)}
                     self.assertEqual(refused, {"secretsmanager:GetSecretValue"})
@@ -826,8 +1256,8 @@ class TemplateTest(unittest.TestCase):
                 for action in SECRET_VALUE_READ + SECRET_VALUE_WRITE:
                     self.assertTrue(denied_by(policy, action, request), action)
         # The account root can always take the policy off again (recovery).
-        for extra in ({}, {"DeployerRoleArn": service_role}):
-            policy = Stack(EXPANDED, extra).props("AppSecretPolicy")["ResourcePolicy"]
+        for (_, base), extra in itertools.product(PROFILES, ({}, {"DeployerRoleArn": service_role})):
+            policy = Stack(EXPANDED, with_profile(base, extra)).props("AppSecretPolicy")["ResourcePolicy"]
             root = caller(f"arn:aws:iam::{ACCOUNT}:root")
             self.assertEqual(denied_by(policy, "secretsmanager:DeleteResourcePolicy", root), [])
             self.assertTrue(denied_by(policy, "secretsmanager:GetSecretValue", root))
@@ -838,40 +1268,58 @@ class TemplateTest(unittest.TestCase):
 
     # --- item 2: the migration custom resource ------------------------------------
     def test_schema_custom_resource_is_wired_to_the_migrate_function(self):
-        s = DEFAULT
-        cr = s.resources["SchemaResource"]
-        self.assertEqual(cr["Type"], "Custom::TenantUsersSchema")
-        props = cr["Properties"]
-        self.assertEqual(set(props), {"ServiceToken", "MasterSecretArn", "AppSecretArn", "DbHost",
-                                      "DbPort", "DbName", "SchemaVersion"})
-        self.assertEqual(props["ServiceToken"], {"Ref": "MigrateFunctionAliaslive"})
-        self.assertEqual(s.props("MigrateFunctionAliaslive")["FunctionName"], {"Ref": "MigrateFunction"})
-        self.assertEqual(props["MasterSecretArn"], {"Fn::GetAtt": ["DbCluster", "MasterUserSecret.SecretArn"]})
-        self.assertEqual(props["AppSecretArn"], {"Ref": "AppSecret"})
-        # The writer instance, so the migration waits for it to exist.
-        self.assertEqual(props["DbHost"], {"Fn::GetAtt": ["DbWriter", "Endpoint.Address"]})
-        self.assertEqual((props["DbPort"], props["DbName"]), (5432, "tenant_users"))
-        fn = s.props("MigrateFunction")
-        self.assertEqual(fn["Handler"], "migrate")
-        self.assertEqual(fn["Environment"]["Variables"]["TENANT_USERS_ROLE"], "migrate")
-        self.assertEqual(fn["Runtime"], s.props("TenantUsersFunction")["Runtime"])
-        self.assertEqual(fn["VpcConfig"]["SubnetIds"], [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}])
-        self.assertEqual(fn["VpcConfig"]["SecurityGroupIds"], [{"Ref": "AdminSecurityGroup"}])
-        self.assertGreaterEqual(fn["Timeout"], 120)
-        (st,) = [st for owner, st in s.statements() if owner == "MigrateRole"]
-        self.assertEqual(st["Action"], "secretsmanager:GetSecretValue")
-        self.assertEqual(st["Resource"], [props["MasterSecretArn"], {"Ref": "AppSecret"}])
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                cr = s.resources["SchemaResource"]
+                self.assertEqual(cr["Type"], "Custom::TenantUsersSchema")
+                props = cr["Properties"]
+                self.assertEqual(set(props), {"ServiceToken", "MasterSecretArn", "AppSecretArn", "DbHost",
+                                              "DbPort", "DbName", "SchemaVersion"})
+                self.assertEqual(props["ServiceToken"], {"Ref": "MigrateFunctionAliaslive"})
+                self.assertEqual(s.props("MigrateFunctionAliaslive")["FunctionName"], {"Ref": "MigrateFunction"})
+                self.assertEqual(props["MasterSecretArn"], master_secret(profile))
+                self.assertEqual(props["AppSecretArn"], {"Ref": "AppSecret"})
+                # The writer instance, so the migration waits for it to exist.
+                self.assertEqual(props["DbHost"], writer_host(profile))
+                self.assertEqual((props["DbPort"], props["DbName"]), (5432, "tenant_users"))
+                fn = s.props("MigrateFunction")
+                # Its own binary: no handler name or variable says which function it is.
+                self.assertEqual(fn["Handler"], "bootstrap")
+                self.assertNotIn("TENANT_USERS_ROLE", fn["Environment"]["Variables"])
+                self.assertEqual(fn["Runtime"], s.props("TenantUsersFunction")["Runtime"])
+                self.assertEqual(fn["VpcConfig"]["SubnetIds"], [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}])
+                self.assertEqual(fn["VpcConfig"]["SecurityGroupIds"], [{"Ref": "AdminSecurityGroup"}])
+                self.assertGreaterEqual(fn["Timeout"], 120)
+                (st,) = [st for owner, st in s.statements() if owner == "MigrateRole"]
+                self.assertEqual(st["Action"], "secretsmanager:GetSecretValue")
+                self.assertEqual(st["Resource"], [props["MasterSecretArn"], {"Ref": "AppSecret"}])
+
+    def test_each_function_is_built_from_its_own_binary(self):
+        """One cargo package, one binary per function (src/bin/<name>.rs):
+        the SAM CLI picks it from Metadata.BuildProperties.Binary (a Binary
+        key beside BuildMethod is not read), and Lambda runs it as bootstrap."""
+        functions = {name: res for name, res in RAW["Resources"].items()
+                     if res["Type"] == "AWS::Serverless::Function" and "InlineCode" not in res["Properties"]}
+        binaries = {name: res["Metadata"]["BuildProperties"]["Binary"] for name, res in functions.items()}
+        self.assertEqual(binaries, {"TenantUsersFunction": "api", "MigrateFunction": "migrate"})
+        for name, res in functions.items():
+            self.assertEqual(res["Metadata"]["BuildMethod"], "rust-cargolambda", name)
+            self.assertNotIn("Binary", res["Metadata"], name)
+            self.assertEqual(res["Properties"]["Handler"], "bootstrap", name)
+            self.assertNotIn("TENANT_USERS_ROLE", json.dumps(res), name)
 
     def test_schema_version_changes_with_code_and_role_name(self):
-        def version(template, overrides=None):
-            return Stack(template, overrides).props("SchemaResource")["SchemaVersion"]
         _, other_code = expand("s3://bucket/tenant-users-next.zip")
-        first = version(EXPANDED)
-        self.assertEqual(version(EXPANDED), first)
-        self.assertNotEqual(version(other_code), first)
-        self.assertNotEqual(version(EXPANDED, {"AppDbUser": "other_app"}), first)
-        (versioned,) = [ref_name(x) for x in first["Fn::Join"][1] if ref_name(x)]
-        self.assertEqual(EXPANDED["Resources"][versioned]["Type"], "AWS::Lambda::Version")
+        for profile, extra in PROFILES:
+            def version(template, overrides=None):
+                return Stack(template, with_profile(extra, overrides)).props("SchemaResource")["SchemaVersion"]
+            with self.subTest(profile=profile):
+                first = version(EXPANDED)
+                self.assertEqual(version(EXPANDED), first)
+                self.assertNotEqual(version(other_code), first)
+                self.assertNotEqual(version(EXPANDED, {"AppDbUser": "other_app"}), first)
+                (versioned,) = [ref_name(x) for x in first["Fn::Join"][1] if ref_name(x)]
+                self.assertEqual(EXPANDED["Resources"][versioned]["Type"], "AWS::Lambda::Version")
 
 
     # --- issue 16, item 1: the migration trusts nothing it is sent -------------------
@@ -927,49 +1375,59 @@ class TemplateTest(unittest.TestCase):
         self.assertEqual(nat.props("AdminToHttpsExistingNetwork")["CidrIp"], "0.0.0.0/0")
 
     def test_migration_is_refused_without_its_s3_prefix_list_and_ranges(self):
-        bare = Stack(EXPANDED, base={})
-        self.assertEqual(bare.rules_hold(), ["MigrationNeedsS3PrefixList"])
         self.assertIn("describe-managed-prefix-lists", RAW["Rules"]["MigrationNeedsS3PrefixList"]
                       ["Assertions"][0]["AssertDescription"])
         self.assertIn("describe-managed-prefix-lists", RAW["Parameters"]["S3PrefixListId"]["Description"])
-        # No migration, no S3 egress and no prefix list needed.
-        self.assertEqual(Stack(EXPANDED, EXISTING_DATABASE, base={}).rules_hold(), [])
-        self.assertNotIn("AdminToS3", Stack(EXPANDED, EXISTING_DATABASE).resources)
-        no_cidr = {k: v for k, v in EXISTING_MASTER.items() if k != "DbAdminCidr"}
-        self.assertEqual(Stack(EXPANDED, {**EXISTING_DATABASE, **no_cidr}).rules_hold(),
-                         ["MigrationOfExistingDatabaseNeedsCidr"])
-        no_https = {k: v for k, v in EXISTING_NETWORK.items() if k != "AdminHttpsCidr"}
-        self.assertEqual(Stack(EXPANDED, no_https).rules_hold(), ["MigrationInExistingNetworkNeedsHttpsCidr"])
-        self.assertEqual(Stack(EXPANDED, {**no_https, **EXISTING_DATABASE}).rules_hold(), [])
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                bare = Stack(EXPANDED, extra, base={})
+                self.assertEqual(bare.rules_hold(), ["MigrationNeedsS3PrefixList"])
+                # No migration, no S3 egress and no prefix list needed.
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, EXISTING_DATABASE), base={}).rules_hold(), [])
+                self.assertNotIn("AdminToS3", Stack(EXPANDED, with_profile(extra, EXISTING_DATABASE)).resources)
+                no_cidr = {k: v for k, v in EXISTING_MASTER.items() if k != "DbAdminCidr"}
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **no_cidr})).rules_hold(),
+                                 ["MigrationOfExistingDatabaseNeedsCidr"])
+                no_https = {k: v for k, v in EXISTING_NETWORK.items() if k != "AdminHttpsCidr"}
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, no_https)).rules_hold(),
+                                 ["MigrationInExistingNetworkNeedsHttpsCidr"])
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {**no_https, **EXISTING_DATABASE})).rules_hold(),
+                                 [])
 
     # --- issue 16, item 4: revocable sessions --------------------------------------
     def test_tokens_live_five_minutes_and_refresh_tokens_are_revocable(self):
-        client = DEFAULT.props("UserPoolClient")
-        self.assertEqual((client["IdTokenValidity"], client["AccessTokenValidity"]), (5, 5))
-        self.assertEqual(client["TokenValidityUnits"]["IdToken"], "minutes")
-        self.assertEqual(client["TokenValidityUnits"]["AccessToken"], "minutes")
-        self.assertIs(client["EnableTokenRevocation"], True)
-        # The window a signed-out or disabled user keeps: lifetime + leeway.
-        leeway = int(DEFAULT.env("TenantUsersFunction")["JWT_LEEWAY_SECONDS"])
-        self.assertLessEqual(leeway, 60)
-        self.assertLessEqual(client["IdTokenValidity"] * 60 + leeway, 6 * 60)
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                client = s.props("UserPoolClient")
+                self.assertEqual((client["IdTokenValidity"], client["AccessTokenValidity"]), (5, 5))
+                self.assertEqual(client["TokenValidityUnits"]["IdToken"], "minutes")
+                self.assertEqual(client["TokenValidityUnits"]["AccessToken"], "minutes")
+                self.assertIs(client["EnableTokenRevocation"], True)
+                # The window a signed-out or disabled user keeps: lifetime + leeway.
+                leeway = int(s.env("TenantUsersFunction")["JWT_LEEWAY_SECONDS"])
+                self.assertLessEqual(leeway, 60)
+                self.assertLessEqual(client["IdTokenValidity"] * 60 + leeway, 6 * 60)
 
     def test_password_auth_only_when_the_parameter_turns_it_on(self):
-        flows = DEFAULT.props("UserPoolClient")["ExplicitAuthFlows"]
-        self.assertEqual(flows, ["ALLOW_USER_SRP_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"])
         self.assertEqual(RAW["Parameters"]["AllowPasswordAuth"]["Default"], "false")
-        on = Stack(EXPANDED, {"AllowPasswordAuth": "true"}).props("UserPoolClient")["ExplicitAuthFlows"]
-        self.assertEqual(sorted(on), sorted(flows + ["ALLOW_USER_PASSWORD_AUTH"]))
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                flows = DEFAULTS[profile].props("UserPoolClient")["ExplicitAuthFlows"]
+                self.assertEqual(flows, ["ALLOW_USER_SRP_AUTH", "ALLOW_REFRESH_TOKEN_AUTH"])
+                on = Stack(EXPANDED, with_profile(extra, {"AllowPasswordAuth": "true"})).props("UserPoolClient")
+                self.assertEqual(sorted(on["ExplicitAuthFlows"]), sorted(flows + ["ALLOW_USER_PASSWORD_AUTH"]))
 
     def test_mfa_parameter_maps_to_the_user_pool(self):
-        for mode in ("OFF", "OPTIONAL", "ON"):
-            pool = Stack(EXPANDED, {"Mfa": mode}).props("UserPool")
-            self.assertEqual(pool["MfaConfiguration"], mode)
-            if mode == "OFF":
-                self.assertNotIn("EnabledMfas", pool)
-            else:
-                self.assertEqual(pool["EnabledMfas"], ["SOFTWARE_TOKEN_MFA"])
-        self.assertEqual(DEFAULT.props("UserPool")["MfaConfiguration"], RAW["Parameters"]["Mfa"]["Default"])
+        for (profile, extra), mode in itertools.product(PROFILES, ("OFF", "OPTIONAL", "ON")):
+            with self.subTest(profile=profile, mode=mode):
+                pool = Stack(EXPANDED, with_profile(extra, {"Mfa": mode})).props("UserPool")
+                self.assertEqual(pool["MfaConfiguration"], mode)
+                if mode == "OFF":
+                    self.assertNotIn("EnabledMfas", pool)
+                else:
+                    self.assertEqual(pool["EnabledMfas"], ["SOFTWARE_TOKEN_MFA"])
+        for s in DEFAULTS.values():
+            self.assertEqual(s.props("UserPool")["MfaConfiguration"], RAW["Parameters"]["Mfa"]["Default"])
         self.assertEqual(RAW["Parameters"]["Mfa"]["AllowedValues"], ["OFF", "OPTIONAL", "ON"])
 
     def test_every_parameter_is_in_a_parameter_group(self):
@@ -977,6 +1435,433 @@ class TemplateTest(unittest.TestCase):
                    for p in g["Parameters"]]
         self.assertEqual(sorted(grouped), sorted(RAW["Parameters"]))
         self.assertEqual(len(grouped), len(set(grouped)))
+
+
+# --- PoolJwksFunction's code, run in-process ----------------------------------
+REGION = "us-east-1"
+POOL = "us-east-1_AbCdEfGhI"
+ENV = {"AWS_REGION": REGION, "POOL_REGION": REGION, "DNS_SUFFIX": "amazonaws.com", "POOL_ID": POOL}
+JWKS_URL = f"https://cognito-idp.us-east-1.amazonaws.com/{POOL}/.well-known/jwks.json"
+RESPONSE_BUCKET = "cloudformation-custom-resource-response-useast1"
+SIGNED = ("?X-Amz-Algorithm=AWS4-HMAC-SHA256&X-Amz-Date=20261201T000000Z&X-Amz-SignedHeaders=host"
+          "&X-Amz-Expires=7200&X-Amz-Credential=AKIAEXAMPLE%2F20261201%2Fus-east-1%2Fs3%2Faws4_request"
+          "&X-Amz-Signature=0123456789abcdef")
+RESPONSE_PATH = "/arn%3Aaws%3Acloudformation%3Aus-east-1%3A123456789012%3Astack/tenant-users-dev/1%7CPoolJwks%7Cabc"
+RESPONSE_URL = f"https://{RESPONSE_BUCKET}.s3.amazonaws.com{RESPONSE_PATH}{SIGNED}"
+
+
+def b64url(number, length):
+    return base64.urlsafe_b64encode(number.to_bytes(length, "big")).rstrip(b"=").decode()
+
+
+def rsa_jwk(kid, bits=2048, **extra):
+    """A JWK shaped like Cognito's (a random odd modulus of that size)."""
+    n = secrets.randbits(bits) | (1 << (bits - 1)) | 1
+    return {"alg": "RS256", "e": "AQAB", "kid": kid, "kty": "RSA", "n": b64url(n, bits // 8), "use": "sig", **extra}
+
+
+def cognito_jwks():
+    return {"keys": [rsa_jwk("4tQ2+ExampleKid1+abcdefghijklmnopqrstuv0123=="),
+                     rsa_jwk("9xZ7/ExampleKid2/abcdefghijklmnopqrstuv0123==")]}
+
+
+class FakeContext:
+    def get_remaining_time_in_millis(self):
+        return 30_000
+
+
+def event(kind="Create", url=RESPONSE_URL, **properties):
+    ev = {"RequestType": kind, "ResponseURL": url, "LogicalResourceId": "PoolJwks",
+          "StackId": "arn:aws:cloudformation:us-east-1:123456789012:stack/tenant-users-dev/0a1b2c3d-1111-2222-3333-444455556666",
+          "RequestId": "5e6f7a8b-1111-2222-3333-444455556666", "ResourceType": "Custom::TenantUsersPoolJwks",
+          "ResourceProperties": {"ServiceToken": "arn:aws:lambda:us-east-1:123456789012:function:f", "UserPoolId": POOL,
+                                 **properties}}
+    if kind != "Create":
+        ev["PhysicalResourceId"] = f"tenant-users-pool-jwks-{POOL}"
+    return ev
+
+
+class FakeSocket:
+    def __init__(self):
+        self.timeouts = []
+
+    def settimeout(self, seconds):
+        self.timeouts.append(seconds)
+
+
+class FakeResponse:
+    def __init__(self, status=200, chunks=(), headers=None):
+        self.status, self.chunks, self.headers = status, list(chunks), headers or {}
+        self.closed = False
+
+    def getheader(self, name):
+        return self.headers.get(name)
+
+    def read1(self, n):
+        if not self.chunks:
+            return b""
+        chunk = self.chunks.pop(0)
+        if len(chunk) > n:
+            chunk, rest = chunk[:n], chunk[n:]
+            self.chunks.insert(0, rest)
+        return chunk
+
+    def read(self, n=-1):
+        return b""
+
+    def close(self):
+        self.closed = True
+
+
+def fake_connections(*responses):
+    """An HTTPSConnection stand-in answering with the given responses (an
+    exception is raised instead), recording every connection."""
+    made = []
+    queue = list(responses)
+
+    class Connection:
+        def __init__(self, host, port=None, timeout=None, context=None):
+            self.host, self.port, self.timeout, self.context = host, port, timeout, context
+            self.sock, self.requests, self.closed = FakeSocket(), [], False
+            made.append(self)
+
+        def request(self, method, target, body=None, headers=None):
+            self.requests.append((method, target, body, dict(headers or {})))
+
+        def getresponse(self):
+            answer = queue.pop(0)
+            if isinstance(answer, BaseException):
+                raise answer
+            return answer
+
+        def close(self):
+            self.closed = True
+
+    return Connection, made
+
+
+class PoolJwksCodeTest(unittest.TestCase):
+    """The fetcher's own rules, from the code in the template."""
+
+    def setUp(self):
+        self.m = pool_jwks_module()
+        # Its log lines (the root logger in Lambda) stay out of the test output.
+        self.m.LOG = logging.getLogger("template_test.pool_jwks")
+        self.m.LOG.propagate = False
+        self.m.LOG.addHandler(logging.NullHandler())
+
+    def test_code_uses_the_standard_library_only_and_has_the_handler(self):
+        tree = ast.parse(RAW["Resources"]["PoolJwksFunction"]["Properties"]["InlineCode"])
+        imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                    for alias in node.names}
+        imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+        self.assertTrue(imported)
+        self.assertLessEqual(imported, set(sys.stdlib_module_names))
+        self.assertNotIn("urllib.request", RAW["Resources"]["PoolJwksFunction"]["Properties"]["InlineCode"])
+        self.assertTrue(callable(self.m.handler))
+        self.assertEqual((self.m.MAX_BODY, self.m.FETCH_SECONDS), (64 * 1024, 5.0))
+
+    def test_response_url_must_be_cloudformations_bucket_of_the_region(self):
+        check = self.m.response_url_is_cloudformations
+        good = [
+            RESPONSE_URL,
+            f"https://{RESPONSE_BUCKET}.s3.us-east-1.amazonaws.com{RESPONSE_PATH}{SIGNED}",
+            f"https://{RESPONSE_BUCKET}.s3-us-east-1.amazonaws.com{RESPONSE_PATH}{SIGNED}",
+            f"https://{RESPONSE_BUCKET}.s3.amazonaws.com:443{RESPONSE_PATH}{SIGNED}",
+            f"https://{RESPONSE_BUCKET.upper()}.S3.AMAZONAWS.COM{RESPONSE_PATH}{SIGNED}",
+            f"https://{RESPONSE_BUCKET}.s3.amazonaws.com/x?AWSAccessKeyId=AKIA&Expires=1&Signature=abc%2B",
+        ]
+        for url in good:
+            with self.subTest(url=url):
+                self.assertIsNone(check(url, REGION))
+        self.assertIsNone(check("https://cloudformation-custom-resource-response-cnnorth1.s3.cn-north-1.amazonaws.com.cn"
+                                f"/x{SIGNED}", "cn-north-1"))
+        bucket = f"{RESPONSE_BUCKET}.s3.amazonaws.com"
+        hostile = [
+            f"http://{bucket}{RESPONSE_PATH}{SIGNED}",
+            f"ftp://{bucket}/x{SIGNED}",
+            f"https://evil.example{RESPONSE_PATH}{SIGNED}",
+            f"https://{bucket}.evil.example{RESPONSE_PATH}{SIGNED}",
+            f"https://evil-{bucket}/x{SIGNED}",
+            f"https://cloudformation-custom-resource-response-uswest2.s3.amazonaws.com/x{SIGNED}",
+            f"https://{RESPONSE_BUCKET}.s3.us-west-2.amazonaws.com/x{SIGNED}",
+            f"https://{RESPONSE_BUCKET}.s3-website-us-east-1.amazonaws.com/x{SIGNED}",
+            f"https://{RESPONSE_BUCKET}.s3.amazonaws.com.evil.example/x{SIGNED}",
+            f"https://{RESPONSE_BUCKET}.s3.amazonaws.com./x{SIGNED}",
+            f"https://{RESPONSE_BUCKET}x.s3.amazonaws.com/x{SIGNED}",
+            f"https://s3.amazonaws.com/{RESPONSE_BUCKET}/x{SIGNED}",
+            # user info, either way round, and a backslash that parsers disagree on
+            f"https://{bucket}@evil.example/x{SIGNED}",
+            f"https://user:pass@{bucket}/x{SIGNED}",
+            f"https://evil.example\\@{bucket}/x{SIGNED}",
+            f"https://{bucket}\\@evil.example/x{SIGNED}",
+            f"https://{bucket}:8443/x{SIGNED}",
+            f"https://{bucket}:/x{SIGNED}",
+            f"https://{bucket}:443@evil.example/x{SIGNED}",
+            f"https://{bucket.replace('.', '%2e')}/x{SIGNED}",
+            f"https://{bucket.replace('a', 'а')}/x{SIGNED}",
+            f"https://{bucket}/x{SIGNED}\r\nHost: evil.example",
+            f"https://{bucket}/x {SIGNED}",
+            "https://52.216.0.1/x" + SIGNED,
+            f"https://[::1]/x{SIGNED}",
+            # not pre-signed
+            f"https://{bucket}{RESPONSE_PATH}",
+            f"https://{bucket}{RESPONSE_PATH}?X-Amz-Signature=",
+            f"https://{bucket}{RESPONSE_PATH}?X-Amz-Algorithm=AWS4-HMAC-SHA256#X-Amz-Signature=abc",
+            f"https://{bucket}{RESPONSE_PATH}?x-amz-signature-not=abc",
+            "",
+            None,
+            42,
+        ]
+        for url in hostile:
+            with self.subTest(url=url):
+                with self.assertRaises(ValueError):
+                    check(url, REGION)
+        for region in (None, "", "us-east-1/../x", "evil"):
+            with self.subTest(region=region), self.assertRaises(ValueError):
+                check(RESPONSE_URL, region)
+
+    def test_the_only_url_fetched_is_built_from_its_environment(self):
+        self.assertEqual(self.m.settings(ENV), (JWKS_URL, POOL))
+        china = {**ENV, "AWS_REGION": "cn-north-1", "POOL_REGION": "cn-north-1", "DNS_SUFFIX": "amazonaws.com.cn",
+                 "POOL_ID": "cn-north-1_AbCdEfGhI"}
+        self.assertEqual(self.m.settings(china)[0],
+                         "https://cognito-idp.cn-north-1.amazonaws.com.cn/cn-north-1_AbCdEfGhI/.well-known/jwks.json")
+        hostile = [
+            {},
+            {**ENV, "POOL_REGION": "us-west-2"},
+            {**ENV, "AWS_REGION": "us-west-2"},
+            {**ENV, "POOL_REGION": "evil.example/", "AWS_REGION": "evil.example/"},
+            {**ENV, "DNS_SUFFIX": "evil.example"},
+            {**ENV, "DNS_SUFFIX": "amazonaws.com.evil.example"},
+            {**ENV, "POOL_ID": ""},
+            {**ENV, "POOL_ID": "us-west-2_AbCdEfGhI"},
+            {**ENV, "POOL_ID": "us-east-1_Ab/../../x"},
+            {**ENV, "POOL_ID": "us-east-1_AbC?x=1"},
+            {**ENV, "POOL_ID": "us-east-1_AbC@evil.example"},
+        ]
+        for env in hostile:
+            with self.subTest(env=env), self.assertRaises(ValueError):
+                self.m.settings(env)
+        # The event may repeat the pool id, and say nothing else.
+        self.assertIsNone(self.m.check_properties({"ServiceToken": "arn", "UserPoolId": POOL}, POOL))
+        self.assertIsNone(self.m.check_properties({"ServiceToken": "arn"}, POOL))
+        for properties in ({"UserPoolId": "us-east-1_Other"}, {"UserPoolId": POOL, "JwksUrl": "https://evil.example/"},
+                           {"Url": JWKS_URL}, [], "x"):
+            with self.subTest(properties=properties), self.assertRaises(ValueError):
+                self.m.check_properties(properties, POOL)
+
+    def test_key_set_is_checked_and_made_compact(self):
+        jwks = cognito_jwks()
+        body = json.dumps(jwks, indent=2).encode()
+        document = self.m.jwks_document(body)
+        self.assertEqual(json.loads(document), jwks)
+        self.assertNotIn(" ", document)
+        self.assertNotIn("\n", document)
+        self.assertLess(len(document), 1100)
+        # The same keys always give the same text (no needless update of
+        # the API function), and only the members a verifier reads.
+        shuffled = {"keys": [dict(reversed(list(k.items()))) for k in jwks["keys"]]}
+        self.assertEqual(self.m.jwks_document(json.dumps(shuffled).encode()), document)
+        extra = {"keys": [{**k, "x5c": ["MIIB..."], "note": "x"} for k in jwks["keys"]], "other": 1}
+        self.assertEqual(self.m.jwks_document(json.dumps(extra).encode()), document)
+        bare = {"keys": [{m: k[m] for m in ("kty", "kid", "n", "e")} for k in jwks["keys"]]}
+        self.assertEqual(json.loads(self.m.jwks_document(json.dumps(bare).encode())), bare)
+
+    def test_key_set_refuses_what_is_not_rsa_signing_keys(self):
+        good = rsa_jwk("kid-1")
+        small = rsa_jwk("kid-small", bits=1024)
+        hostile = {
+            "not JSON": b"<html>",
+            "NaN": b'{"keys":[NaN]}',
+            "not UTF-8": b'{"keys":["\xff"]}',
+            "repeated member": b'{"keys":[],"keys":[{}]}',
+            "deep": b"[" * 100_000 + b"]" * 100_000,
+            "a list": json.dumps([good]).encode(),
+            "no keys": b"{}",
+            "empty keys": b'{"keys":[]}',
+            "keys not a list": json.dumps({"keys": good}).encode(),
+            "a key not an object": json.dumps({"keys": ["x"]}).encode(),
+            "EC key": json.dumps({"keys": [{**good, "kty": "EC"}]}).encode(),
+            "oct key": json.dumps({"keys": [{"kty": "oct", "k": "c2VjcmV0", "kid": "x"}]}).encode(),
+            "no kty": json.dumps({"keys": [{m: v for m, v in good.items() if m != "kty"}]}).encode(),
+            "no n": json.dumps({"keys": [{m: v for m, v in good.items() if m != "n"}]}).encode(),
+            "no e": json.dumps({"keys": [{m: v for m, v in good.items() if m != "e"}]}).encode(),
+            "no kid": json.dumps({"keys": [{m: v for m, v in good.items() if m != "kid"}]}).encode(),
+            "empty kid": json.dumps({"keys": [{**good, "kid": ""}]}).encode(),
+            "kid not a string": json.dumps({"keys": [{**good, "kid": 7}]}).encode(),
+            "kid with quotes": json.dumps({"keys": [{**good, "kid": 'a"b'}]}).encode(),
+            "kid with a space": json.dumps({"keys": [{**good, "kid": "a b"}]}).encode(),
+            "repeated kid": json.dumps({"keys": [good, {**rsa_jwk("kid-1")}]}).encode(),
+            "n not base64url": json.dumps({"keys": [{**good, "n": good["n"][:-2] + "+/"}]}).encode(),
+            "e not base64url": json.dumps({"keys": [{**good, "e": "AQ=B"}]}).encode(),
+            "1024-bit key": json.dumps({"keys": [small]}).encode(),
+            "even exponent": json.dumps({"keys": [{**good, "e": b64url(65536, 3)}]}).encode(),
+            "exponent 1": json.dumps({"keys": [{**good, "e": "AQ"}]}).encode(),
+            "HS256": json.dumps({"keys": [{**good, "alg": "HS256"}]}).encode(),
+            "none": json.dumps({"keys": [{**good, "alg": "none"}]}).encode(),
+            "encryption key": json.dumps({"keys": [{**good, "use": "enc"}]}).encode(),
+            "too many keys": json.dumps({"keys": [rsa_jwk(f"k{i}") for i in range(9)]}).encode(),
+            "over 64 KiB": json.dumps({"keys": [good], "pad": "x" * 70_000}).encode(),
+            "not bytes": json.dumps({"keys": [good]}),
+        }
+        for name, body in hostile.items():
+            with self.subTest(name=name), self.assertRaises(ValueError):
+                self.m.jwks_document(body)
+        # Valid keys, but more than JWT_JWKS may hold: refused, saying why.
+        big = json.dumps({"keys": [rsa_jwk(f"k{i}", bits=4096) for i in range(4)]}).encode()
+        with self.assertRaises(ValueError) as refused:
+            self.m.jwks_document(big)
+        self.assertIn("3000", str(refused.exception))
+        self.assertIn("environment", str(refused.exception))
+
+    def test_body_is_capped_in_size_and_time(self):
+        sock = FakeSocket()
+        body = self.m.read_capped(FakeResponse(chunks=[b"ab", b"cd"]), sock, 10, deadline=5.0, clock=lambda: 1.0)
+        self.assertEqual(body, b"abcd")
+        self.assertEqual(sock.timeouts, [4.0, 4.0, 4.0])
+        with self.assertRaises(ValueError):
+            self.m.read_capped(FakeResponse(chunks=[b"x" * 6, b"y" * 6]), FakeSocket(), 10, 5.0, lambda: 1.0)
+        ticks = iter([1.0, 4.0, 6.0])
+        with self.assertRaises(ValueError):
+            self.m.read_capped(FakeResponse(chunks=[b"a", b"b", b"c"]), FakeSocket(), 10, 5.0, lambda: next(ticks))
+
+    def test_fetch_gets_only_that_url_and_follows_no_redirect(self):
+        body = json.dumps(cognito_jwks()).encode()
+        connection, made = fake_connections(FakeResponse(chunks=[body], headers={"Content-Length": str(len(body))}))
+        with mock.patch.object(self.m, "HTTPSConnection", connection):
+            self.assertEqual(self.m.fetch_jwks(JWKS_URL), body)
+        (conn,) = made
+        self.assertEqual((conn.host, conn.port), ("cognito-idp.us-east-1.amazonaws.com", 443))
+        self.assertLessEqual(conn.timeout, 5.0)
+        self.assertTrue(conn.context.check_hostname)
+        (request,) = conn.requests
+        self.assertEqual(request[:2], ("GET", f"/{POOL}/.well-known/jwks.json"))
+        self.assertTrue(all(0 < t <= 5.0 for t in conn.sock.timeouts))
+        self.assertTrue(conn.closed)
+        refused = [
+            FakeResponse(status=302, headers={"Location": "https://evil.example/jwks.json"}),
+            FakeResponse(status=404),
+            FakeResponse(headers={"Content-Length": str(70_000)}),
+            FakeResponse(headers={"Content-Length": "-1"}),
+            FakeResponse(chunks=[b"x" * 16384] * 5),
+        ]
+        for response in refused:
+            connection, made = fake_connections(response)
+            with self.subTest(status=response.status, headers=response.headers), \
+                    mock.patch.object(self.m, "HTTPSConnection", connection), self.assertRaises(ValueError):
+                self.m.fetch_jwks(JWKS_URL)
+            self.assertEqual(len(made), 1)
+            self.assertEqual(len(made[0].requests), 1)
+
+    def test_answer_is_put_to_the_response_url_with_an_empty_content_type(self):
+        connection, made = fake_connections(OSError("reset"), FakeResponse(status=503), FakeResponse(status=200))
+        with mock.patch.object(self.m, "HTTPSConnection", connection), mock.patch.object(self.m.time, "sleep"):
+            self.assertTrue(self.m.put_answer(RESPONSE_URL, b"{}", deadline=self.m.time.monotonic() + 30))
+        self.assertEqual(len(made), 3)
+        for conn in made:
+            self.assertEqual((conn.host, conn.port), (f"{RESPONSE_BUCKET}.s3.amazonaws.com", 443))
+            self.assertEqual(conn.requests, [("PUT", RESPONSE_PATH + SIGNED, b"{}", {"Content-Type": ""})])
+        connection, made = fake_connections(*[FakeResponse(status=403)] * 3)
+        with mock.patch.object(self.m, "HTTPSConnection", connection), mock.patch.object(self.m.time, "sleep"):
+            self.assertFalse(self.m.put_answer(RESPONSE_URL, b"{}", deadline=self.m.time.monotonic() + 30))
+        self.assertEqual(len(made), 3)
+
+    def run_handler(self, ev, fetch=None, env=ENV):
+        """(what the handler returned, the answers it PUT, the URLs it fetched)."""
+        answers, fetched = [], []
+
+        def fake_fetch(url, budget):
+            fetched.append(url)
+            self.assertLessEqual(budget, 5.0)
+            if isinstance(fetch, BaseException):
+                raise fetch
+            return fetch if fetch is not None else json.dumps(cognito_jwks()).encode()
+
+        def fake_put(url, body, deadline):
+            answers.append((url, json.loads(body), len(body)))
+            return True
+
+        with mock.patch.object(self.m, "fetch_jwks", fake_fetch), mock.patch.object(self.m, "put_answer", fake_put):
+            result = self.m.handler(ev, FakeContext(), env=env)
+        for url, answer, size in answers:
+            self.assertEqual(url, RESPONSE_URL)
+            self.assertLessEqual(size, 4096)
+            for key in ("Status", "Reason", "PhysicalResourceId", "StackId", "RequestId", "LogicalResourceId"):
+                self.assertIn(key, answer)
+            self.assertEqual((answer["StackId"], answer["RequestId"]), (ev["StackId"], ev["RequestId"]))
+        return result, [a for _, a, _ in answers], fetched
+
+    def test_create_and_update_answer_the_document(self):
+        for kind in ("Create", "Update"):
+            with self.subTest(kind=kind):
+                _, (answer,), fetched = self.run_handler(event(kind))
+                self.assertEqual(fetched, [JWKS_URL])
+                self.assertEqual(answer["Status"], "SUCCESS", answer["Reason"])
+                self.assertEqual(answer["PhysicalResourceId"], f"tenant-users-pool-jwks-{POOL}")
+                self.assertEqual(json.loads(answer["Data"]["Document"])["keys"][0]["kty"], "RSA")
+                self.assertLessEqual(len(answer["Data"]["Document"]), 3000)
+
+    def test_delete_succeeds_without_work(self):
+        # Only Lambda's own AWS_REGION (to check the ResponseURL) is read.
+        _, (answer,), fetched = self.run_handler(event("Delete"), env={"AWS_REGION": REGION})
+        self.assertEqual(fetched, [])
+        self.assertEqual(answer["Status"], "SUCCESS")
+        self.assertEqual(answer["PhysicalResourceId"], f"tenant-users-pool-jwks-{POOL}")
+        self.assertFalse(answer["Data"])
+
+    def test_every_failure_is_answered_failed(self):
+        cases = {
+            "fetch raises": (event(), TimeoutError("timed out"), ENV),
+            "fetch fails": (event(), ValueError("cognito-idp answered HTTP 404"), ENV),
+            "not a key set": (event(), b"<html>", ENV),
+            "unexpected error": (event(), RuntimeError("boom"), ENV),
+            "unknown request": (event("Replace"), None, ENV),
+            "no configuration": (event(), None, {"AWS_REGION": REGION}),
+            "update of another pool": (event("Update", UserPoolId="us-east-1_Other"), None, ENV),
+            "a URL in the event": (event(JwksUrl="https://evil.example/jwks.json"), None, ENV),
+        }
+        for name, (ev, fetch, env) in cases.items():
+            with self.subTest(name=name):
+                _, (answer,), fetched = self.run_handler(ev, fetch, env)
+                self.assertEqual(answer["Status"], "FAILED")
+                self.assertTrue(answer["Reason"])
+                self.assertFalse(answer.get("Data"))
+                # Nothing fetched when the event names anything but our pool.
+                if name in ("update of another pool", "a URL in the event", "unknown request", "no configuration"):
+                    self.assertEqual(fetched, [])
+                else:
+                    self.assertEqual(fetched, [JWKS_URL])
+                # An Update that fails keeps its id: no replacement.
+                if ev["RequestType"] == "Update":
+                    self.assertEqual(answer["PhysicalResourceId"], ev["PhysicalResourceId"])
+        # Even an error outside every step is answered.
+        with mock.patch.object(self.m, "outcome", side_effect=KeyError("x")):
+            _, (answer,), _ = self.run_handler(event())
+        self.assertEqual(answer["Status"], "FAILED")
+        # An answer CloudFormation would refuse (over 4096 bytes) becomes a FAILED one that fits.
+        answer, body = self.m.answer_for(event(), "SUCCESS", "ok", "id", {"Document": "x" * 4000})
+        self.assertEqual(answer["Status"], "FAILED")
+        self.assertLessEqual(len(body), 4096)
+        self.assertIn("4096", answer["Reason"])
+
+    def test_untrusted_response_url_is_never_contacted(self):
+        for kind in ("Create", "Update", "Delete"):
+            for url in (f"https://evil.example/x{SIGNED}", f"https://{RESPONSE_BUCKET}.s3.amazonaws.com/x",
+                        f"http://{RESPONSE_BUCKET}.s3.amazonaws.com/x{SIGNED}", None):
+                with self.subTest(kind=kind, url=url):
+                    result, answers, fetched = self.run_handler(event(kind, url=url))
+                    self.assertEqual((answers, fetched), ([], []))
+                    self.assertIs(result["answered"], False)
+        # Not an event, or one without a ResponseURL: nothing to answer to.
+        for ev in (None, [], "x", {"RequestType": "Create"}):
+            with self.subTest(event=ev):
+                with mock.patch.object(self.m, "put_answer") as put, mock.patch.object(self.m, "fetch_jwks") as get:
+                    result = self.m.handler(ev, FakeContext(), env=ENV)
+                put.assert_not_called()
+                get.assert_not_called()
+                self.assertIs(result["answered"], False)
+
 
 if __name__ == "__main__":
     # `--write-expanded PATH` also saves the expanded template, so the policy
