@@ -36,6 +36,7 @@ pub mod audit;
 pub mod clock;
 pub mod config;
 pub mod db;
+pub mod entry;
 pub mod gate;
 pub mod http;
 pub mod problem;

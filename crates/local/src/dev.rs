@@ -16,11 +16,10 @@ use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use tenant_users::app::{App, Config};
 use tenant_users::db::config::TlsConfig;
+use tenant_users::entry::BoxError;
 use tenant_users::token::config::token_config;
 use tenant_users_migrate::{self as migrate, AppRole, app_db_config};
 use tower::ServiceExt;
-
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 const DEMO: &[(&str, &[(&str, &str)])] = &[
     (
@@ -74,18 +73,22 @@ pub async fn run() -> Result<(), BoxError> {
     };
     let app = App::build(config).await;
 
-    // Seeded through the API itself, as each tenant's client would: the
-    // token check and the tenant scope decide where each row goes.
-    let router = tenant_users::http::router(app.clone());
-    for (tenant, people) in DEMO {
-        let jwt = mint_token(
+    // One 12-hour token per demo tenant: printed below, and first used to
+    // seed through the API itself, as each tenant's client would (the token
+    // check and the tenant scope decide where each row goes).
+    let mut tokens = Vec::new();
+    for (tenant, _) in DEMO {
+        tokens.push(mint_token(
             secret.as_bytes(),
             &token.tenant_claim,
             token.issuer.as_deref(),
             token.audience.first().map(String::as_str),
             tenant,
-            300,
-        )?;
+            12 * 3600,
+        )?);
+    }
+    let router = tenant_users::http::router(app.clone());
+    for ((tenant, people), jwt) in DEMO.iter().zip(&tokens) {
         for (email, name) in *people {
             let request = Request::post("/users")
                 .header("authorization", format!("Bearer {jwt}"))
@@ -112,15 +115,7 @@ pub async fn run() -> Result<(), BoxError> {
         "   (tokens below are valid for 12 hours, signed with JWT_HS256_SECRET; tenant claim {:?})\n",
         token.tenant_claim
     );
-    for (tenant, _) in DEMO {
-        let jwt = mint_token(
-            secret.as_bytes(),
-            &token.tenant_claim,
-            token.issuer.as_deref(),
-            token.audience.first().map(String::as_str),
-            tenant,
-            12 * 3600,
-        )?;
+    for ((tenant, _), jwt) in DEMO.iter().zip(&tokens) {
         let var = format!("TOKEN_{}", tenant.to_ascii_uppercase());
         println!("export {var}={jwt}");
         println!("  curl -s {base}/users -H \"Authorization: Bearer ${var}\"");

@@ -5,6 +5,7 @@
 use std::net::SocketAddr;
 use std::process::ExitCode;
 
+use tenant_users::entry::{self, BoxError, Threads};
 use tenant_users::{app::App, app::Config, http};
 
 mod dev;
@@ -15,47 +16,20 @@ const USAGE: &str = "usage: tenant-users [serve | dev | token --tenant ID [--ttl
   token          print an HS256 token for a tenant, signed with JWT_HS256_SECRET
   (migrate and audit are the `migrate` binary's: cargo run -p tenant-users-migrate -- migrate)";
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 fn main() -> ExitCode {
-    tenant_users::telemetry::init_logs();
-    tenant_users::token::install_tls_provider();
-    tenant_users::token::fast_rs256::install();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
-    // The local server and the tools serve or wait on several things at once.
-    let runtime = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    runtime.block_on(run(&args))
-}
-
-async fn run(args: &[&str]) -> ExitCode {
-    let result = match args {
-        ["serve"] => serve().await,
-        ["dev"] => dev::run().await,
-        ["token", rest @ ..] => token(rest),
+    match args[..] {
+        ["serve"] => entry::run(Threads::Many, serve),
+        ["dev"] => entry::run(Threads::Many, dev::run),
+        ["token", ref rest @ ..] => entry::run(Threads::One, || async { token(rest) }),
         ["-h" | "--help" | "help"] => {
             println!("{USAGE}");
-            Ok(())
+            ExitCode::SUCCESS
         }
         _ => {
             eprintln!("{USAGE}");
-            return ExitCode::from(2);
-        }
-    };
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
+            ExitCode::from(2)
         }
     }
 }

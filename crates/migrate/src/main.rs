@@ -7,6 +7,7 @@ use std::process::ExitCode;
 
 use tenant_users::app::Config;
 use tenant_users::db::config::TlsConfig;
+use tenant_users::entry::{self, BoxError, Threads};
 use tenant_users_migrate::{self as migrate, AppRole};
 
 const USAGE: &str = "usage: migrate [migrate | audit]
@@ -23,11 +24,7 @@ enum Command {
     Audit,
 }
 
-type BoxError = Box<dyn std::error::Error + Send + Sync>;
-
 fn main() -> ExitCode {
-    tenant_users::telemetry::init_logs();
-    tenant_users::token::install_tls_provider();
     let args: Vec<String> = std::env::args().skip(1).collect();
     let command = match args.iter().map(String::as_str).collect::<Vec<_>>()[..] {
         [] | ["lambda"] => Command::Lambda,
@@ -42,30 +39,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
-    let runtime = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(runtime) => runtime,
-        Err(error) => {
-            eprintln!("error: cannot start the async runtime: {error}");
-            return ExitCode::FAILURE;
-        }
-    };
-    let result = runtime.block_on(async {
+    entry::run(Threads::One, || async {
         match command {
             Command::Lambda => lambda().await,
             Command::Migrate => run_migrate().await,
             Command::Audit => audit().await,
         }
-    });
-    match result {
-        Ok(()) => ExitCode::SUCCESS,
-        Err(error) => {
-            eprintln!("error: {error}");
-            ExitCode::FAILURE
-        }
-    }
+    })
 }
 
 async fn lambda() -> Result<(), BoxError> {
