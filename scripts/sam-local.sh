@@ -135,21 +135,27 @@ PY
 passed=0
 failed=0
 retries=0
-while IFS=' ' read -r file expected; do
-  # SAM posts the event as soon as the container's published port accepts.
-  # Behind docker's userland proxy (a daemon not started by docker_up) that
-  # is at once, and the runtime emulator, an arm64 program under qemu, may
-  # not listen yet: SAM reports "No response from invoke container" without
-  # the event having reached the function. Only then, try again.
+# invoke FUNCTION EVENT [ARGS...]: sets $out to the invocation's answer.
+# SAM posts the event as soon as the container's published port accepts.
+# Behind docker's userland proxy (a daemon not started by docker_up) that
+# is at once, and the runtime emulator, an arm64 program under qemu, may
+# not listen yet: SAM reports "No response from invoke container" without
+# the event having reached the function. Only then, try again.
+invoke() {
+  local function=$1 event=$2 attempt
+  shift 2
   for attempt in 1 2 3 4 5 6 7 8; do
-    out=$(sam local invoke TenantUsersFunction \
+    out=$(sam local invoke "$function" \
       --template .aws-sam/build/template.yaml \
-      --event "events/$file" --env-vars "$work/env.json" \
+      --event "$event" "$@" \
       "${invoke_image[@]}" --region us-east-1 ${SAM_LOCAL_DEBUG:+--debug} \
       2>"$work/invoke.log") || true
     grep -q "No response from invoke container" "$work/invoke.log" || break
     retries=$((retries + 1))
   done
+}
+while IFS=' ' read -r file expected; do
+  invoke TenantUsersFunction "events/$file" --env-vars "$work/env.json"
   got=$(printf '%s' "$out" | python3 -c 'import json,sys
 try: print(json.loads(sys.stdin.read().strip().splitlines()[-1])["statusCode"])
 except Exception: print("no-response")')
@@ -182,15 +188,7 @@ PY
 # names (the fixtures run only when no API fixture was named).
 if [ $# -eq 0 ]; then
   while IFS=$'\t' read -r file expected; do
-    for attempt in 1 2 3 4 5 6 7 8; do
-      out=$(sam local invoke MigrateFunction \
-        --template .aws-sam/build/template.yaml \
-        --event "events/migrate/$file" \
-        "${invoke_image[@]}" --region us-east-1 ${SAM_LOCAL_DEBUG:+--debug} \
-        2>"$work/invoke.log") || true
-      grep -q "No response from invoke container" "$work/invoke.log" || break
-      retries=$((retries + 1))
-    done
+    invoke MigrateFunction "events/migrate/$file"
     if printf '%s' "$out" | grep -qF -- "$expected"; then
       passed=$((passed + 1))
       echo "ok   migrate/$file"
