@@ -82,7 +82,7 @@ bench-fleet:
 # Built with the OpenSSL the arm64 bootstrap links (vendored-openssl).
 bench-lambda: $(VENV)/.installed
 	python3 -c 'import matplotlib' 2>/dev/null || pip install -q -r scripts/bench-requirements.txt
-	cargo build --release --locked -p tenant-users --features vendored-openssl --bin api --example hello
+	cargo build --release --locked --features tenant-users/vendored-openssl --bin api --bin migrate --example hello
 	PATH=$$PATH:/usr/sbin cargo bench --locked -p tenant-users --features vendored-openssl --bench lambda
 	python3 scripts/bench-summary.py
 

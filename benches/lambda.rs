@@ -1,14 +1,14 @@
 //! `make bench-lambda`: the service as Lambda runs it, against a
 //! hello-world function measured in the same run.
 //!
-//! Each function (the release `tenant-users` and `examples/hello`) runs
+//! Each function (the release `api` and `examples/hello`) runs
 //! under the Lambda runtime interface emulator that the SAM CLI ships,
 //! inside a cgroup (v1) holding a Lambda memory size and its share of a CPU
 //! (`cpu.cfs_quota_us = MB × 100000 / 1769`). Invocations go through the
 //! emulator's HTTP endpoint as SAM-generated API Gateway v2 events for
 //! GET /users?limit=50, with RS256 tokens from a JWKS served here on
 //! loopback; the database is a throwaway one on the shared server, seeded
-//! here and migrated by `tenant-users migrate`. The function's own CPU is
+//! here and migrated by the `migrate` binary. The function's own CPU is
 //! read from the per-thread schedstat (nanoseconds; per invocation over
 //! hundreds of invocations) and, as a cross-check, from /proc/PID/stat
 //! (10 ms ticks). Every figure is given as
@@ -519,7 +519,7 @@ struct BenchDb {
 }
 
 impl BenchDb {
-    async fn create(service: &Path) -> Self {
+    async fn create() -> Self {
         let suffix = uuid4();
         let db = BenchDb {
             name: format!("tu_bench_{suffix}"),
@@ -531,7 +531,7 @@ impl BenchDb {
             .batch_execute(&format!("CREATE DATABASE {}", db.name))
             .await
             .unwrap();
-        let status = Command::new(service)
+        let status = Command::new(common::workspace_bin("migrate"))
             .arg("migrate")
             .env("DATABASE_ADMIN_URL", db.admin_url())
             .env("APP_DB_USER", &db.user)
@@ -539,7 +539,7 @@ impl BenchDb {
             .env("RUST_LOG", "warn")
             .status()
             .unwrap();
-        assert!(status.success(), "tenant-users migrate failed");
+        assert!(status.success(), "migrate migrate failed");
         let mut config = common::admin_base();
         config.dbname(&db.name);
         common::connect(&config)
@@ -806,7 +806,7 @@ async fn run() {
     let template = event_template();
     let signer = Signer::new();
     let jwks_url = serve_jwks(signer.jwks.clone()).await;
-    let db = BenchDb::create(&service_bin).await;
+    let db = BenchDb::create().await;
     let reused: Vec<String> = (0..TENANTS)
         .map(|t| signer.token(1000 + t, &format!("reused-{t}")))
         .collect();
@@ -968,7 +968,7 @@ async fn tls_init(
     runs: usize,
     logs: &Path,
 ) -> Vec<TlsInit> {
-    let db = BenchDb::create(service).await;
+    let db = BenchDb::create().await;
     let bouncer = PgBouncer::start(&[(&db.user, &db.password)], 2);
     let moto = Moto::start().await;
     let secret = json!({
