@@ -1,5 +1,7 @@
 //! What every binary does before its own work: logs, the process-wide TLS
-//! and JWT crypto providers, and an async runtime; and how its result
+//! crypto provider, and an async runtime (the JWT verifier's provider is
+//! installed by the token manager, so the schema function, which verifies
+//! no token, links none of it); and how its result
 //! becomes an exit status. The binaries (`api`, `migrate`, the local tool)
 //! differ only in what they run on it.
 
@@ -27,7 +29,6 @@ where
 {
     crate::telemetry::init_logs();
     crate::token::install_tls_provider();
-    crate::token::fast_rs256::install();
     let runtime = match threads {
         Threads::One => tokio::runtime::Builder::new_current_thread()
             .enable_all()
