@@ -135,6 +135,20 @@ PY
 passed=0
 failed=0
 retries=0
+# record NAME WHY: counts a fixture, passed when WHY is empty; a failure
+# shows the answer and the invocation's log.
+record() {
+  if [ -z "$2" ]; then
+    passed=$((passed + 1))
+    echo "ok   $1"
+  else
+    failed=$((failed + 1))
+    echo "FAIL $1: $2" >&2
+    echo "$out" >&2
+    if [ -n "${SAM_LOCAL_DEBUG:-}" ]; then cat "$work/invoke.log" >&2; else tail -n 30 "$work/invoke.log" >&2; fi
+  fi
+}
+
 # invoke FUNCTION EVENT [ARGS...]: sets $out to the invocation's answer.
 # SAM posts the event as soon as the container's published port accepts.
 # Behind docker's userland proxy (a daemon not started by docker_up) that
@@ -165,15 +179,7 @@ except Exception: print("no-response")')
   elif ! check=$(check_body "$file" "$(printf '%s' "$out" | tail -n 1)" 2>&1); then
     why="body: $check"
   fi
-  if [ -z "$why" ]; then
-    passed=$((passed + 1))
-    echo "ok   $file ($got)"
-  else
-    failed=$((failed + 1))
-    echo "FAIL $file: $why" >&2
-    echo "$out" >&2
-    if [ -n "${SAM_LOCAL_DEBUG:-}" ]; then cat "$work/invoke.log" >&2; else tail -n 30 "$work/invoke.log" >&2; fi
-  fi
+  record "$file ($got)" "$why"
 done < <(python3 - "$@" <<'PY'
 import json, sys
 # Every fixture, or those named on the command line.
@@ -189,15 +195,9 @@ PY
 if [ $# -eq 0 ]; then
   while IFS=$'\t' read -r file expected; do
     invoke MigrateFunction "events/migrate/$file"
-    if printf '%s' "$out" | grep -qF -- "$expected"; then
-      passed=$((passed + 1))
-      echo "ok   migrate/$file"
-    else
-      failed=$((failed + 1))
-      echo "FAIL migrate/$file: expected an error with \"$expected\"" >&2
-      echo "$out" >&2
-      tail -n 30 "$work/invoke.log" >&2
-    fi
+    why=""
+    printf '%s' "$out" | grep -qF -- "$expected" || why="expected an error with \"$expected\""
+    record "migrate/$file" "$why"
   done < <(python3 -c 'import json
 for f, s in json.load(open("events/migrate/manifest.json")).items(): print(f + "\t" + s)')
 fi

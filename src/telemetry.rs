@@ -169,7 +169,8 @@ type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
 /// Where EMF records go: stdout in Lambda, nowhere locally unless asked.
 #[derive(Clone)]
 pub struct Metrics {
-    service: String,
+    /// Shared, not copied: the middleware's state is cloned per request.
+    service: Arc<str>,
     sink: Option<Sink>,
     /// The part of every record that never changes (the metric
     /// directives), rendered once: per request only the values are written.
@@ -222,7 +223,7 @@ impl Metrics {
         let namespace = get("METRICS_NAMESPACE").unwrap_or_else(|| "TenantUsers".into());
         Self {
             directives: render_directives(&namespace),
-            service: get("SERVICE_NAME").unwrap_or_else(|| "tenant-users".into()),
+            service: get("SERVICE_NAME").map_or_else(|| "tenant-users".into(), Into::into),
             sink,
         }
     }
