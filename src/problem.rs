@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde_json::json;
 use tokio_postgres::error::SqlState;
 
-use crate::db::{DbError, error_chain};
+use crate::db::{DbError, Refusal, error_chain};
 use crate::token::AuthError;
 use crate::users::InvalidInput;
 
@@ -20,6 +20,9 @@ const REALM: &str = "tenant-users";
 pub struct ApiError {
     status: StatusCode,
     kind: &'static str,
+    /// The problem's title, when the status's reason phrase would not
+    /// tell two problems of one status apart.
+    title: Option<&'static str>,
     detail: String,
     www_authenticate: Option<String>,
     retry_after_seconds: Option<u32>,
@@ -30,6 +33,7 @@ impl ApiError {
         Self {
             status,
             kind,
+            title: None,
             detail: detail.into(),
             www_authenticate: None,
             retry_after_seconds: None,
@@ -129,6 +133,7 @@ impl From<DbError> for ApiError {
         }
         let chain = error_chain(&error);
         match error {
+            DbError::Refused(refusal) => Self::refused(refusal),
             DbError::Unavailable(_) => {
                 tracing::error!(error = %chain, "database unavailable");
                 Self::unavailable(
@@ -169,6 +174,48 @@ impl From<DbError> for ApiError {
     }
 }
 
+impl ApiError {
+    /// The registry's answer for the caller's tenant: 403 for a tenant that
+    /// may not be served, 429 with `Retry-After` for one over its limits.
+    fn refused(refusal: Refusal) -> Self {
+        tracing::info!(reason = %refusal, "tenant refused");
+        let (status, kind, title, detail, retry) = match refusal {
+            Refusal::Unknown => (
+                StatusCode::FORBIDDEN,
+                "tenant-unknown",
+                "Tenant not registered",
+                "your tenant is not registered with this service",
+                None,
+            ),
+            Refusal::Suspended => (
+                StatusCode::FORBIDDEN,
+                "tenant-suspended",
+                "Tenant suspended",
+                "your tenant is suspended; contact the service's operator",
+                None,
+            ),
+            Refusal::RateLimited { retry_after } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "rate-limited",
+                "Tenant over its request rate",
+                "your tenant is over its tier's request rate; retry after the time in Retry-After",
+                Some(retry_after),
+            ),
+            Refusal::Busy { retry_after } => (
+                StatusCode::TOO_MANY_REQUESTS,
+                "too-many-concurrent",
+                "Tenant over its concurrent requests",
+                "your tenant has as many requests running as its tier allows; retry after the time in Retry-After",
+                Some(retry_after),
+            ),
+        };
+        let mut e = Self::new(status, kind, detail);
+        e.title = Some(title);
+        e.retry_after_seconds = retry.map(retry_after_seconds);
+        e
+    }
+}
+
 /// `Retry-After` in whole seconds, rounded up, at least 1.
 fn retry_after_seconds(wait: std::time::Duration) -> u32 {
     u32::try_from(wait.as_millis().div_ceil(1000))
@@ -178,7 +225,10 @@ fn retry_after_seconds(wait: std::time::Duration) -> u32 {
 
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
-        let title = self.status.canonical_reason().unwrap_or("Error");
+        let title = self
+            .title
+            .or(self.status.canonical_reason())
+            .unwrap_or("Error");
         let body = json!({
             "type": format!("/problems/{}", self.kind),
             "title": title,

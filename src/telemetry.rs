@@ -11,8 +11,11 @@
 //!
 //! Metrics: per request, one CloudWatch Embedded Metric Format record (a
 //! JSON log line CloudWatch turns into metrics; no SDK call), with the
-//! dimensions `Service` and `TenantId`, so an operator sees each tenant's
-//! consumption and noisy neighbours.
+//! dimensions `Service` and `TenantId`: the tenant's metering. Each record
+//! carries `Requests`, `Throttled` (429), `Forbidden` (403), `Latency`,
+//! `DatabaseTime`, `Rows` and `ResponseBytes`, plus the function's memory
+//! size (`MemoryMB`), so a month of them apportions Lambda GB-seconds and
+//! database time to tenants (README, "Metering").
 
 use std::io::Write;
 use std::sync::{Arc, Mutex};
@@ -140,6 +143,7 @@ fn parse_level(raw: &str) -> Option<LevelFilter> {
 struct RequestRecord {
     tenant: Mutex<Option<String>>,
     db_time: Mutex<Duration>,
+    rows: std::sync::atomic::AtomicU64,
 }
 
 tokio::task_local! {
@@ -164,6 +168,14 @@ pub fn record_db_time(elapsed: Duration) {
     });
 }
 
+/// Adds rows the database returned (or wrote, with RETURNING).
+pub fn record_rows(rows: usize) {
+    let _ = RECORD.try_with(|r| {
+        r.rows
+            .fetch_add(rows as u64, std::sync::atomic::Ordering::Relaxed);
+    });
+}
+
 type Sink = Arc<Mutex<Box<dyn Write + Send>>>;
 
 /// Where EMF records go: stdout in Lambda, nowhere locally unless asked.
@@ -175,6 +187,9 @@ pub struct Metrics {
     /// The part of every record that never changes (the metric
     /// directives), rendered once: per request only the values are written.
     directives: Arc<str>,
+    /// The function's memory size (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`), for
+    /// GB-seconds per tenant; 0 outside Lambda.
+    memory_mb: u32,
 }
 
 /// `{"_aws":{"CloudWatchMetrics":[...]` for `namespace`, ready to be
@@ -189,6 +204,10 @@ fn render_directives(namespace: &str) -> Arc<str> {
             {"Name": "Requests", "Unit": "Count"},
             {"Name": "Errors", "Unit": "Count"},
             {"Name": "ServerErrors", "Unit": "Count"},
+            {"Name": "Throttled", "Unit": "Count"},
+            {"Name": "Forbidden", "Unit": "Count"},
+            {"Name": "Rows", "Unit": "Count"},
+            {"Name": "ResponseBytes", "Unit": "Bytes"},
         ],
     }]);
     format!("{{\"_aws\":{{\"CloudWatchMetrics\":{directives}").into()
@@ -225,6 +244,9 @@ impl Metrics {
             directives: render_directives(&namespace),
             service: get("SERVICE_NAME").map_or_else(|| "tenant-users".into(), Into::into),
             sink,
+            memory_mb: get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
+                .and_then(|m| m.parse().ok())
+                .unwrap_or(0),
         }
     }
 
@@ -233,6 +255,7 @@ impl Metrics {
             directives: render_directives("TenantUsers"),
             service: "tenant-users".into(),
             sink: None,
+            memory_mb: 0,
         }
     }
 
@@ -242,6 +265,7 @@ impl Metrics {
             directives: render_directives(namespace),
             service: "tenant-users".into(),
             sink: Some(Arc::new(Mutex::new(sink))),
+            memory_mb: 0,
         }
     }
 
@@ -258,8 +282,9 @@ impl Metrics {
         let record = format!(
             "{directives},\"Timestamp\":{timestamp}}},\"Service\":{service},\"TenantId\":{tenant},\
              \"Latency\":{latency},\"DatabaseTime\":{db},\"Requests\":1,\"Errors\":{errors},\
-             \"ServerErrors\":{server_errors},\"Route\":{route},\"StatusCode\":{status},\
-             \"RequestId\":{request_id}}}",
+             \"ServerErrors\":{server_errors},\"Throttled\":{throttled},\"Forbidden\":{forbidden},\
+             \"Rows\":{rows},\"ResponseBytes\":{bytes},\"MemoryMB\":{memory_mb},\
+             \"Route\":{route},\"StatusCode\":{status},\"RequestId\":{request_id}}}",
             directives = self.directives,
             service = json_str(&self.service),
             tenant = json_str(summary.tenant.unwrap_or("unauthenticated")),
@@ -267,6 +292,11 @@ impl Metrics {
             db = json_f64(summary.db_ms),
             errors = u8::from(summary.status >= 400),
             server_errors = u8::from(summary.status >= 500),
+            throttled = u8::from(summary.status == 429),
+            forbidden = u8::from(summary.status == 403),
+            rows = summary.rows,
+            bytes = summary.response_bytes,
+            memory_mb = self.memory_mb,
             route = json_str(summary.route),
             status = summary.status,
             request_id = json_str(summary.request_id),
@@ -285,6 +315,8 @@ struct Summary<'a> {
     status: u16,
     latency_ms: f64,
     db_ms: f64,
+    rows: u64,
+    response_bytes: u64,
 }
 
 /// The request id API Gateway assigned, else the caller's `x-request-id`
@@ -329,6 +361,10 @@ pub async fn observe(State(metrics): State<Metrics>, request: Request, next: Nex
         .map(|d| d.as_secs_f64() * 1000.0)
         .unwrap_or(0.0);
     let status = response.status().as_u16();
+    let rows = record.rows.load(std::sync::atomic::Ordering::Relaxed);
+    // Every body this service answers with is complete in memory, so its
+    // size is exact; a body of unknown length would count its lower bound.
+    let response_bytes = axum::body::HttpBody::size_hint(response.body()).lower();
     tracing::info!(
         request_id = %id,
         tenant_id = tenant.as_deref().unwrap_or("-"),
@@ -337,6 +373,7 @@ pub async fn observe(State(metrics): State<Metrics>, request: Request, next: Nex
         status,
         latency_ms,
         db_ms,
+        rows,
         "request"
     );
     metrics.emit(&Summary {
@@ -346,6 +383,8 @@ pub async fn observe(State(metrics): State<Metrics>, request: Request, next: Nex
         status,
         latency_ms,
         db_ms,
+        rows,
+        response_bytes,
     });
     if let Ok(value) = HeaderValue::from_str(&id) {
         response.headers_mut().insert(REQUEST_ID_HEADER, value);

@@ -92,6 +92,9 @@ pub struct DbConfig {
     pub statement_timeout: Duration,
     /// Connections held (1 in Lambda: one request at a time).
     pub pool_size: usize,
+    /// The most tokens of a tenant's rate this environment leases at once
+    /// (`TENANT_LEASE_MAX`; 1: the bucket is written on every request).
+    pub lease_max: u32,
     /// How long a connection serves on one isolation self-audit before it
     /// is audited again (`DB_AUDIT_INTERVAL_SECONDS`).
     pub audit_interval: Duration,
@@ -109,11 +112,16 @@ impl DbConfig {
             connect_timeout: Duration::from_secs(5),
             statement_timeout: Duration::from_secs(5),
             pool_size: 1,
+            lease_max: DEFAULT_LEASE_MAX,
             audit_interval: DEFAULT_AUDIT_INTERVAL,
             clock: Clock::system(),
         }
     }
 }
+
+/// Leases of up to 16 tokens: a hot tenant's bucket row is written a few
+/// times a second per environment, not once per request.
+const DEFAULT_LEASE_MAX: u32 = 16;
 
 /// A schema change made while serving is caught within this by default.
 const DEFAULT_AUDIT_INTERVAL: Duration = Duration::from_secs(300);
@@ -192,6 +200,7 @@ pub fn db_config(get: &impl Fn(&str) -> Option<String>) -> Result<DbConfig, Conf
                 )));
             }
         },
+        lease_max: bounded(get, "TENANT_LEASE_MAX", DEFAULT_LEASE_MAX.into(), 1..=1000)? as u32,
         audit_interval,
         clock: Clock::system(),
     })

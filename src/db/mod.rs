@@ -6,8 +6,12 @@
 //!
 //! ```sql
 //! BEGIN;
-//! SELECT public.app_set_tenant($tenant, $ms);  -- set_config(.., true) = SET LOCAL
-//!                                             -- for the tenant and statement_timeout
+//! SELECT public.app_enter_tenant($tenant, $ms, $want);
+//!     -- set_config(.., true) = SET LOCAL of the tenant; the registry read
+//!     -- under it (unknown or suspended: refused); the tier's statement
+//!     -- timeout and work_mem, set the same way; its concurrency cap; and,
+//!     -- when this environment's lease ran out, $want tokens of the tenant's
+//!     -- rate (see [`lease`]). Any refusal aborts the transaction here.
 //! <the statement, which also says WHERE tenant_id = $1>;
 //! COMMIT;   -- becomes ROLLBACK if anything above failed
 //! ```
@@ -26,6 +30,7 @@
 //! The settings all this follows are parsed in [`config`].
 
 pub mod config;
+pub mod lease;
 
 use std::time::{Duration, SystemTime};
 
@@ -41,10 +46,61 @@ use crate::gate::CredentialGate;
 use crate::secret::{DbCredentials, SecretSource};
 use crate::tenant::TenantContext;
 
-/// Sets `app.current_tenant` and `statement_timeout` with
-/// `set_config(..., true)` inside a function (migrations/V2), so the
-/// statement text holds no SET that would pin an RDS Proxy connection.
-const SET_TENANT_SCOPE: &str = "SELECT public.app_set_tenant($1, $2)";
+/// Enters the tenant's scope (migrations/V3): `set_config(..., true)` of
+/// the tenant and the tier's settings inside a function, so the statement
+/// text holds no SET that would pin an RDS Proxy connection; the registry
+/// check, the concurrency cap and the rate lease in the same call.
+const SET_TENANT_SCOPE: &str = "SELECT public.app_enter_tenant($1, $2, $3)";
+
+/// Why the registry refused the caller's tenant (before any query ran).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Refusal {
+    /// Not in the registry, or offboarded.
+    Unknown,
+    Suspended,
+    /// Over the tier's request rate, across every environment.
+    RateLimited { retry_after: Duration },
+    /// The tier's concurrent transactions are all running.
+    Busy { retry_after: Duration },
+}
+
+impl std::fmt::Display for Refusal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            Refusal::Unknown => "tenant is not registered",
+            Refusal::Suspended => "tenant is suspended",
+            Refusal::RateLimited { .. } => "tenant is over its request rate",
+            Refusal::Busy { .. } => "tenant has too many transactions running",
+        })
+    }
+}
+
+impl Refusal {
+    /// The refusal `app_enter_tenant` raised, from its SQLSTATE (DETAIL:
+    /// the milliseconds to wait).
+    fn from_db(error: &tokio_postgres::Error) -> Option<Self> {
+        let db = error.as_db_error()?;
+        let wait = || {
+            Duration::from_millis(
+                db.detail()
+                    .and_then(|d| d.trim().parse::<u64>().ok())
+                    .unwrap_or(1000)
+                    .clamp(1, 60_000),
+            )
+        };
+        match db.code().code() {
+            "TU001" => Some(Refusal::Unknown),
+            "TU002" => Some(Refusal::Suspended),
+            "TU003" => Some(Refusal::Busy {
+                retry_after: wait(),
+            }),
+            "TU429" => Some(Refusal::RateLimited {
+                retry_after: wait(),
+            }),
+            _ => None,
+        }
+    }
+}
 
 #[derive(Debug, thiserror::Error)]
 pub enum DbError {
@@ -62,6 +118,9 @@ pub enum DbError {
         reason: String,
         retry_after: Duration,
     },
+    /// The registry refused the tenant; nothing ran.
+    #[error("{0}")]
+    Refused(Refusal),
     /// The statement ran into `statement_timeout`.
     #[error("statement timed out")]
     Timeout(#[source] tokio_postgres::Error),
@@ -73,11 +132,14 @@ impl DbError {
     pub fn code(&self) -> Option<&SqlState> {
         match self {
             DbError::Query(e) | DbError::Timeout(e) | DbError::Unavailable(e) => e.code(),
-            DbError::Misconfigured(_) | DbError::Credentials { .. } => None,
+            DbError::Misconfigured(_) | DbError::Credentials { .. } | DbError::Refused(_) => None,
         }
     }
 
     fn classify(error: tokio_postgres::Error) -> Self {
+        if let Some(refusal) = Refusal::from_db(&error) {
+            return DbError::Refused(refusal);
+        }
         let code = error.code().map(SqlState::code).unwrap_or_default();
         if error.is_closed() || code.starts_with("08") || code.starts_with("57P") {
             DbError::Unavailable(error)
@@ -158,6 +220,8 @@ pub struct Database {
     /// 1, is for the local server, which serves requests concurrently).
     conns: Vec<Mutex<Option<Conn>>>,
     next: std::sync::atomic::AtomicUsize,
+    /// This environment's share of each tenant's rate.
+    leases: lease::Leases,
 }
 
 impl Database {
@@ -184,6 +248,7 @@ impl Database {
             conns: (0..config.pool_size.max(1))
                 .map(|_| Mutex::new(None))
                 .collect(),
+            leases: lease::Leases::new(config.lease_max),
             config,
             next: std::sync::atomic::AtomicUsize::new(0),
         }
@@ -210,37 +275,59 @@ impl Database {
         }
     }
 
-    /// Runs `query` inside a fresh transaction scoped to the caller's tenant.
+    /// Runs `query` inside a fresh transaction scoped to the caller's tenant,
+    /// if the registry and the tenant's limits admit it.
     pub async fn run(
         &self,
         caller: &TenantContext,
         query: TenantQuery<'_>,
     ) -> Result<Vec<Row>, DbError> {
         let tenant = caller.tenant().as_str();
+        let want = match self.leases.admit(tenant, self.clock.now()) {
+            lease::Admission::Throttled(retry_after) => {
+                return Err(DbError::Refused(Refusal::RateLimited { retry_after }));
+            }
+            lease::Admission::Leased => 0,
+            lease::Admission::Ask(n) => n,
+        };
         let mut params: Vec<(&(dyn ToSql + Sync), Type)> =
             Vec::with_capacity(query.params.len() + 1);
         params.push((&tenant, Type::TEXT));
         params.extend(query.params.iter().cloned());
 
         let started = std::time::Instant::now();
-        let result = self.run_scoped(tenant, &query, &params).await;
+        let result = self.run_scoped(tenant, want, &query, &params).await;
         crate::telemetry::record_db_time(started.elapsed());
-        result
+        match result {
+            Ok((rows, granted)) => {
+                if want > 0 {
+                    self.leases.granted(tenant, granted, self.clock.now());
+                }
+                crate::telemetry::record_rows(rows.len());
+                Ok(rows)
+            }
+            Err(DbError::Refused(Refusal::RateLimited { retry_after })) => {
+                self.leases.denied(tenant, retry_after, self.clock.now());
+                Err(DbError::Refused(Refusal::RateLimited { retry_after }))
+            }
+            Err(error) => Err(error),
+        }
     }
 
     async fn run_scoped(
         &self,
         tenant: &str,
+        want: u32,
         query: &TenantQuery<'_>,
         params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Vec<Row>, DbError> {
+    ) -> Result<(Vec<Row>, i32), DbError> {
         let mut slot = self.acquire().await;
         let mut attempt = 0;
         loop {
             attempt += 1;
             let client = self.ensure_open(&mut slot).await?;
-            match self.scoped(client, tenant, query.sql, params).await {
-                Ok(rows) => return Ok(rows),
+            match self.scoped(client, tenant, want, query.sql, params).await {
+                Ok(done) => return Ok(done),
                 Err(error) => {
                     let error = DbError::classify(error);
                     if !matches!(error, DbError::Unavailable(_)) && !client.is_closed() {
@@ -262,28 +349,37 @@ impl Database {
     /// `join!` polls the four futures in order, and each one queues its
     /// messages on its first poll, so the server sees them in this order;
     /// all four always run to completion, so a failed statement still
-    /// reaches COMMIT, which PostgreSQL turns into ROLLBACK.
+    /// reaches COMMIT, which PostgreSQL turns into ROLLBACK. Returns the
+    /// rows and the tokens the scope granted.
     async fn scoped(
         &self,
         client: &Client,
         tenant: &str,
+        want: u32,
         sql: &str,
         params: &[(&(dyn ToSql + Sync), Type)],
-    ) -> Result<Vec<Row>, tokio_postgres::Error> {
+    ) -> Result<(Vec<Row>, i32), tokio_postgres::Error> {
         let timeout = self.statement_timeout_ms;
-        let scope_params: [(&(dyn ToSql + Sync), Type); 2] =
-            [(&tenant, Type::TEXT), (&timeout, Type::INT4)];
+        let want = i32::try_from(want).unwrap_or(i32::MAX);
+        let scope_params: [(&(dyn ToSql + Sync), Type); 3] = [
+            (&tenant, Type::TEXT),
+            (&timeout, Type::INT4),
+            (&want, Type::INT4),
+        ];
         let (begin, scope, rows, commit) = tokio::join!(
             client.execute_typed("BEGIN", &[]),
-            client.execute_typed(SET_TENANT_SCOPE, &scope_params),
+            client.query_typed(SET_TENANT_SCOPE, &scope_params),
             client.query_typed(sql, params),
             client.execute_typed("COMMIT", &[]),
         );
         begin?;
-        scope?;
+        let granted = scope?
+            .first()
+            .and_then(|row| row.try_get::<_, i32>(0).ok())
+            .unwrap_or(0);
         let rows = rows?;
         commit?;
-        Ok(rows)
+        Ok((rows, granted))
     }
 
     /// The slot's connection, fit to serve: open, and audited within the

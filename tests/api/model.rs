@@ -88,6 +88,12 @@ impl Model {
         }
     }
 
+    async fn register(&self, db: &TestDb) {
+        for tenant in &self.tenants {
+            db.register(tenant, "unlimited").await;
+        }
+    }
+
     fn owner_of(&self, pick: usize) -> Option<(String, String)> {
         let ids = self.ids.lock().unwrap();
         if ids.is_empty() {
@@ -275,6 +281,7 @@ fn random_operations_over_one_connection_match_the_model() {
             let prefix = format!("s{}", case.fetch_add(1, Ordering::SeqCst));
             rt.block_on(async {
                 let mut model = Model::new(&prefix, Ids::default());
+                model.register(&app.db).await;
                 run(&app, &mut model, &ops).await?;
                 table_matches(&app.db, &model).await
             })
@@ -314,6 +321,7 @@ fn concurrent_environments_through_pgbouncer_match_their_models() {
                     let ids = ids.clone();
                     tasks.push(tokio::spawn(async move {
                         let mut model = Model::new(&format!("c{n}-w{w}"), ids);
+                        model.register(&app.db).await;
                         run(&app, &mut model, &ops).await.map(|()| model)
                     }));
                 }

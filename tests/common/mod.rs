@@ -89,6 +89,10 @@ pub async fn connect(config: &tokio_postgres::Config) -> Client {
     client
 }
 
+/// The tenants most tests use, registered in every test database, in the
+/// `unlimited` tier (tests of the registry and limits make their own).
+pub const USUAL_TENANTS: &[&str] = &["acme", "globex", "initech", "fuzz"];
+
 /// A database of its own for one test, with its own application role;
 /// dropped (with the role) when the test ends, pass or fail.
 pub struct TestDb {
@@ -124,7 +128,17 @@ impl TestDb {
         migrate::run(&db.admin_config(), &TlsConfig::DISABLED, &role)
             .await
             .expect("migrate");
+        for tenant in USUAL_TENANTS {
+            db.register(tenant, "unlimited").await;
+        }
         db
+    }
+
+    /// Registers `tenant` in the registry, in `tier` (or moves it there).
+    pub async fn register(&self, tenant: &str, tier: &str) {
+        migrate::register_tenant(&self.admin().await, tenant, tier)
+            .await
+            .expect("register tenant");
     }
 
     /// Superuser connection settings for this test's database.

@@ -30,6 +30,41 @@ mod embedded {
     refinery::embed_migrations!("../../migrations");
 }
 
+/// Registers `tenant` in the tier `tier` (or moves a registered one to it),
+/// as the admin: inside that tenant's scope, so it works for the table
+/// owner under FORCEd row level security, not only for a superuser. The
+/// tenant keeps its status; a new one starts active with a full bucket.
+pub async fn register_tenant(
+    client: &Client,
+    tenant: &str,
+    tier: &str,
+) -> Result<(), tokio_postgres::Error> {
+    client.batch_execute("BEGIN").await?;
+    let result = async {
+        client
+            .execute(
+                "SELECT pg_catalog.set_config('app.current_tenant', $1, true)",
+                &[&tenant],
+            )
+            .await?;
+        client
+            .execute(
+                "INSERT INTO public.tenants (tenant_id, tier) VALUES ($1, $2) \
+                 ON CONFLICT (tenant_id) DO UPDATE SET tier = EXCLUDED.tier, updated_at = now()",
+                &[&tenant, &tier],
+            )
+            .await
+    }
+    .await;
+    match result {
+        Ok(_) => client.batch_execute("COMMIT").await,
+        Err(error) => {
+            let _ = client.batch_execute("ROLLBACK").await;
+            Err(error)
+        }
+    }
+}
+
 /// Tables that hold tenant rows; the application role may use only these.
 pub const TENANT_TABLES: &[&str] = &["users"];
 pub const DEFAULT_APP_USER: &str = "tenant_app";
@@ -255,7 +290,19 @@ async fn ensure_app_role(client: &Client, role: &AppRole) -> Result<(), MigrateE
     ));
     statements.push(format!("GRANT USAGE ON SCHEMA public TO {name}"));
     statements.push(format!(
+        "GRANT EXECUTE ON FUNCTION public.app_enter_tenant(text, integer, integer) TO {name}"
+    ));
+    // The entry point of functions deployed before the registry (migrations/V3).
+    statements.push(format!(
         "GRANT EXECUTE ON FUNCTION public.app_set_tenant(text, integer) TO {name}"
+    ));
+    // The registry: its own tenant's row and the tiers, read-only; its own
+    // bucket's level, nothing else of it.
+    statements.push(format!(
+        "GRANT SELECT ON TABLE public.tenants, public.tenant_tiers TO {name}"
+    ));
+    statements.push(format!(
+        "GRANT SELECT, UPDATE (tokens, refilled_at) ON TABLE public.tenant_rate TO {name}"
     ));
     for table in TENANT_TABLES {
         statements.push(format!(
