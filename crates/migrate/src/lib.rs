@@ -142,6 +142,34 @@ impl std::fmt::Debug for AppRole {
     }
 }
 
+/// The admin connection, with TLS as `tls` says; without `DB_SSLMODE`, the
+/// URL's own sslmode=require is honoured (encrypted, unverified) and
+/// anything else means plain.
+pub async fn connect_admin(
+    admin: &tokio_postgres::Config,
+    tls: &TlsConfig,
+) -> Result<(Client, tokio::task::JoinHandle<()>), MigrateError> {
+    let url_requires = admin.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
+    let tls = match tls.mode {
+        SslMode::Disable if url_requires => &TlsConfig {
+            mode: SslMode::Require,
+            ..tls.clone()
+        },
+        _ => tls,
+    };
+    let mut admin = admin.clone();
+    let connector = match tls.mode {
+        SslMode::Disable => None,
+        SslMode::Require | SslMode::VerifyFull => {
+            admin.ssl_mode(tokio_postgres::config::SslMode::Require);
+            Some(tenant_users::db::tls_connector(tls).map_err(MigrateError::Tls)?)
+        }
+    };
+    crate::admin_conn::connect(&admin, connector)
+        .await
+        .map_err(MigrateError::Connect)
+}
+
 /// Applies pending migrations, then creates or updates the application role.
 pub async fn run(
     admin: &tokio_postgres::Config,
@@ -162,27 +190,7 @@ pub async fn run_with_progress(
 ) -> Result<(), MigrateError> {
     check_role_name(&role.name)?;
     progress("connect");
-    // DB_SSLMODE decides; without it, the URL's own sslmode=require is
-    // honoured (encrypted, unverified) and anything else means plain.
-    let url_requires = admin.get_ssl_mode() == tokio_postgres::config::SslMode::Require;
-    let tls = match tls.mode {
-        SslMode::Disable if url_requires => &TlsConfig {
-            mode: SslMode::Require,
-            ..tls.clone()
-        },
-        _ => tls,
-    };
-    let mut admin = admin.clone();
-    let connector = match tls.mode {
-        SslMode::Disable => None,
-        SslMode::Require | SslMode::VerifyFull => {
-            admin.ssl_mode(tokio_postgres::config::SslMode::Require);
-            Some(tenant_users::db::tls_connector(tls).map_err(MigrateError::Tls)?)
-        }
-    };
-    let (mut client, task) = crate::admin_conn::connect(&admin, connector)
-        .await
-        .map_err(MigrateError::Connect)?;
+    let (mut client, task) = connect_admin(admin, tls).await?;
     progress("migrate");
     let report = embedded::migrations::runner()
         .run_async(&mut client)

@@ -10,18 +10,21 @@ use tenant_users::db::config::TlsConfig;
 use tenant_users::entry::{self, BoxError, Threads};
 use tenant_users_migrate::{self as migrate, AppRole};
 
-const USAGE: &str = "usage: migrate [migrate | audit]
+const USAGE: &str = "usage: migrate [migrate | audit | register TENANT [TIER]]
   (no argument)  run as the Lambda custom resource that migrates at deploy time
                  (needs AWS_LAMBDA_RUNTIME_API)
   migrate        apply migrations and the app role with DATABASE_ADMIN_URL
                  (APP_DB_USER, APP_DB_PASSWORD)
   audit          check, as the app role (DATABASE_URL or the secret), that the
-                 database enforces isolation; exit 1 when a check fails";
+                 database enforces isolation; exit 1 when a check fails
+  register       register TENANT in the registry with DATABASE_ADMIN_URL, in
+                 TIER (default standard; or move it there); its status is kept";
 
 enum Command {
     Lambda,
     Migrate,
     Audit,
+    Register(String, String),
 }
 
 fn main() -> ExitCode {
@@ -30,6 +33,8 @@ fn main() -> ExitCode {
         [] | ["lambda"] => Command::Lambda,
         ["migrate"] => Command::Migrate,
         ["audit"] => Command::Audit,
+        ["register", tenant] => Command::Register(tenant.to_owned(), "standard".to_owned()),
+        ["register", tenant, tier] => Command::Register(tenant.to_owned(), tier.to_owned()),
         ["-h" | "--help" | "help"] => {
             println!("{USAGE}");
             return ExitCode::SUCCESS;
@@ -44,6 +49,7 @@ fn main() -> ExitCode {
             Command::Lambda => lambda().await,
             Command::Migrate => run_migrate().await,
             Command::Audit => audit().await,
+            Command::Register(tenant, tier) => register(&tenant, &tier).await,
         }
     })
 }
@@ -57,11 +63,24 @@ async fn lambda() -> Result<(), BoxError> {
     migrate::custom_resource::run_lambda().await
 }
 
-async fn run_migrate() -> Result<(), BoxError> {
+fn admin_config() -> Result<tokio_postgres::Config, BoxError> {
     let url = std::env::var("DATABASE_ADMIN_URL").map_err(|_| "DATABASE_ADMIN_URL is required")?;
-    let admin: tokio_postgres::Config = url
+    Ok(url
         .parse()
-        .map_err(|e| format!("DATABASE_ADMIN_URL: {e}"))?;
+        .map_err(|e| format!("DATABASE_ADMIN_URL: {e}"))?)
+}
+
+async fn register(tenant: &str, tier: &str) -> Result<(), BoxError> {
+    let (client, _task) = migrate::connect_admin(&admin_config()?, &TlsConfig::from_env()?).await?;
+    migrate::register_tenant(&client, tenant, tier)
+        .await
+        .map_err(|e| format!("registering {tenant}: {}", tenant_users::db::error_chain(&e)))?;
+    println!("tenant {tenant} registered, tier {tier}");
+    Ok(())
+}
+
+async fn run_migrate() -> Result<(), BoxError> {
+    let admin = admin_config()?;
     let role = AppRole {
         name: std::env::var("APP_DB_USER").unwrap_or_else(|_| migrate::DEFAULT_APP_USER.to_owned()),
         password: std::env::var("APP_DB_PASSWORD")
