@@ -5,3 +5,11 @@ INSERT INTO users (tenant_id, user_id, email, name) VALUES
     ('acme',   '7a2d3b4f-9e5c-4d6b-8f80-1b2c3d4e5f60', 'alan@acme.test',   'Alan Turing'),
     ('acme',   '9c4f5d61-b07e-4f8d-a1a2-3d4e5f607182', 'grace@acme.test',  'Grace Hopper'),
     ('globex', '8b3e4c50-af6d-4e7c-9091-2c3d4e5f6071', 'hank@globex.test', 'Hank Scorpio');
+
+-- The registry: acme and globex are served; initech is suspended (its users
+-- get 403); umbrella was never registered (403 too, a different problem).
+INSERT INTO tenants (tenant_id, tier, status) VALUES
+    ('acme',    'standard', 'active'),
+    ('globex',  'standard', 'active'),
+    ('initech', 'standard', 'suspended')
+ON CONFLICT (tenant_id) DO UPDATE SET tier = EXCLUDED.tier, status = EXCLUDED.status;

@@ -73,22 +73,26 @@ impl Leases {
         let Some(lease) = tenants.get_mut(tenant) else {
             return Admission::Ask(1);
         };
-        if let Some(until) = lease.denied_until {
-            if now < until {
-                return Admission::Throttled(until - now);
+        let was_denied = match lease.denied_until {
+            Some(until) if now < until => return Admission::Throttled(until - now),
+            Some(_) => {
+                lease.denied_until = None;
+                true
             }
-            lease.denied_until = None;
-        }
+            None => false,
+        };
         if now < lease.expires && lease.tokens > 0 {
             if lease.tokens != UNLIMITED {
                 lease.tokens -= 1;
             }
             return Admission::Leased;
         }
-        // The lease ran out: size the next one by how it went.
-        if lease.tokens > 0 && lease.tokens != UNLIMITED {
+        // The lease ran out: size the next one by how it went (after a
+        // refusal there was no lease to judge).
+        let unspent = lease.tokens > 0 && lease.tokens != UNLIMITED;
+        if !was_denied && unspent {
             lease.batch = (lease.batch / 2).max(1);
-        } else if lease.tokens == 0 && now < lease.leased_at + LEASE_LIFETIME / 2 {
+        } else if !was_denied && lease.tokens == 0 && now < lease.leased_at + LEASE_LIFETIME / 2 {
             lease.batch = (lease.batch * 2).min(self.max_batch);
         }
         Admission::Ask(lease.batch)

@@ -59,9 +59,13 @@ pub enum Refusal {
     Unknown,
     Suspended,
     /// Over the tier's request rate, across every environment.
-    RateLimited { retry_after: Duration },
+    RateLimited {
+        retry_after: Duration,
+    },
     /// The tier's concurrent transactions are all running.
-    Busy { retry_after: Duration },
+    Busy {
+        retry_after: Duration,
+    },
 }
 
 impl std::fmt::Display for Refusal {

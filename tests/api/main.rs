@@ -16,6 +16,7 @@ mod migrate;
 mod model;
 mod openapi;
 mod proxy;
+mod registry;
 mod rotation;
 mod round_trips;
 mod routes;
