@@ -11,6 +11,8 @@ command -v schemathesis >/dev/null || { echo "schemathesis is required: pip inst
 . scripts/lib/testdb.sh
 
 testdb_create
+# Its tenant, registered without limits: the run fires requests back to back.
+DATABASE_ADMIN_URL="$TESTDB_ADMIN_URL" target/debug/migrate register schemathesis unlimited >/dev/null
 port=$(free_port)
 secret="schemathesis-only-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
 log=$(mktemp)

@@ -116,11 +116,23 @@ async fn a_correct_deployment_passes_every_rule() {
     assert!(report.iter().all(|c| c.passed), "{report:#?}");
     let rules = tenant_users::audit::RULES.len();
     assert_eq!(rules, 25);
+    let per_table = report
+        .iter()
+        .filter(|c| c.subject == "table public.users")
+        .count();
     assert_eq!(
         report.len(),
-        25,
-        "role and database rules once, table rules once for users"
+        25 + 2 * per_table,
+        "role and database rules once, table rules once for each of users, tenants and tenant_rate"
     );
+    for table in ["tenants", "tenant_rate"] {
+        let subject = format!("table public.{table}");
+        assert_eq!(
+            report.iter().filter(|c| c.subject == subject).count(),
+            per_table,
+            "{subject}"
+        );
+    }
     let app = TestApp::on(db, &[]).await;
     assert_eq!(
         app.get("/users", &app.token("acme")).await.status,
@@ -504,9 +516,11 @@ async fn no_visible_tenant_table_is_refused() {
     // tenant table: whatever it serves from there is not what was audited.
     rule_is_enforced(
         "CREATE SCHEMA hidden",
-        "ALTER TABLE users SET SCHEMA hidden",
+        "ALTER TABLE users SET SCHEMA hidden; ALTER TABLE tenants SET SCHEMA hidden; \
+         ALTER TABLE tenant_rate SET SCHEMA hidden",
         &["[tenant-table-visible] schema"],
-        "ALTER TABLE hidden.users SET SCHEMA public",
+        "ALTER TABLE hidden.users SET SCHEMA public; ALTER TABLE hidden.tenants SET SCHEMA public; \
+         ALTER TABLE hidden.tenant_rate SET SCHEMA public",
     )
     .await;
 }
@@ -819,7 +833,7 @@ async fn the_audit_command_reports_and_fails_on_a_broken_deployment() {
     assert!(ok, "{report}");
     assert!(
         report.contains("PASS  [role-no-bypassrls] role ")
-            && report.contains("25 checks, 0 failed"),
+            && report.contains("47 checks, 0 failed"),
         "{report}"
     );
 
@@ -833,7 +847,7 @@ async fn the_audit_command_reports_and_fails_on_a_broken_deployment() {
         )),
         "{report}"
     );
-    assert!(report.contains("25 checks, 1 failed"), "{report}");
+    assert!(report.contains("47 checks, 1 failed"), "{report}");
 }
 
 #[tokio::test]

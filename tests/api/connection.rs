@@ -103,6 +103,9 @@ async fn a_local_pool_spreads_concurrent_requests_over_its_connections() {
         )
         .await,
     );
+    for i in 0..4 {
+        app.db.register(&format!("pool-{i}"), "unlimited").await;
+    }
     let mut tasks = Vec::new();
     for i in 0..32 {
         let app = app.clone();

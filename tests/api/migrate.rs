@@ -348,6 +348,12 @@ async fn the_multi_user_rotation_clone_passes_the_audit_and_serves() {
     let clone = rds.login("tenant_app_clone", "clone-pw-1");
     assert_audit_passes(clone.clone()).await;
 
+    // Registered by the master user, the tables' owner, under FORCEd RLS.
+    for tenant in ["acme", "globex"] {
+        tenant_users_migrate::register_tenant(&master, tenant, "standard")
+            .await
+            .unwrap();
+    }
     let as_app = router_as(rds.login(APP, "app-pw-1")).await;
     let as_clone = router_as(clone.clone()).await;
     let (status, _) = request(

@@ -59,7 +59,7 @@ fn every_operation_documents_auth_and_problem_errors() {
             .filter(|(k, _)| *k != "parameters")
         {
             let responses = op["responses"].as_object().unwrap();
-            for status in ["401", "503"] {
+            for status in ["401", "403", "429", "503"] {
                 assert!(
                     responses.contains_key(status),
                     "{method} {path} documents {status}"

@@ -22,6 +22,9 @@ async fn many_environments_through_a_small_pool_never_cross_tenants() {
     let db = Arc::new(TestDb::create().await);
     let bouncer = PgBouncer::start(&[(&db.app_user, "pw")], POOL);
     let env = bouncer.app_env(&db.app_user, "pw", &db.name);
+    for tenant in TENANTS {
+        db.register(tenant, "unlimited").await;
+    }
     let mut tasks = Vec::new();
     for e in 0..ENVIRONMENTS {
         let app = TestApp::from_env_shared(db.clone(), env.clone()).await;

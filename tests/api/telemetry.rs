@@ -74,6 +74,66 @@ fn records(emf: &Buffer) -> Vec<Value> {
         .collect()
 }
 
+/// The metering counters each record carries: what a tenant was served
+/// (rows, bytes, database time) and what it was refused (403, 429).
+#[tokio::test]
+async fn each_record_meters_its_tenant_served_forbidden_and_throttled() {
+    let app = TestApp::spawn().await;
+    app.db
+        .admin()
+        .await
+        .batch_execute(
+            "INSERT INTO tenant_tiers VALUES ('one-a-second', 1, 1, NULL, 5000, 4096); \
+             UPDATE tenants SET status = 'suspended' WHERE tenant_id = 'globex'",
+        )
+        .await
+        .unwrap();
+    app.db.register("meterco", "one-a-second").await;
+    app.create_user("acme", "ada@acme.test", "Ada").await;
+    app.create_user("acme", "alan@acme.test", "Alan").await;
+    let list = app.get("/users", &app.token("acme")).await;
+    app.get("/users", &app.token("globex")).await;
+    app.get("/users", &app.token("meterco")).await;
+    app.get("/users", &app.token("meterco")).await;
+    let records = records(&app.emf);
+    assert_eq!(records.len(), 6, "{records:#?}");
+    for record in &records {
+        assert_emf(record);
+    }
+    let listed = &records[2];
+    assert_eq!(listed["TenantId"], "acme");
+    assert_eq!(listed["Rows"], 2);
+    assert_eq!(listed["ResponseBytes"], list.body.len());
+    assert_eq!(
+        (listed["Forbidden"].clone(), listed["Throttled"].clone()),
+        (json!(0), json!(0))
+    );
+    assert_eq!(records[0]["Rows"], 1, "the created row, RETURNING it");
+    let suspended = &records[3];
+    assert_eq!(suspended["TenantId"], "globex");
+    assert_eq!(
+        (
+            suspended["Forbidden"].clone(),
+            suspended["Throttled"].clone()
+        ),
+        (json!(1), json!(0))
+    );
+    assert_eq!(suspended["Rows"], 0);
+    assert_eq!(records[4]["TenantId"], "meterco");
+    assert_eq!(records[4]["Throttled"], 0);
+    let throttled = &records[5];
+    assert_eq!(throttled["StatusCode"], 429);
+    assert_eq!(
+        (
+            throttled["Forbidden"].clone(),
+            throttled["Throttled"].clone()
+        ),
+        (json!(0), json!(1))
+    );
+    assert!(throttled["ResponseBytes"].as_u64().unwrap() > 0);
+    assert_eq!(throttled["Requests"], 1);
+}
+
 #[tokio::test]
 async fn every_request_emits_one_emf_record_per_tenant() {
     let app = TestApp::spawn().await;
@@ -114,6 +174,7 @@ async fn one_json_log_line_per_request_and_no_secrets_in_any_line() {
     let app = TestApp::spawn().await;
     let run = uuid::Uuid::new_v4().simple().to_string();
     let tenant = format!("logs-{run}");
+    app.db.register(&tenant, "standard").await;
     let token = app.token(&tenant);
     let email = format!("secret-{run}@acme.test");
     let call = |id: &str, auth: &str, body: Option<Value>| {

@@ -1,5 +1,6 @@
 //! `make dev`: the same service as a local HTTP server, with a migrated,
-//! seeded database and ready-to-use tokens for two demo tenants.
+//! seeded database and ready-to-use tokens for two demo tenants, registered
+//! in the tenant registry (acme `standard`, globex `basic`).
 //!
 //! Runs as the application role, exactly as in Lambda; the admin connection
 //! is used only to migrate. Both reach the same server, so both follow
@@ -21,9 +22,11 @@ use tenant_users::token::config::token_config;
 use tenant_users_migrate::{self as migrate, AppRole, app_db_config};
 use tower::ServiceExt;
 
-const DEMO: &[(&str, &[(&str, &str)])] = &[
+/// Each demo tenant, its tier, and its users.
+const DEMO: &[(&str, &str, &[(&str, &str)])] = &[
     (
         "acme",
+        "standard",
         &[
             ("ada@acme.test", "Ada Lovelace"),
             ("alan@acme.test", "Alan Turing"),
@@ -32,6 +35,7 @@ const DEMO: &[(&str, &[(&str, &str)])] = &[
     ),
     (
         "globex",
+        "basic",
         &[
             ("hank@globex.test", "Hank Scorpio"),
             ("homer@globex.test", "Homer Simpson"),
@@ -52,6 +56,13 @@ pub async fn run() -> Result<(), BoxError> {
     };
     let tls = TlsConfig::from_env()?;
     migrate::run(&admin, &tls, &role).await?;
+    let (client, _task) = migrate::connect_admin(&admin, &tls).await?;
+    for (tenant, tier, _) in DEMO {
+        migrate::register_tenant(&client, tenant, tier)
+            .await
+            .map_err(|e| format!("registering {tenant}: {e}"))?;
+    }
+    drop(client);
 
     let secret = env("JWT_HS256_SECRET").unwrap_or_else(random_secret);
     let token = token_config(&|k| {
@@ -77,7 +88,7 @@ pub async fn run() -> Result<(), BoxError> {
     // seed through the API itself, as each tenant's client would (the token
     // check and the tenant scope decide where each row goes).
     let mut tokens = Vec::new();
-    for (tenant, _) in DEMO {
+    for (tenant, _, _) in DEMO {
         tokens.push(mint_token(
             secret.as_bytes(),
             &token.tenant_claim,
@@ -88,7 +99,7 @@ pub async fn run() -> Result<(), BoxError> {
         )?);
     }
     let router = tenant_users::http::router(app.clone());
-    for ((tenant, people), jwt) in DEMO.iter().zip(&tokens) {
+    for ((tenant, _, people), jwt) in DEMO.iter().zip(&tokens) {
         for (email, name) in *people {
             let request = Request::post("/users")
                 .header("authorization", format!("Bearer {jwt}"))
@@ -115,8 +126,9 @@ pub async fn run() -> Result<(), BoxError> {
         "   (tokens below are valid for 12 hours, signed with JWT_HS256_SECRET; tenant claim {:?})\n",
         token.tenant_claim
     );
-    for ((tenant, _), jwt) in DEMO.iter().zip(&tokens) {
+    for ((tenant, tier, _), jwt) in DEMO.iter().zip(&tokens) {
         let var = format!("TOKEN_{}", tenant.to_ascii_uppercase());
+        println!("# {tenant}, tier {tier}");
         println!("export {var}={jwt}");
         println!("  curl -s {base}/users -H \"Authorization: Bearer ${var}\"");
     }
