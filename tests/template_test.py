@@ -27,6 +27,7 @@ import itertools
 import json
 import logging
 import os
+import re
 import secrets
 import sys
 import types
@@ -1435,6 +1436,185 @@ class TemplateTest(unittest.TestCase):
                    for p in g["Parameters"]]
         self.assertEqual(sorted(grouped), sorted(RAW["Parameters"]))
         self.assertEqual(len(grouped), len(set(grouped)))
+
+
+# --- the metering dashboard, held to the EMF record the code writes -------------
+TELEMETRY = os.path.join(ROOT, "src", "telemetry.rs")
+README = os.path.join(ROOT, "README.md")
+# What CloudFormation would put in for the dashboard's ${...}: the log group
+# the API function writes to is /aws/lambda/<its physical name>.
+FUNCTION_LOG_GROUP = f"/aws/lambda/{STACK_NAME}-TenantUsersFunction-AbCdEf123456"
+
+
+def rust_format_literal(source, function):
+    """The format string of the first format! in `fn function`, as the
+    program sees it (escapes and line continuations resolved)."""
+    body = source.index(f"fn {function}(")
+    start = source.index('"', source.index("format!(", body))
+    literal = re.compile(r'"((?:[^"\\]|\\.)*)"', re.S).match(source, start).group(1)
+    # A backslash ending a line skips the newline and the next indentation.
+    text = re.sub(r"\\\n\s*", "", literal).replace('\\"', '"')
+    assert "\\" not in text, f"unexpected escape in {function}'s format string: {text}"
+    return text
+
+
+def render_format(text, values):
+    """A format! string with {name} replaced ({{ and }} are braces)."""
+    def one(m):
+        return {"{{": "{", "}}": "}"}.get(m.group(0)) or values.get(m.group(1), "0")
+    return re.sub(r"\{\{|\}\}|\{(\w+)\}", one, text)
+
+
+def flatten(node, prefix=""):
+    """The field names Logs Insights discovers in a JSON log event: every key,
+    nested ones joined with dots."""
+    names = set()
+    for key, value in node.items():
+        names.add(prefix + key)
+        if isinstance(value, dict):
+            names |= flatten(value, f"{prefix}{key}.")
+    return names
+
+
+def emf_record_fields():
+    """Every field of the EMF record the API function writes per request,
+    read from src/telemetry.rs: the format strings of render_directives and
+    Metrics::emit, rendered with stand-in values (every value 0, the metric
+    directives an empty list) and parsed as the JSON they produce."""
+    with open(TELEMETRY) as f:
+        source = f.read()
+    directives = render_format(rust_format_literal(source, "render_directives"), {"directives": "[]"})
+    record = json.loads(render_format(rust_format_literal(source, "emit"), {"directives": directives}))
+    return flatten(record)
+
+
+EMF_FIELDS = emf_record_fields()
+# Logs Insights words that are not fields: commands, keywords. A function is
+# a word followed by "(", an alias the word after "as".
+INSIGHTS_COMMANDS = {"SOURCE", "fields", "filter", "stats", "sort", "limit", "display"}
+INSIGHTS_KEYWORDS = {"as", "by", "asc", "desc", "and", "or", "not", "in", "like"}
+
+
+def query_fields(query):
+    """The log fields a Logs Insights query names."""
+    text = re.sub(r"'[^']*'|\"[^\"]*\"", "''", query)  # literals are not fields
+    aliases = set(re.findall(r"\bas\s+([A-Za-z_]\w*)", text))
+    fields = set()
+    for m in re.finditer(r"@?[A-Za-z_][\w.]*", text):
+        word = m.group(0)
+        called = text[m.end():].lstrip().startswith("(")
+        if called or word in INSIGHTS_COMMANDS or word in INSIGHTS_KEYWORDS or word in aliases:
+            continue
+        fields.add(word)
+    return fields
+
+
+def unknown_fields(query):
+    return query_fields(query) - EMF_FIELDS
+
+
+def dashboard_widgets(stack):
+    """The dashboard's widgets as CloudWatch would receive them, with the
+    Fn::Sub values of one deployment."""
+    body = stack.props("TenantDashboard")["DashboardBody"]
+    assert set(body) == {"Fn::Sub"} and isinstance(body["Fn::Sub"], str), body
+    text = body["Fn::Sub"]
+    names = set(re.findall(r"\$\{([^}]+)\}", text))
+    assert names <= {"AWS::Region", "FunctionLogs"}, names
+    values = {"AWS::Region": PSEUDO["AWS::Region"], "FunctionLogs": FUNCTION_LOG_GROUP}
+    for name, value in values.items():
+        text = text.replace("${%s}" % name, value)
+    return json.loads(text)["widgets"]
+
+
+def query_of(widget):
+    """A widget's query without its SOURCE clause (checked separately)."""
+    query = widget["properties"]["query"]
+    source = f"SOURCE '{FUNCTION_LOG_GROUP}' | "
+    assert query.startswith(source) and query.count("SOURCE") == 1, query
+    return query[len(source):]
+
+
+def readme_metering_queries():
+    """The Logs Insights queries of README's "Metering" section: every fenced
+    block in it."""
+    with open(README) as f:
+        text = f.read()
+    section = text[text.index("\n## Metering\n"):]
+    section = section[:section.index("\n## ", 1)]
+    return [b.strip() for b in re.findall(r"```[a-z]*\n(.*?)```", section, re.S)]
+
+
+class MeteringDashboardTest(unittest.TestCase):
+    def test_emf_fields_are_read_from_the_code(self):
+        for field in ("TenantId", "Service", "Requests", "Errors", "ServerErrors", "Throttled", "Forbidden",
+                      "Latency", "DatabaseTime", "Rows", "ResponseBytes", "MemoryMB", "Route", "StatusCode",
+                      "RequestId", "_aws.Timestamp"):
+            self.assertIn(field, EMF_FIELDS)
+        # The request log line's names are not the EMF record's.
+        for field in ("tenant_id", "latency_ms", "db_ms", "Timestamp", "Tenant"):
+            self.assertNotIn(field, EMF_FIELDS)
+
+    def test_field_check_catches_a_field_the_record_does_not_write(self):
+        self.assertEqual(unknown_fields("filter Throttles > 0 | stats sum(Throttles) as t by TenantId | sort t desc"),
+                         {"Throttles"})
+        self.assertEqual(unknown_fields("stats pct(LatencyMs, 99) as p99 by tenant_id"), {"LatencyMs", "tenant_id"})
+        self.assertEqual(unknown_fields("fields Latency * MemoryMB / 1024 as x | stats sum(x) by TenantId"), set())
+        self.assertEqual(query_fields("filter Route = 'Latency' | display @timestamp"), {"Route", "@timestamp"})
+
+    def test_dashboard_exists_in_every_combination_and_reads_the_api_functions_log_group(self):
+        for overrides, s in ALL_STACKS:
+            with self.subTest(overrides=sorted(overrides)):
+                res = s.resources["TenantDashboard"]
+                self.assertEqual(res["Type"], "AWS::CloudWatch::Dashboard")
+                self.assertNotIn("Condition", res)
+                self.assertEqual(res["Properties"]["DashboardName"], {"Fn::Sub": "${AWS::StackName}-tenants"})
+                # The group the dashboard reads is the one the function writes to.
+                self.assertEqual(s.props("FunctionLogs")["LogGroupName"],
+                                 {"Fn::Sub": "/aws/lambda/${TenantUsersFunction}"})
+                self.assertNotIn("LogGroup", s.props("TenantUsersFunction").get("LoggingConfig", {}))
+                widgets = dashboard_widgets(s)
+                self.assertGreaterEqual(len(widgets), 5)
+                for w in widgets:
+                    self.assertEqual(w["type"], "log")
+                    self.assertEqual(w["properties"]["region"], PSEUDO["AWS::Region"])
+                    query_of(w)
+
+    def test_dashboard_queries_name_only_fields_the_emf_record_writes(self):
+        for w in dashboard_widgets(DEFAULT):
+            with self.subTest(widget=w["properties"]["title"]):
+                query = query_of(w)
+                self.assertEqual(unknown_fields(query), set(), query)
+                self.assertIn("TenantId", query_fields(query), "every widget is about tenants")
+
+    def test_readme_metering_queries_name_only_fields_the_emf_record_writes(self):
+        queries = readme_metering_queries()
+        self.assertGreaterEqual(len(queries), 2)
+        for query in queries:
+            with self.subTest(query=query):
+                self.assertEqual(unknown_fields(query), set())
+
+    def test_dashboard_ranks_tenants_by_requests_throttles_p99_forbidden_and_usage(self):
+        queries = [" ".join(query_of(w).split()) for w in dashboard_widgets(DEFAULT)]
+
+        def one(*parts):
+            hits = [q for q in queries if all(p in q for p in parts)]
+            self.assertEqual(len(hits), 1, f"{parts} in {queries}")
+            return hits[0]
+
+        one("sum(Requests) as requests", "by TenantId", "sort requests desc")
+        one("sum(Throttled) as throttled", "by TenantId", "sort throttled desc")
+        one("pct(Latency, 99) as p99_ms", "by TenantId", "sort p99_ms desc")
+        one("sum(Forbidden) as forbidden", "by TenantId", "sort forbidden desc")
+        # GB-seconds by handler time (ms x MB / 1024 / 1000) and database
+        # time, per tenant and for all tenants: share = row / total.
+        usage = "fields Latency * MemoryMB / 1024 / 1000 as gb_s, DatabaseTime / 1000 as db_s"
+        stats = "stats sum(gb_s) as gb_seconds, sum(db_s) as db_seconds, sum(Requests) as requests"
+        one(usage, stats + " by TenantId")
+        total = [q for q in queries if usage in q and q.endswith(stats)]
+        self.assertEqual(len(total), 1, queries)
+        # README's share query is the dashboard's.
+        self.assertTrue(any(usage in " ".join(q.split()) for q in readme_metering_queries()))
 
 
 # --- PoolJwksFunction's code, run in-process ----------------------------------
