@@ -190,6 +190,11 @@ pub struct Metrics {
     /// The function's memory size (`AWS_LAMBDA_FUNCTION_MEMORY_SIZE`), for
     /// GB-seconds per tenant; 0 outside Lambda.
     memory_mb: u32,
+    /// `"level":"<AWS_LAMBDA_LOG_LEVEL>",` or empty. Lambda's log-level
+    /// filter files a line without a level as INFO, so under WARN or above
+    /// it would drop every record: the metering must pass whatever the
+    /// level, so each record carries exactly the level the filter keeps.
+    level: Arc<str>,
 }
 
 /// `{"_aws":{"CloudWatchMetrics":[...]` for `namespace`, ready to be
@@ -211,6 +216,17 @@ fn render_directives(namespace: &str) -> Arc<str> {
         ],
     }]);
     format!("{{\"_aws\":{{\"CloudWatchMetrics\":{directives}").into()
+}
+
+/// The record's `"level":..,` for Lambda's configured application log
+/// level, when it is one Lambda knows.
+fn level_field(level: Option<&str>) -> Arc<str> {
+    match level.map(|l| l.trim().to_ascii_uppercase()) {
+        Some(l) if ["TRACE", "DEBUG", "INFO", "WARN", "ERROR", "FATAL"].contains(&l.as_str()) => {
+            format!("\"level\":\"{l}\",").into()
+        }
+        _ => "".into(),
+    }
 }
 
 /// A JSON string literal for `raw` (quotes and escapes included).
@@ -247,6 +263,7 @@ impl Metrics {
             memory_mb: get("AWS_LAMBDA_FUNCTION_MEMORY_SIZE")
                 .and_then(|m| m.parse().ok())
                 .unwrap_or(0),
+            level: level_field(get("AWS_LAMBDA_LOG_LEVEL").as_deref()),
         }
     }
 
@@ -256,6 +273,7 @@ impl Metrics {
             service: "tenant-users".into(),
             sink: None,
             memory_mb: 0,
+            level: "".into(),
         }
     }
 
@@ -266,6 +284,7 @@ impl Metrics {
             service: "tenant-users".into(),
             sink: Some(Arc::new(Mutex::new(sink))),
             memory_mb: 0,
+            level: "".into(),
         }
     }
 
@@ -280,12 +299,13 @@ impl Metrics {
         // Unauthenticated requests have no tenant; they are counted under
         // one placeholder so the dimension set stays complete.
         let record = format!(
-            "{directives},\"Timestamp\":{timestamp}}},\"Service\":{service},\"TenantId\":{tenant},\
+            "{directives},\"Timestamp\":{timestamp}}},{level}\"Service\":{service},\"TenantId\":{tenant},\
              \"Latency\":{latency},\"DatabaseTime\":{db},\"Requests\":1,\"Errors\":{errors},\
              \"ServerErrors\":{server_errors},\"Throttled\":{throttled},\"Forbidden\":{forbidden},\
              \"Rows\":{rows},\"ResponseBytes\":{bytes},\"MemoryMB\":{memory_mb},\
              \"Route\":{route},\"StatusCode\":{status},\"RequestId\":{request_id}}}",
             directives = self.directives,
+            level = self.level,
             service = json_str(&self.service),
             tenant = json_str(summary.tenant.unwrap_or("unauthenticated")),
             latency = json_f64(summary.latency_ms),
@@ -407,6 +427,35 @@ mod tests {
 
     const RAW_EVENT: &str = "lambda_runtime::layers::api_response";
     const STATEMENTS: &str = "tokio_postgres::query";
+
+    #[test]
+    fn emf_records_pass_lambdas_log_level_filter() {
+        for (configured, expected) in [
+            (Some("WARN"), Some("WARN")),
+            (Some("fatal"), Some("FATAL")),
+            (Some("INFO"), Some("INFO")),
+            (None, None),
+            (Some("loud"), None),
+        ] {
+            let out = Buffer::default();
+            let mut metrics = Metrics::to_writer("T", Box::new(out.clone()));
+            metrics.level = level_field(configured);
+            metrics.emit(&Summary {
+                request_id: "r",
+                tenant: Some("acme"),
+                route: "/users",
+                status: 200,
+                latency_ms: 1.0,
+                db_ms: 0.5,
+                rows: 1,
+                response_bytes: 10,
+            });
+            let line = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+            let record: serde_json::Value = serde_json::from_str(line.trim()).unwrap();
+            assert_eq!(record["level"].as_str(), expected, "{configured:?}");
+            assert_eq!(record["TenantId"], "acme");
+        }
+    }
 
     #[test]
     fn trace_reaches_our_crate_only() {

@@ -1480,11 +1480,14 @@ def emf_record_fields():
     """Every field of the EMF record the API function writes per request,
     read from src/telemetry.rs: the format strings of render_directives and
     Metrics::emit, rendered with stand-in values (every value 0, the metric
-    directives an empty list) and parsed as the JSON they produce."""
+    directives an empty list, the level member present) and parsed as the
+    JSON they produce."""
     with open(TELEMETRY) as f:
         source = f.read()
     directives = render_format(rust_format_literal(source, "render_directives"), {"directives": "[]"})
-    record = json.loads(render_format(rust_format_literal(source, "emit"), {"directives": directives}))
+    # `level` is a whole `"level":"...",` member (or nothing), not a value.
+    record = json.loads(render_format(rust_format_literal(source, "emit"),
+                                      {"directives": directives, "level": '"level":"INFO",'}))
     return flatten(record)
 
 
