@@ -74,7 +74,12 @@ async fn register(tenant: &str, tier: &str) -> Result<(), BoxError> {
     let (client, _task) = migrate::connect_admin(&admin_config()?, &TlsConfig::from_env()?).await?;
     migrate::register_tenant(&client, tenant, tier)
         .await
-        .map_err(|e| format!("registering {tenant}: {}", tenant_users::db::error_chain(&e)))?;
+        .map_err(|e| {
+            format!(
+                "registering {tenant}: {}",
+                tenant_users::db::error_chain(&e)
+            )
+        })?;
     println!("tenant {tenant} registered, tier {tier}");
     Ok(())
 }
