@@ -1275,7 +1275,7 @@ class TemplateTest(unittest.TestCase):
                 self.assertEqual(cr["Type"], "Custom::TenantUsersSchema")
                 props = cr["Properties"]
                 self.assertEqual(set(props), {"ServiceToken", "MasterSecretArn", "AppSecretArn", "DbHost",
-                                              "DbPort", "DbName", "SchemaVersion"})
+                                              "DbPort", "DbName", "SchemaVersion", "Tenants"})
                 self.assertEqual(props["ServiceToken"], {"Ref": "MigrateFunctionAliaslive"})
                 self.assertEqual(s.props("MigrateFunctionAliaslive")["FunctionName"], {"Ref": "MigrateFunction"})
                 self.assertEqual(props["MasterSecretArn"], master_secret(profile))
@@ -1294,6 +1294,55 @@ class TemplateTest(unittest.TestCase):
                 (st,) = [st for owner, st in s.statements() if owner == "MigrateRole"]
                 self.assertEqual(st["Action"], "secretsmanager:GetSecretValue")
                 self.assertEqual(st["Resource"], [props["MasterSecretArn"], {"Ref": "AppSecret"}])
+
+    def test_tenants_parameter_reaches_the_schema_resource(self):
+        """Until a control plane onboards tenants, the migration registers
+        the ones the Tenants parameter lists; the list travels as a property
+        of the custom resource (a change re-runs it), not as a target."""
+        spec = RAW["Parameters"]["Tenants"]
+        self.assertEqual((spec["Type"], spec["Default"]), ("String", ""))
+        listed = "acme, globex:premium"
+        migrating = [(o, s) for o, s in ALL_STACKS if s.conditions["RunMigration"]]
+        self.assertTrue(migrating)
+        for overrides, s in migrating:
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual(s.props("SchemaResource")["Tenants"], "")
+                with_list = Stack(EXPANDED, {**overrides, "Tenants": listed})
+                self.assertEqual(with_list.rules_hold(), [])
+                self.assertEqual(with_list.props("SchemaResource")["Tenants"], listed)
+                # Data, not where it works: the environment does not carry it.
+                self.assertNotIn(listed, json.dumps(with_list.env("MigrateFunction")))
+        # Nothing would register them without the migration: refused.
+        self.assertEqual(Stack(EXPANDED, {**EXISTING_DATABASE, "Tenants": "acme"}).rules_hold(),
+                         ["TenantsNeedTheMigration"])
+        self.assertIn("migrate register", RAW["Rules"]["TenantsNeedTheMigration"]["Assertions"][0]
+                      ["AssertDescription"])
+
+    def test_tenants_pattern_takes_entries_in_the_tiers_migrations_create(self):
+        spec = RAW["Parameters"]["Tenants"]
+        pattern = spec["AllowedPattern"]
+        for good in ["", "acme", "acme,globex:premium", " acme , b-2:basic,ops.team_1:unlimited ",
+                     "x" * 64, "a:standard", ",".join(f"t{i}" for i in range(500))]:
+            self.assertIsNotNone(re.fullmatch(pattern, good), good)
+        for bad in ["a b", "acme:gold", "acme:Premium", "acme:", "acme,,globex", "acme,", ",acme",
+                    "acme:basic:x", "x" * 65, "acme;globex", ":basic", "acme globex"]:
+            self.assertIsNone(re.fullmatch(pattern, bad), bad)
+        # Every tier the pattern names (twice: first entry, the others), and
+        # none other, is one migrations/ inserts into tenant_tiers.
+        named = [set(alt.split("|")) for alt in re.findall(r"\(:\(([a-z0-9|-]+)\)\)", pattern)]
+        self.assertEqual(len(named), 2)
+        self.assertEqual(named[0], named[1])
+        created = set()
+        migrations = os.path.join(ROOT, "migrations")
+        for name in sorted(os.listdir(migrations)):
+            with open(os.path.join(migrations, name)) as f:
+                sql = f.read()
+            for insert in re.findall(r"INSERT INTO tenant_tiers\b.*?;", sql, re.S | re.I):
+                created |= set(re.findall(r"\(\s*'([a-z0-9-]+)'", insert))
+        self.assertEqual(named[0], created)
+        for tier in created:
+            self.assertIn(tier, spec["ConstraintDescription"])
+            self.assertIn(tier, spec["Description"])
 
     def test_each_function_is_built_from_its_own_binary(self):
         """One cargo package, one binary per function (src/bin/<name>.rs):

@@ -205,6 +205,14 @@ impl Deployment {
         })
     }
 
+    /// [`properties`](Self::properties) with a `Tenants` list, as the
+    /// template passes its parameter.
+    fn with_tenants(&self, schema_version: &str, tenants: &str) -> Value {
+        let mut properties = self.properties(schema_version);
+        properties["Tenants"] = json!(tenants);
+        properties
+    }
+
     fn event(&self, request_type: &str, physical_id: Option<&str>, properties: Value) -> Value {
         let mut event = json!({
             "RequestType": request_type,
@@ -686,4 +694,231 @@ async fn a_response_url_that_is_not_cloudformations_is_never_contacted() {
         .unwrap()
         .get(0);
     assert_eq!(role, 0);
+}
+
+/// The registry as the superuser sees it (RLS does not apply to it):
+/// tenant, tier and status of every tenant.
+async fn registry(su: &tokio_postgres::Client) -> Vec<(String, String, String)> {
+    su.query(
+        "SELECT tenant_id, tier, status FROM tenants ORDER BY tenant_id",
+        &[],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| (r.get(0), r.get(1), r.get(2)))
+    .collect()
+}
+
+/// Every column of one tenant's registry row and its bucket, as text: what
+/// "untouched" compares.
+async fn tenant_rows(su: &tokio_postgres::Client, tenant: &str) -> Vec<String> {
+    su.query(
+        "SELECT t::text FROM tenants t WHERE tenant_id = $1
+         UNION ALL SELECT r::text FROM tenant_rate r WHERE tenant_id = $1",
+        &[&tenant],
+    )
+    .await
+    .unwrap()
+    .iter()
+    .map(|r| r.get(0))
+    .collect()
+}
+
+fn entry(tenant: &str, tier: &str, status: &str) -> (String, String, String) {
+    (tenant.into(), tier.into(), status.into())
+}
+
+/// Whether the application role may enter `tenant`'s scope: what every
+/// request of the API does first.
+async fn app_may_serve(d: &Deployment, tenant: &str) -> Result<(), String> {
+    let app = connect(&d.login("tenant_app", "app-pw-1")).await;
+    app.batch_execute("BEGIN").await.unwrap();
+    let entered = app
+        .query_one("SELECT public.app_enter_tenant($1, 0, 0)", &[&tenant])
+        .await
+        .map(|_| ())
+        .map_err(|e| e.code().map(|c| c.code().to_owned()).unwrap_or_default());
+    app.batch_execute("ROLLBACK").await.unwrap();
+    entered
+}
+
+#[tokio::test]
+async fn create_registers_the_listed_tenants_and_update_moves_their_tiers() {
+    let mut d = Deployment::new().await;
+    let answer = d
+        .send(d.event("Create", None, d.with_tenants("1", "acme, globex:premium")))
+        .await;
+    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+    let su = connect(&d.superuser()).await;
+    assert_eq!(
+        registry(&su).await,
+        [
+            entry("acme", "standard", "active"),
+            entry("globex", "premium", "active")
+        ]
+    );
+    assert_eq!(app_may_serve(&d, "acme").await, Ok(()));
+    assert_eq!(app_may_serve(&d, "initech").await, Err("TU001".into()));
+    // The tiers a list may name are exactly the database's.
+    let mut tiers: Vec<String> = su
+        .query("SELECT tier FROM tenant_tiers", &[])
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    tiers.sort();
+    let mut known = tenant_users_migrate::TIERS.to_vec();
+    known.sort();
+    assert_eq!(tiers, known);
+
+    // Registered some other way, and changed by an operator since: none of
+    // it is the list's business.
+    tenant_users_migrate::register_tenant(&su, "initech", "basic")
+        .await
+        .unwrap();
+    su.batch_execute("UPDATE tenants SET status = 'suspended' WHERE tenant_id = 'globex'")
+        .await
+        .unwrap();
+    let initech = tenant_rows(&su, "initech").await;
+    let acme = tenant_rows(&su, "acme").await;
+    assert_eq!(initech.len(), 2, "{initech:?}");
+
+    // acme dropped from the list, globex moved, hooli added.
+    let answer = d
+        .send(d.event(
+            "Update",
+            Some(PHYSICAL_ID),
+            d.with_tenants("1", "globex:basic,hooli"),
+        ))
+        .await;
+    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+    assert_eq!(
+        registry(&su).await,
+        [
+            entry("acme", "standard", "active"),
+            entry("globex", "basic", "suspended"),
+            entry("hooli", "standard", "active"),
+            entry("initech", "basic", "active"),
+        ]
+    );
+    assert_eq!(
+        tenant_rows(&su, "initech").await,
+        initech,
+        "unlisted: untouched"
+    );
+    assert_eq!(tenant_rows(&su, "acme").await, acme, "delisted: untouched");
+    assert_eq!(app_may_serve(&d, "globex").await, Err("TU002".into()));
+    assert_eq!(app_may_serve(&d, "hooli").await, Ok(()));
+
+    // An empty list and a Delete change no tenant either.
+    let before: Vec<Vec<String>> = {
+        let mut all = Vec::new();
+        for t in ["acme", "globex", "hooli", "initech"] {
+            all.push(tenant_rows(&su, t).await);
+        }
+        all
+    };
+    let answer = d
+        .send(d.event("Update", Some(PHYSICAL_ID), d.with_tenants("2", "")))
+        .await;
+    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+    let answer = d
+        .send(d.event(
+            "Delete",
+            Some(PHYSICAL_ID),
+            d.with_tenants("2", "globex:basic,hooli"),
+        ))
+        .await;
+    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+    for (t, rows) in ["acme", "globex", "hooli", "initech"].iter().zip(&before) {
+        assert_eq!(&tenant_rows(&su, t).await, rows, "{t}");
+    }
+}
+
+#[tokio::test]
+async fn an_invalid_tenant_entry_fails_naming_it_and_changes_nothing() {
+    let mut d = Deployment::new().await;
+    let answer = d
+        .send(d.event(
+            "Create",
+            None,
+            d.with_tenants("1", "acme,bad tenant,globex:gold"),
+        ))
+        .await;
+    assert_eq!(answer["Status"], "FAILED", "{answer}");
+    assert_eq!(answer["PhysicalResourceId"], PHYSICAL_ID);
+    let reason = answer["Reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("read properties failed: property Tenants: entry \"bad tenant\": "),
+        "{reason}"
+    );
+    assert!(
+        reason.contains("entry \"globex:gold\": unknown tier \"gold\""),
+        "{reason}"
+    );
+    assert!(!reason.contains("\"acme\""), "{reason}");
+    // Refused before anything was done: no migration, no role.
+    let su = connect(&d.superuser()).await;
+    let migrated: bool = su
+        .query_one("SELECT to_regclass('public.tenants') IS NOT NULL", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!migrated);
+    assert!(!can_log_in(&d.login("tenant_app", "app-pw-1")).await);
+
+    // On a deployed schema, an invalid Update registers nothing either.
+    let answer = d
+        .send(d.event("Create", None, d.with_tenants("1", "acme")))
+        .await;
+    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+    let registered = registry(&su).await;
+    assert_eq!(registered, [entry("acme", "standard", "active")]);
+    for list in [
+        "acme:premium,globex,",
+        "acme:premium,globex:premium:x",
+        "globex,globex",
+    ] {
+        let answer = d
+            .send(d.event("Update", Some(PHYSICAL_ID), d.with_tenants("1", list)))
+            .await;
+        assert_eq!(answer["Status"], "FAILED", "{list}: {answer}");
+        let reason = answer["Reason"].as_str().unwrap();
+        assert!(
+            reason.starts_with("read properties failed: property Tenants: "),
+            "{reason}"
+        );
+        assert_eq!(registry(&su).await, registered, "{list}");
+    }
+    // A Delete is never refused over its list: it registers nothing anyway.
+    let answer = d
+        .send(d.event(
+            "Delete",
+            Some(PHYSICAL_ID),
+            d.with_tenants("1", "bad tenant"),
+        ))
+        .await;
+    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+
+    // A tier the database lacks (its tiers drifted from the list's) is
+    // caught before the first registration: none of the list is registered.
+    su.batch_execute("DELETE FROM tenant_tiers WHERE tier = 'basic'")
+        .await
+        .unwrap();
+    let answer = d
+        .send(d.event(
+            "Update",
+            Some(PHYSICAL_ID),
+            d.with_tenants("1", "globex,hooli:basic"),
+        ))
+        .await;
+    assert_eq!(answer["Status"], "FAILED", "{answer}");
+    let reason = answer["Reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("register tenants failed: tier \"basic\" of tenant hooli "),
+        "{reason}"
+    );
+    assert_eq!(registry(&su).await, registered);
 }

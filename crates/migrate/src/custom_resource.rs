@@ -21,6 +21,16 @@
 //! with any other `ResponseURL` is not acted on, and that URL never
 //! contacted.
 //!
+//! One property is not a target but data: `Tenants`, the tenants to
+//! register (until the control plane onboards them). Create and Update
+//! register each one listed after migrating, on the same admin connection;
+//! a tenant already registered only moves to the listed tier. Unlisted
+//! tenants are never read or changed, and no tenant is ever suspended or
+//! removed, by any event. So an invoker can at most register or re-tier a
+//! tenant of its choosing in the function's own database, and the list
+//! is checked whole ([`tenants_property`]) before any secret is read: one
+//! invalid entry fails the event with nothing changed.
+//!
 //! CloudFormation waits for an answer on a pre-signed S3 URL, up to an hour
 //! if none comes; so every event with a `ResponseURL` gets one, SUCCESS or
 //! FAILED, also when a step fails, panics or runs into the invocation's
@@ -33,7 +43,7 @@ use std::time::{Duration, SystemTime};
 
 use serde_json::{Value, json};
 
-use crate::{self as migrate, AppRole};
+use crate::{self as migrate, AppRole, DEFAULT_TIER, Registration};
 use tenant_users::config::ConfigError;
 use tenant_users::db::config::{Roots, SslMode, TlsConfig};
 use tenant_users::secret::SecretSource;
@@ -138,7 +148,9 @@ impl Properties {
     /// template sends them so that a change re-runs the resource); a
     /// property that differs is named in the error, with both values (ARNs
     /// and host names, never a secret). CloudFormation sends every scalar
-    /// as a string.
+    /// as a string. The other properties name no target: `SchemaVersion`
+    /// only changes to re-run the resource, `Tenants` is data
+    /// ([`tenants_property`]).
     pub fn check(&self, value: &Value) -> Result<(), String> {
         let port = self.db_port.to_string();
         let expected = [
@@ -168,6 +180,57 @@ impl Properties {
             }
         }
         Ok(())
+    }
+}
+
+/// The `Tenants` property: the tenants Create and Update register, as
+/// [`parse_tenant_list`] reads it; absent, null or blank lists none.
+pub fn tenants_property(properties: &Value) -> Result<Vec<Registration>, String> {
+    match properties.get("Tenants") {
+        None | Some(Value::Null) => Ok(Vec::new()),
+        Some(Value::String(list)) => {
+            parse_tenant_list(list).map_err(|why| format!("property Tenants: {why}"))
+        }
+        Some(_) => Err("property Tenants must be a string".into()),
+    }
+}
+
+/// `tenant_id` or `tenant_id:tier` entries, comma-separated, blanks around
+/// an entry ignored; a tenant without a tier goes in [`DEFAULT_TIER`]. The
+/// whole list is checked: the error names every entry that is not a valid
+/// tenant id, names an unknown tier, is empty or malformed, or repeats a
+/// tenant (which tier would win is not the list's to leave open).
+pub fn parse_tenant_list(list: &str) -> Result<Vec<Registration>, String> {
+    if list.trim().is_empty() {
+        return Ok(Vec::new());
+    }
+    let mut registrations: Vec<Registration> = Vec::new();
+    let mut problems = Vec::new();
+    for (i, entry) in list.split(',').map(str::trim).enumerate() {
+        if entry.is_empty() {
+            problems.push(format!("entry {} is empty", i + 1));
+            continue;
+        }
+        let parsed = match entry.split(':').collect::<Vec<_>>()[..] {
+            [tenant] => Registration::parse(tenant, DEFAULT_TIER),
+            [tenant, tier] => Registration::parse(tenant, tier),
+            _ => Err("is not tenant_id or tenant_id:tier".into()),
+        };
+        match parsed {
+            Ok(r) if registrations.iter().any(|seen| seen.tenant() == r.tenant()) => {
+                problems.push(format!(
+                    "entry {entry:?}: tenant {} is listed twice",
+                    r.tenant()
+                ));
+            }
+            Ok(r) => registrations.push(r),
+            Err(why) => problems.push(format!("entry {entry:?}: {why}")),
+        }
+    }
+    if problems.is_empty() {
+        Ok(registrations)
+    } else {
+        Err(format!("{}; no tenant was registered", problems.join("; ")))
     }
 }
 
@@ -341,11 +404,14 @@ impl CustomResource {
             tracing::error!(request = %event.request_type, %why, "ResponseURL refused: event ignored, nothing contacted");
             return Err(Unanswered::UntrustedResponseUrl(why));
         }
+        // Target first, then the tenant list: both before anything is read,
+        // contacted or changed.
         let checked = match &self.settings {
             Ok(settings) => settings
                 .target
                 .check(&event.resource_properties)
-                .map(|()| settings.clone()),
+                .and_then(|()| tenants_property(&event.resource_properties))
+                .map(|tenants| (settings.clone(), tenants)),
             Err(config) => Err(config.clone()),
         };
         let physical_id = match (&self.settings, &event.physical_resource_id) {
@@ -364,7 +430,7 @@ impl CustomResource {
             "Create" | "Update" => match (&self.settings, checked) {
                 (Err(config), _) => Err(Failure::new("read configuration", config.clone())),
                 (_, Err(bad)) => Err(Failure::new("read properties", bad)),
-                (Ok(_), Ok(settings)) => bootstrap(settings, deadline).await,
+                (Ok(_), Ok((settings, tenants))) => bootstrap(settings, tenants, deadline).await,
             },
             other => Err(Failure::new(
                 "read request",
@@ -448,13 +514,17 @@ impl CustomResource {
 
 /// Secrets, then the database, bounded by the deadline and shielded from
 /// panics: whatever happens, the caller gets a step and a reason.
-async fn bootstrap(settings: Settings, deadline: SystemTime) -> Result<(), Failure> {
+async fn bootstrap(
+    settings: Settings,
+    tenants: Vec<Registration>,
+    deadline: SystemTime,
+) -> Result<(), Failure> {
     let budget = deadline
         .duration_since(SystemTime::now())
         .unwrap_or_default()
         .saturating_sub(ANSWER_RESERVE);
     let step: Arc<Mutex<&'static str>> = Arc::new(Mutex::new("read master secret"));
-    let task = tokio::spawn(steps(settings, step.clone()));
+    let task = tokio::spawn(steps(settings, tenants, step.clone()));
     let abort = task.abort_handle();
     let current = || step.lock().map(|s| *s).unwrap_or("unknown step");
     match tokio::time::timeout(budget, task).await {
@@ -480,7 +550,11 @@ async fn bootstrap(settings: Settings, deadline: SystemTime) -> Result<(), Failu
     }
 }
 
-async fn steps(settings: Settings, step: Arc<Mutex<&'static str>>) -> Result<(), Failure> {
+async fn steps(
+    settings: Settings,
+    tenants: Vec<Registration>,
+    step: Arc<Mutex<&'static str>>,
+) -> Result<(), Failure> {
     let properties = &settings.target;
     let enter = |name: &'static str| {
         if let Ok(mut s) = step.lock() {
@@ -525,7 +599,7 @@ async fn steps(settings: Settings, step: Arc<Mutex<&'static str>>) -> Result<(),
         name: app.username.clone(),
         password: Some(app.password().to_owned()),
     };
-    migrate::run_with_progress(&admin, &settings.tls, &role, enter)
+    migrate::run_with_progress(&admin, &settings.tls, &role, &tenants, enter)
         .await
         .map_err(|e| Failure::new(e.step(), e.to_string()))
 }
@@ -691,6 +765,72 @@ mod tests {
                 "{bad}"
             );
         }
+    }
+
+    #[test]
+    fn a_tenant_list_is_entries_with_an_optional_tier() {
+        let list =
+            parse_tenant_list(" acme , globex:premium,ops.team_1:unlimited,b-2:basic ").unwrap();
+        let got: Vec<(&str, &str)> = list
+            .iter()
+            .map(|r| (r.tenant().as_str(), r.tier()))
+            .collect();
+        assert_eq!(
+            got,
+            [
+                ("acme", "standard"),
+                ("globex", "premium"),
+                ("ops.team_1", "unlimited"),
+                ("b-2", "basic")
+            ]
+        );
+        for none in ["", "  "] {
+            assert_eq!(parse_tenant_list(none), Ok(Vec::new()), "{none:?}");
+        }
+        assert_eq!(tenants_property(&json!({})), Ok(Vec::new()));
+        assert_eq!(tenants_property(&json!({"Tenants": null})), Ok(Vec::new()));
+        assert_eq!(
+            tenants_property(&json!({"Tenants": "acme"})).unwrap().len(),
+            1
+        );
+        let e = tenants_property(&json!({"Tenants": ["acme"]})).unwrap_err();
+        assert_eq!(e, "property Tenants must be a string");
+    }
+
+    #[test]
+    fn every_invalid_entry_of_a_tenant_list_is_named() {
+        for (list, named) in [
+            ("acme,a b", "entry \"a b\": tenant id may only contain"),
+            (
+                "acme:gold",
+                "entry \"acme:gold\": unknown tier \"gold\" (tiers: basic, standard, premium, unlimited)",
+            ),
+            ("acme:Premium", "unknown tier \"Premium\""),
+            ("acme:", "entry \"acme:\": unknown tier \"\""),
+            (
+                "acme:basic:x",
+                "entry \"acme:basic:x\": is not tenant_id or tenant_id:tier",
+            ),
+            (":basic", "entry \":basic\": tenant id is empty"),
+            ("acme,,globex", "entry 2 is empty"),
+            ("acme,", "entry 2 is empty"),
+            (&"x".repeat(65), "tenant id is longer than 64"),
+            (
+                "acme,globex,acme:premium",
+                "entry \"acme:premium\": tenant acme is listed twice",
+            ),
+            (
+                "acme;globex",
+                "entry \"acme;globex\": tenant id may only contain",
+            ),
+        ] {
+            let e = parse_tenant_list(list).unwrap_err();
+            assert!(e.contains(named), "{list:?}: {e}");
+            assert!(e.ends_with("; no tenant was registered"), "{e}");
+        }
+        let e = parse_tenant_list("a b,ok,acme:gold").unwrap_err();
+        assert!(e.contains("\"a b\"") && e.contains("\"acme:gold\""), "{e}");
+        assert!(!e.contains("\"ok\""), "{e}");
     }
 
     #[test]

@@ -21,6 +21,7 @@ use tokio_postgres::Client;
 
 use tenant_users::db::config::{DbConfig, SslMode, TlsConfig};
 use tenant_users::db::error_chain;
+use tenant_users::tenant::TenantId;
 
 pub mod admin_conn;
 pub mod custom_resource;
@@ -65,6 +66,87 @@ pub async fn register_tenant(
     }
 }
 
+/// The tiers `migrations/` create (`tenant_tiers`), the only ones a
+/// [`Registration`] can name; a test holds this list to the table, so a
+/// migration that adds a tier fails it until the tier is added here.
+pub const TIERS: &[&str] = &["basic", "standard", "premium", "unlimited"];
+/// The tier of a tenant listed without one (the table's default too).
+pub const DEFAULT_TIER: &str = "standard";
+
+/// A tenant to register and the tier to put it in, both checked: a
+/// registration that exists names a valid tenant id and a known tier.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Registration {
+    tenant: TenantId,
+    tier: &'static str,
+}
+
+impl Registration {
+    /// `tier` must be one of [`TIERS`]; the error says what is wrong, in
+    /// words fit for a CloudFormation reason.
+    pub fn parse(tenant: &str, tier: &str) -> Result<Self, String> {
+        let tenant = TenantId::parse(tenant).map_err(|e| e.to_string())?;
+        let Some(tier) = TIERS.iter().copied().find(|known| *known == tier) else {
+            return Err(format!(
+                "unknown tier {tier:?} (tiers: {})",
+                TIERS.join(", ")
+            ));
+        };
+        Ok(Registration { tenant, tier })
+    }
+
+    pub fn tenant(&self) -> &TenantId {
+        &self.tenant
+    }
+
+    pub fn tier(&self) -> &'static str {
+        self.tier
+    }
+}
+
+/// Registers each of `tenants` in its tier, in order ([`register_tenant`]:
+/// a new one starts active, a registered one keeps its status and only
+/// moves tier). No other tenant is read or changed. The tiers are first
+/// looked up in the database, so a tier it lacks registers none of them.
+pub async fn register_tenants(
+    client: &Client,
+    tenants: &[Registration],
+) -> Result<(), MigrateError> {
+    if tenants.is_empty() {
+        return Ok(());
+    }
+    let wanted: Vec<&str> = tenants.iter().map(Registration::tier).collect();
+    let known: Vec<String> = client
+        .query(
+            "SELECT tier FROM public.tenant_tiers WHERE tier = ANY ($1)",
+            &[&wanted],
+        )
+        .await
+        .map_err(|e| MigrateError::Register(format!("reading tenant_tiers: {}", error_chain(&e))))?
+        .iter()
+        .map(|row| row.get(0))
+        .collect();
+    if let Some(missing) = tenants.iter().find(|r| !known.iter().any(|k| k == r.tier)) {
+        return Err(MigrateError::Register(format!(
+            "tier {:?} of tenant {} is not in the database's tenant_tiers; no tenant was registered",
+            missing.tier, missing.tenant
+        )));
+    }
+    for (done, registration) in tenants.iter().enumerate() {
+        register_tenant(client, registration.tenant.as_str(), registration.tier)
+            .await
+            .map_err(|e| {
+                MigrateError::Register(format!(
+                    "registering tenant {}: {} (the {done} listed before it are registered)",
+                    registration.tenant,
+                    error_chain(&e)
+                ))
+            })?;
+        tracing::info!(tenant = %registration.tenant, tier = registration.tier, "tenant registered");
+    }
+    Ok(())
+}
+
 /// Tables that hold tenant rows; the application role may use only these.
 pub const TENANT_TABLES: &[&str] = &["users"];
 pub const DEFAULT_APP_USER: &str = "tenant_app";
@@ -103,6 +185,9 @@ pub enum MigrateError {
     /// The deployment is not fit to serve, and migrate may not fix it.
     #[error("{0}")]
     Refused(String),
+    /// A listed tenant could not be registered.
+    #[error("{0}")]
+    Register(String),
 }
 
 impl MigrateError {
@@ -112,6 +197,7 @@ impl MigrateError {
             MigrateError::Tls(_) | MigrateError::Connect(_) => "connect",
             MigrateError::Migration(_) => "migrate",
             MigrateError::Role(_) | MigrateError::Refused(_) => "app role",
+            MigrateError::Register(_) => "register tenants",
         }
     }
 }
@@ -176,16 +262,18 @@ pub async fn run(
     tls: &TlsConfig,
     role: &AppRole,
 ) -> Result<(), MigrateError> {
-    run_with_progress(admin, tls, role, |_| {}).await
+    run_with_progress(admin, tls, role, &[], |_| {}).await
 }
 
-/// [`run`], telling `progress` the step it enters (`connect`, `migrate`,
-/// `app role`: the words of [`MigrateError::step`]), so a caller that gives
-/// up on a deadline can say where it was.
+/// [`run`], then [`register_tenants`] on the same connection, telling
+/// `progress` the step it enters (`connect`, `migrate`, `app role`,
+/// `register tenants`: the words of [`MigrateError::step`]), so a caller
+/// that gives up on a deadline can say where it was.
 pub async fn run_with_progress(
     admin: &tokio_postgres::Config,
     tls: &TlsConfig,
     role: &AppRole,
+    tenants: &[Registration],
     progress: impl Fn(&'static str),
 ) -> Result<(), MigrateError> {
     check_role_name(&role.name)?;
@@ -199,10 +287,12 @@ pub async fn run_with_progress(
     for m in report.applied_migrations() {
         tracing::info!(migration = %m, "applied");
     }
-    progress("app role");
     let result = async {
+        progress("app role");
         revoke_public_create(&client).await?;
-        ensure_app_role(&client, role).await
+        ensure_app_role(&client, role).await?;
+        progress("register tenants");
+        register_tenants(&client, tenants).await
     }
     .await;
     drop(client);
@@ -516,6 +606,24 @@ mod tests {
     fn each_error_names_its_step() {
         assert_eq!(MigrateError::Tls("x".into()).step(), "connect");
         assert_eq!(MigrateError::Refused("x".into()).step(), "app role");
+        assert_eq!(
+            MigrateError::Register("x".into()).step(),
+            "register tenants"
+        );
+    }
+
+    #[test]
+    fn a_registration_names_a_valid_tenant_and_a_known_tier() {
+        let r = Registration::parse("acme.eu-1", "premium").unwrap();
+        assert_eq!((r.tenant().as_str(), r.tier()), ("acme.eu-1", "premium"));
+        assert!(TIERS.contains(&DEFAULT_TIER));
+        assert!(Registration::parse("a b", "basic").is_err());
+        assert!(Registration::parse("", "basic").is_err());
+        let e = Registration::parse("acme", "gold").unwrap_err();
+        assert_eq!(
+            e,
+            "unknown tier \"gold\" (tiers: basic, standard, premium, unlimited)"
+        );
     }
 
     fn role() -> AppRole {
