@@ -22,8 +22,14 @@ use tenant_users::token::config::token_config;
 use tenant_users_migrate::{self as migrate, AppRole, app_db_config};
 use tower::ServiceExt;
 
-/// Each demo tenant, its tier, and its users.
-const DEMO: &[(&str, &str, &[(&str, &str)])] = &[
+/// A demo tenant, its tier, and its users (email, name).
+type DemoTenant = (
+    &'static str,
+    &'static str,
+    &'static [(&'static str, &'static str)],
+);
+
+const DEMO: &[DemoTenant] = &[
     (
         "acme",
         "standard",
