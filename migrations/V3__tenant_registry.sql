@@ -108,13 +108,14 @@ ALTER TABLE tenant_rate FORCE ROW LEVEL SECURITY;
 --      row): unknown or offboarded -> SQLSTATE TU001, suspended -> TU002;
 --   3. the tier's statement timeout (capped by the caller's) and work_mem
 --      are set transaction-locally;
---   4. the concurrency cap: one of the tier's max_concurrent transaction
---      advisory locks, released at COMMIT/ROLLBACK (nothing outlives the
---      transaction); all taken -> TU003;
---   5. when the caller asks for `want` tokens (its local lease ran out), up
+--   4. when the caller asks for `want` tokens (its local lease ran out), up
 --      to that many are taken from the tenant's bucket; none left -> TU429,
 --      DETAIL the milliseconds until one is. A concurrent lease of the same
---      tenant is waited for at most 10 ms, then counts as none left.
+--      tenant is never waited for: the last committed level decides;
+--   5. the concurrency cap: one of the tier's max_concurrent transaction
+--      advisory locks, released at COMMIT/ROLLBACK (nothing outlives the
+--      transaction); all taken -> TU003, and a lease taken in step 4 is
+--      rolled back with the rest.
 -- Any refusal raises, so the transaction is aborted and the statement that
 -- follows in the pipeline does not run. Returns the tokens granted (0 when
 -- none were asked for; -1: the tier has no rate limit).
@@ -138,7 +139,7 @@ DECLARE
     granted   integer;
     slot      integer;
     locked    boolean := false;
-    prev_lock text;
+    contended boolean;
 BEGIN
     IF tenant IS NULL OR tenant !~ '^[A-Za-z0-9._-]{1,64}$' THEN
         RAISE EXCEPTION 'invalid tenant id' USING ERRCODE = '22023';
@@ -167,6 +168,45 @@ BEGIN
     PERFORM set_config('statement_timeout', stmt_ms::text, true);
     PERFORM set_config('work_mem', mem_kb::text || 'kB', true);
 
+    -- The rate first: a refused lease must not hold one of the tenant's
+    -- concurrency slots, however briefly.
+    granted := 0;
+    IF want > 0 AND rate IS NULL THEN
+        granted := -1;
+    ELSIF want > 0 THEN
+        -- Never wait for another environment's lease of this tenant (its row
+        -- lock lasts until its transaction ends, and a wait would hold a
+        -- pooled connection everyone shares). Meanwhile the last committed
+        -- level decides: with tokens to spare this request goes ahead
+        -- without a lease (its environment asks again next time); without,
+        -- it is refused.
+        SELECT r.tokens, r.refilled_at INTO have, at
+          FROM public.tenant_rate r WHERE r.tenant_id = tenant
+           FOR UPDATE SKIP LOCKED;
+        contended := NOT FOUND;
+        IF contended THEN
+            SELECT r.tokens, r.refilled_at INTO have, at
+              FROM public.tenant_rate r WHERE r.tenant_id = tenant;
+        END IF;
+        IF have IS NULL THEN
+            RAISE EXCEPTION 'tenant has no rate bucket' USING ERRCODE = 'TU001';
+        END IF;
+        now_ := clock_timestamp();
+        have := least(depth::double precision,
+                      have + greatest(extract(epoch FROM now_ - at)::double precision, 0)
+                             * rate::double precision);
+        IF have < 1 OR (contended AND have < want + 1) THEN
+            RAISE EXCEPTION 'tenant is over its request rate'
+                USING ERRCODE = 'TU429',
+                      DETAIL = ceil(greatest(1 - have, 1) * 1000 / rate::double precision)::text;
+        END IF;
+        IF NOT contended THEN
+            granted := least(want, floor(have)::integer);
+            UPDATE public.tenant_rate SET tokens = have - granted, refilled_at = now_
+             WHERE tenant_id = tenant;
+        END IF;
+    END IF;
+
     IF slots IS NOT NULL THEN
         FOR slot IN 0 .. slots - 1 LOOP
             IF pg_try_advisory_xact_lock(t_key, slot) THEN
@@ -179,39 +219,6 @@ BEGIN
                 USING ERRCODE = 'TU003', DETAIL = '100';
         END IF;
     END IF;
-
-    IF want = 0 THEN
-        RETURN 0;
-    END IF;
-    IF rate IS NULL THEN
-        RETURN -1;
-    END IF;
-    -- Wait for a concurrent lease of this tenant at most 10 ms (it ends with
-    -- its transaction): a hot tenant's environments never queue on its row
-    -- while holding pooled connections everyone shares.
-    prev_lock := current_setting('lock_timeout');
-    PERFORM set_config('lock_timeout', '10ms', true);
-    BEGIN
-        SELECT r.tokens, r.refilled_at INTO have, at
-          FROM public.tenant_rate r WHERE r.tenant_id = tenant
-           FOR UPDATE;
-    EXCEPTION WHEN lock_not_available THEN
-        RAISE EXCEPTION 'tenant is over its request rate'
-            USING ERRCODE = 'TU429', DETAIL = ceil(1000 / rate)::text;
-    END;
-    IF have IS NULL THEN
-        RAISE EXCEPTION 'tenant has no rate bucket' USING ERRCODE = 'TU001';
-    END IF;
-    PERFORM set_config('lock_timeout', prev_lock, true);
-    now_ := clock_timestamp();
-    have := least(depth::double precision,
-                  have + greatest(extract(epoch FROM now_ - at)::double precision, 0) * rate::double precision);
-    IF have < 1 THEN
-        RAISE EXCEPTION 'tenant is over its request rate'
-            USING ERRCODE = 'TU429', DETAIL = ceil((1 - have) * 1000 / rate::double precision)::text;
-    END IF;
-    granted := least(want, floor(have)::integer);
-    UPDATE public.tenant_rate SET tokens = have - granted, refilled_at = now_ WHERE tenant_id = tenant;
     RETURN granted;
 END
 $$;

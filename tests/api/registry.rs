@@ -380,3 +380,39 @@ async fn the_audit_holds_the_registry_to_the_tenant_table_rules() {
         "{failed:#?}"
     );
 }
+
+#[tokio::test]
+async fn a_lease_never_waits_for_another_environments_lease() {
+    let db = TestDb::create().await;
+    tier(&db, "roomy", Some(1.0), Some(50), None, 5000).await;
+    db.register("roomyco", "roomy").await;
+    let (holder, other) = (db.app_client().await, db.app_client().await);
+    // One environment leases and keeps its transaction (the row lock) open.
+    holder
+        .batch_execute("BEGIN; SELECT public.app_enter_tenant('roomyco', 5000, 40)")
+        .await
+        .unwrap();
+    // Another is not made to wait: tokens to spare, so it goes ahead, leasing none.
+    let started = Instant::now();
+    let granted: i32 = other
+        .query_one("SELECT public.app_enter_tenant('roomyco', 5000, 4)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert_eq!(granted, 0);
+    assert!(started.elapsed() < Duration::from_secs(1));
+    // Asking for more than the committed level could give: refused, at once.
+    let error = other
+        .query_one("SELECT public.app_enter_tenant('roomyco', 5000, 60)", &[])
+        .await
+        .expect_err("over the committed level");
+    assert_eq!(error.code().map(|c| c.code()), Some("TU429"));
+    holder.batch_execute("COMMIT").await.unwrap();
+    // The holder's 40 are gone from the bucket; what is left is leased again.
+    let granted: i32 = other
+        .query_one("SELECT public.app_enter_tenant('roomyco', 5000, 60)", &[])
+        .await
+        .unwrap()
+        .get(0);
+    assert!((10..=12).contains(&granted), "granted {granted}");
+}
