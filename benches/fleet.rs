@@ -157,6 +157,11 @@ fn spread(xs: &[f64], digits: usize) -> String {
 #[tokio::main]
 async fn main() {
     let db = Arc::new(TestDb::create().await);
+    // An unknown tenant gets 403: the fleet's tenants are registered, in
+    // the tier without rate limits (this measures the pooler, not them).
+    for i in 0..TENANTS {
+        db.register(&tenant(i), "unlimited").await;
+    }
     let bouncer = PgBouncer::start(&[(&db.app_user, "pw")], POOL);
     let pooled = bouncer.app_env(&db.app_user, "pw", &db.name);
     let direct_env = vec![("DATABASE_URL".to_owned(), db.app_url())];

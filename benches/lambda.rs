@@ -14,6 +14,13 @@
 //! (10 ms ticks). Every figure is given as
 //! min/median/max over `BENCH_RUNS` runs (default 3).
 //!
+//! At `BENCH_DB_FLOOR_SIZES` hello also runs with the database, twice: once
+//! entering the tenant through the registry as the service's warm request
+//! does, once through the scope as it was before the registry (a bench-only
+//! function in this run's database), so the registry's CPU is priced
+//! without a switch in the service. Each of those two and the service are
+//! then run through a delaying relay to count their database round trips.
+//!
 //! Writes its section of BENCHMARKS.md (between markers, so `make bench`
 //! keeps it), a CSV and a PNG chart (python3 + matplotlib) of p99 and cost
 //! against memory size.
@@ -32,6 +39,8 @@ mod common;
 use std::fmt::Write as _;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 use base64::Engine as _;
@@ -46,6 +55,37 @@ const AUDIENCE: &str = "bench-client";
 const KID: &str = "bench-rsa-1";
 const TENANTS: u32 = 100;
 const USERS_PER_TENANT: u32 = 60;
+/// hello + the database reads this tenant: seeded like the others, but
+/// registered in a tier with limits (the service's tenants are `unlimited`,
+/// as in the tests), so its registry scope also takes the concurrency cap.
+const HELLO_TENANT: u32 = 1000 + TENANTS;
+const HELLO_TIER: &str = "premium";
+/// The scope before the registry (migrations/V2's `app_set_tenant`: the
+/// tenant and the statement timeout, transaction-locally, nothing else),
+/// under a name of the benchmark's own, in the benchmark's database only:
+/// hello's `HELLO_SCOPE=pre-registry` calls it, so the registry's cost is
+/// measured without a switch in the service.
+const PRE_REGISTRY_SCOPE: &str = "
+CREATE FUNCTION public.bench_pre_registry_scope(tenant text, timeout_ms integer)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+AS $$
+BEGIN
+    IF tenant IS NULL OR tenant !~ '^[A-Za-z0-9._-]{1,64}$' THEN
+        RAISE EXCEPTION 'invalid tenant id' USING ERRCODE = '22023';
+    END IF;
+    IF timeout_ms IS NULL OR timeout_ms < 0 THEN
+        RAISE EXCEPTION 'invalid statement timeout' USING ERRCODE = '22023';
+    END IF;
+    PERFORM pg_catalog.set_config('app.current_tenant', tenant, true);
+    PERFORM pg_catalog.set_config('statement_timeout', timeout_ms::text, true);
+END
+$$;
+REVOKE ALL ON FUNCTION public.bench_pre_registry_scope(text, integer) FROM PUBLIC;
+";
+/// One-way delay of the relay that counts round trips.
+const RELAY_DELAY: Duration = Duration::from_millis(10);
 /// Lambda gives one full vCPU at 1,769 MB, proportionally less below.
 const FULL_CPU_MB: u64 = 1769;
 /// Paced invocations: 20 per second.
@@ -444,6 +484,19 @@ fn event_template() -> Value {
     e
 }
 
+/// The events a measurement sends: the template, with these tokens in turn.
+#[derive(Clone, Copy)]
+struct Events<'a> {
+    template: &'a Value,
+    tokens: &'a [String],
+}
+
+impl Events<'_> {
+    fn nth(&self, n: usize) -> String {
+        event(self.template, &self.tokens[n % self.tokens.len()], n)
+    }
+}
+
 fn event(template: &Value, token: &str, n: usize) -> String {
     let mut e = template.clone();
     e["headers"]["authorization"] = json!(format!("Bearer {token}"));
@@ -542,14 +595,22 @@ impl BenchDb {
         assert!(status.success(), "migrate migrate failed");
         let mut config = common::admin_base();
         config.dbname(&db.name);
+        // Every tenant the benchmark sends is registered (an unknown one
+        // gets 403); the registry's trigger gives each its bucket.
         common::connect(&config)
             .await
             .batch_execute(&format!(
                 "INSERT INTO users (tenant_id, email, name)
                  SELECT (1000 + t)::text, 'u' || u || '@t' || t || '.test', 'User ' || u
-                   FROM generate_series(0, {}) t, generate_series(1, {USERS_PER_TENANT}) u;
-                 ANALYZE users;",
-                TENANTS - 1
+                   FROM generate_series(0, {TENANTS}) t, generate_series(1, {USERS_PER_TENANT}) u;
+                 ANALYZE users;
+                 INSERT INTO tenants (tenant_id, tier)
+                 SELECT (1000 + t)::text, 'unlimited' FROM generate_series(0, {}) t;
+                 INSERT INTO tenants (tenant_id, tier) VALUES ('{HELLO_TENANT}', '{HELLO_TIER}');
+                 {PRE_REGISTRY_SCOPE}
+                 GRANT EXECUTE ON FUNCTION public.bench_pre_registry_scope(text, integer) TO {};",
+                TENANTS - 1,
+                db.user
             ))
             .await
             .unwrap();
@@ -561,8 +622,13 @@ impl BenchDb {
     }
 
     fn app_url(&self) -> String {
+        self.app_url_via(5432)
+    }
+
+    /// The application role's URL through a relay listening on `port`.
+    fn app_url_via(&self, port: u16) -> String {
         format!(
-            "postgres://{}:{}@127.0.0.1:5432/{}",
+            "postgres://{}:{}@127.0.0.1:{port}/{}",
             self.user, self.password, self.name
         )
     }
@@ -737,13 +803,237 @@ async fn cold_only(
     )
 }
 
+/// CPU per warm invocation (µs) of two functions measured together: both
+/// environments up at `mb`, warmed, then `n` invocations each, alternating
+/// (which goes first flips every pair), so both meet the same machine at
+/// the same moments, which sequential runs on a shared machine do not.
+async fn interleaved_cpu(
+    rie: &Path,
+    binary: &Path,
+    envs: [&[(String, String)]; 2],
+    mb: u64,
+    events: Events<'_>,
+    n: usize,
+    log: &Path,
+) -> (f64, f64) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(2)
+        .build()
+        .unwrap();
+    let environments = envs.map(|env| {
+        let log = log.with_extension(format!("{}.log", uuid4()));
+        Environment::start(rie, binary, env, mb, &log)
+    });
+    let mut k = 0usize;
+    let mut call = async |e: usize| {
+        k += 1;
+        invoke(&client, &environments[e].url(), events.nth(k)).await;
+    };
+    for _ in 0..120 {
+        call(0).await;
+        call(1).await;
+    }
+    let pids = environments
+        .each_ref()
+        .map(|e| e.function_pid().expect("the emulator started the function"));
+    let before = pids.map(cpu_ns);
+    for i in 0..n {
+        let first = i % 2;
+        call(first).await;
+        call(1 - first).await;
+    }
+    let after = pids.map(cpu_ns);
+    (
+        per_invocation_us(before[0], after[0], n),
+        per_invocation_us(before[1], after[1], n),
+    )
+}
+
+/// A relay to PostgreSQL on loopback that delays each direction by a fixed
+/// time (a delay line, as tests/common/delay.rs) and counts round trips
+/// exactly: a chunk from the client that arrives after the server's last
+/// answer was passed on is the start of a new one (the client waited for
+/// the answer before it sent); a pipelined transaction is one.
+async fn counting_relay(delay: Duration) -> (u16, Arc<AtomicUsize>) {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let trips = Arc::new(AtomicUsize::new(0));
+    let count = trips.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", 5432)).await else {
+                continue;
+            };
+            let _ = inbound.set_nodelay(true);
+            let _ = outbound.set_nodelay(true);
+            let (ri, wi) = inbound.into_split();
+            let (ro, wo) = outbound.into_split();
+            let answered = Arc::new(AtomicBool::new(true));
+            tokio::spawn(relay_pipe(
+                ri,
+                wo,
+                delay,
+                Side::Client(answered.clone(), count.clone()),
+            ));
+            tokio::spawn(relay_pipe(ro, wi, delay, Side::Server(answered)));
+        }
+    });
+    (port, trips)
+}
+
+enum Side {
+    /// Client to server: counts a round trip when the last answer was passed on.
+    Client(Arc<AtomicBool>, Arc<AtomicUsize>),
+    /// Server to client: marks the answer passed on.
+    Server(Arc<AtomicBool>),
+}
+
+async fn relay_pipe(
+    mut from: tokio::net::tcp::OwnedReadHalf,
+    mut to: tokio::net::tcp::OwnedWriteHalf,
+    delay: Duration,
+    side: Side,
+) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let answered = match &side {
+        Side::Server(answered) => Some(answered.clone()),
+        Side::Client(..) => None,
+    };
+    let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel::<(Instant, Vec<u8>)>();
+    tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        while let Ok(n @ 1..) = from.read(&mut buf).await {
+            if let Side::Client(answered, trips) = &side
+                && answered.swap(false, Ordering::SeqCst)
+            {
+                trips.fetch_add(1, Ordering::SeqCst);
+            }
+            if tx.send((Instant::now(), buf[..n].to_vec())).is_err() {
+                break;
+            }
+        }
+    });
+    while let Some((arrived, chunk)) = rx.recv().await {
+        tokio::time::sleep_until((arrived + delay).into()).await;
+        if to.write_all(&chunk).await.is_err() {
+            break;
+        }
+        if let Some(answered) = &answered {
+            answered.store(true, Ordering::SeqCst);
+        }
+    }
+    let _ = to.shutdown().await;
+}
+
+/// Database round trips per warm invocation: each function's connection
+/// through [`counting_relay`], once without delay and once adding D each
+/// way; counted by the relay over the timed invocations, and, as the
+/// round-trip guard (tests/api/round_trips.rs) and `make bench` count
+/// them, from latency: (p50 at D − p50 at 0) ÷ 2·D.
+struct RoundTrips {
+    name: &'static str,
+    counted: Spread,
+    by_latency: Spread,
+    at_zero: Spread,
+    at_delay: Spread,
+}
+
+/// A cold start and 20 warm-up invocations at full CPU, then 25 timed
+/// ones: their median latency and the relay's round trips per invocation.
+async fn timed_through(
+    rie: &Path,
+    binary: &Path,
+    env: &[(String, String)],
+    events: Events<'_>,
+    trips: &AtomicUsize,
+    log: &Path,
+) -> (f64, f64) {
+    let client = reqwest::Client::builder()
+        .pool_max_idle_per_host(1)
+        .build()
+        .unwrap();
+    let environment = Environment::start(rie, binary, env, FULL_CPU_MB, log);
+    let url = environment.url();
+    let (mut xs, mut before) = (Vec::new(), 0);
+    for n in 0..46 {
+        if n == 21 {
+            before = trips.load(Ordering::SeqCst);
+        }
+        let took = invoke(&client, &url, events.nth(n)).await;
+        if n > 20 {
+            xs.push(ms(took));
+        }
+    }
+    let counted = (trips.load(Ordering::SeqCst) - before) as f64 / xs.len() as f64;
+    (percentile(&xs, 0.5), counted)
+}
+
+/// A function whose round trips are counted: its name, its binary, and its
+/// environment given the database URL to use.
+type Subject<'a> = (
+    &'static str,
+    &'a Path,
+    &'a dyn Fn(String) -> Vec<(String, String)>,
+);
+
+async fn round_trips(
+    rie: &Path,
+    functions: &[Subject<'_>],
+    db: &BenchDb,
+    events: Events<'_>,
+    runs: usize,
+    logs: &Path,
+) -> Vec<RoundTrips> {
+    let mut out = Vec::new();
+    for &(name, binary, env) in functions {
+        let (mut counted, mut by_latency, mut at_zero, mut at_delay) =
+            (Vec::new(), Vec::new(), Vec::new(), Vec::new());
+        for run in 0..runs {
+            let mut p50 = [0.0; 2];
+            for (i, delay) in [Duration::ZERO, RELAY_DELAY].into_iter().enumerate() {
+                let (relay, trips) = counting_relay(delay).await;
+                let log = logs.join(format!("trips-{}-{i}-{run}.log", name.replace(' ', "-")));
+                let env = env(db.app_url_via(relay));
+                let (latency, n) = timed_through(rie, binary, &env, events, &trips, &log).await;
+                p50[i] = latency;
+                counted.push(n);
+            }
+            let n = (p50[1] - p50[0]) / (2.0 * ms(RELAY_DELAY));
+            println!(
+                "round trips, {name}, run {run}: counted {:.2} / {:.2}, by latency {n:.2} (p50 {:.2} ms at 0, {:.2} ms at {} ms each way)",
+                counted[counted.len() - 2],
+                counted[counted.len() - 1],
+                p50[0],
+                p50[1],
+                RELAY_DELAY.as_millis()
+            );
+            by_latency.push(n);
+            at_zero.push(p50[0]);
+            at_delay.push(p50[1]);
+        }
+        out.push(RoundTrips {
+            name,
+            counted: Spread::of(&counted),
+            by_latency: Spread::of(&by_latency),
+            at_zero: Spread::of(&at_zero),
+            at_delay: Spread::of(&at_delay),
+        });
+    }
+    out
+}
+
 // --- the run ------------------------------------------------------------------------
 
 struct SizeResult {
     mb: u64,
     hello: Vec<RunFigures>,
-    /// hello + the database (`HELLO_DATABASE_URL`), where measured.
+    /// hello + the database (`HELLO_DATABASE_URL`), where measured, with
+    /// the registry's scope as the service enters a tenant on a warm
+    /// request (`HELLO_SCOPE=registry`).
     hello_db: Vec<RunFigures>,
+    /// The same without and with the registry, interleaved: CPU per warm
+    /// invocation (µs), (off, on) per run.
+    registry: Vec<(f64, f64)>,
     service: Vec<RunFigures>,
 }
 
@@ -771,6 +1061,14 @@ impl SizeResult {
     /// Ratio (hello + database) ÷ hello per run.
     fn db_floor_ratio(&self, f: impl Fn(&RunFigures) -> f64) -> Spread {
         Self::paired(&self.hello_db, &self.hello, f)
+    }
+    /// hello + database CPU per invocation, registry off and on
+    /// (interleaved), and on ÷ off per run.
+    fn registry(&self) -> (Spread, Spread, Spread) {
+        let of = |f: fn(&(f64, f64)) -> f64| {
+            Spread::of(&self.registry.iter().map(f).collect::<Vec<_>>())
+        };
+        (of(|x| x.0), of(|x| x.1), of(|x| x.1 / x.0))
     }
     fn paired(a: &[RunFigures], b: &[RunFigures], f: impl Fn(&RunFigures) -> f64) -> Spread {
         let xs: Vec<f64> = a.iter().zip(b).map(|(x, y)| f(x) / f(y)).collect();
@@ -831,10 +1129,16 @@ async fn run() {
         ("JWT_JWKS_URL".into(), jwks_url.clone()),
     ]);
     let hello_env = lambda_env(vec![]);
-    let hello_db_env = lambda_env(vec![
-        ("HELLO_DATABASE_URL".into(), db.app_url()),
-        ("HELLO_TENANT".into(), "1000".into()),
-    ]);
+    let hello_db_env = |url: String, scope: &str| {
+        lambda_env(vec![
+            ("HELLO_DATABASE_URL".into(), url),
+            ("HELLO_TENANT".into(), HELLO_TENANT.to_string()),
+            ("HELLO_SCOPE".into(), scope.into()),
+        ])
+    };
+    let hello_db_on_env = hello_db_env(db.app_url(), "registry");
+    let hello_db_off_env = hello_db_env(db.app_url(), "pre-registry");
+    let paired: usize = env_or("BENCH_PAIRED", 1000);
 
     let mut results = Vec::new();
     for &mb in &sizes {
@@ -842,6 +1146,7 @@ async fn run() {
             mb,
             hello: Vec::new(),
             hello_db: Vec::new(),
+            registry: Vec::new(),
             service: Vec::new(),
         };
         for run in 0..runs {
@@ -868,7 +1173,7 @@ async fn run() {
                 let d = one_run(
                     &rie,
                     &hello_bin,
-                    &hello_db_env,
+                    &hello_db_on_env,
                     mb,
                     &load,
                     &logs.join(format!("hello-db-{mb}-{run}.log")),
@@ -879,6 +1184,24 @@ async fn run() {
                     d.cold_ms, d.init_cpu_ms_sched, d.cpu_us, d.b2b_p99, d.paced_p99
                 );
                 result.hello_db.push(d);
+                let (off, on) = interleaved_cpu(
+                    &rie,
+                    &hello_bin,
+                    [&hello_db_off_env, &hello_db_on_env],
+                    mb,
+                    Events {
+                        template: &template,
+                        tokens: &reused,
+                    },
+                    paired,
+                    &logs.join(format!("registry-{mb}-{run}")),
+                )
+                .await;
+                println!(
+                    "{mb} MB run {run}: hello + database interleaved, registry off {off:.0} µs, on {on:.0} µs: {:.3}",
+                    on / off
+                );
+                result.registry.push((off, on));
             }
             let load = Load { fresh, ..load };
             let s = one_run(
@@ -914,6 +1237,31 @@ async fn run() {
         results.push(result);
     }
 
+    let service_via = |url: String| {
+        lambda_env(vec![
+            ("DATABASE_URL".into(), url),
+            ("JWT_JWKS_URL".into(), jwks_url.clone()),
+        ])
+    };
+    let off_via = |url: String| hello_db_env(url, "pre-registry");
+    let on_via = |url: String| hello_db_env(url, "registry");
+    let trips = round_trips(
+        &rie,
+        &[
+            ("hello + db, registry off", &hello_bin, &off_via),
+            ("hello + db, registry on", &hello_bin, &on_via),
+            ("service", &service_bin, &service_via),
+        ],
+        &db,
+        Events {
+            template: &template,
+            tokens: &reused,
+        },
+        runs,
+        &logs,
+    )
+    .await;
+
     let tls = if with_tls {
         Some(
             tls_init(
@@ -933,12 +1281,16 @@ async fn run() {
 
     let report = render(
         &results,
+        &trips,
         tls.as_ref(),
         &cores,
         &commit,
-        runs,
-        invocations,
-        paced,
+        Plan {
+            runs,
+            invocations,
+            paced,
+            paired,
+        },
     );
     println!("\n{report}");
     if write {
@@ -1046,15 +1398,32 @@ fn verdict(met: bool) -> &'static str {
     if met { "met" } else { "**missed**" }
 }
 
+/// How much was measured: runs per figure, and invocations per run.
+#[derive(Clone, Copy)]
+struct Plan {
+    runs: usize,
+    /// Back to back.
+    invocations: usize,
+    /// At 20/s.
+    paced: usize,
+    /// Each of registry off and on, interleaved.
+    paired: usize,
+}
+
 fn render(
     results: &[SizeResult],
+    trips: &[RoundTrips],
     tls: Option<&Vec<TlsInit>>,
     cores: &str,
     commit: &str,
-    runs: usize,
-    invocations: usize,
-    paced: usize,
+    plan: Plan,
 ) -> String {
+    let Plan {
+        runs,
+        invocations,
+        paced,
+        paired,
+    } = plan;
     let mut t = String::new();
     let date = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
     let _ = writeln!(
@@ -1150,6 +1519,32 @@ fn render(
             verdict(ratio.median <= 1.5)
         );
     }
+    for r in results.iter().filter(|r| !r.registry.is_empty()) {
+        let (off, on, ratio) = r.registry();
+        let _ = writeln!(
+            t,
+            "| the tenant registry and limits: CPU per warm invocation, hello + db entering the tenant through the registry ÷ through the pre-registry scope, interleaved ({} MB; µs: {} vs {}) | {} | ≤ 1.10× | {} |",
+            r.mb,
+            on.show(0),
+            off.show(0),
+            ratio.show(3),
+            verdict(ratio.median <= 1.10)
+        );
+    }
+    if !trips.is_empty() {
+        let _ = writeln!(
+            t,
+            "| database round trips per warm invocation, counted at a relay: {} ({} MB) | {} | 1 each: the registry adds none | {} |",
+            trips.iter().map(|x| x.name).collect::<Vec<_>>().join(" / "),
+            FULL_CPU_MB,
+            trips
+                .iter()
+                .map(|x| x.counted.show(2))
+                .collect::<Vec<_>>()
+                .join(" / "),
+            verdict(trips.iter().all(|x| x.counted.max <= 1.0))
+        );
+    }
     let _ = writeln!(
         t,
         "\nThe remaining goals (RS256 verify, local HTTP against pgbench, arm64 bootstrap size) are measured by `make bench` and listed with these in the goals summary below.\n"
@@ -1164,17 +1559,28 @@ fn render(
             "examples/hello with `HELLO_DATABASE_URL`: one connection opened at init, and per invocation the service's own GET /users \
              transaction (BEGIN, tenant scope, the same SELECT with LIMIT 51, COMMIT; pipelined, one round trip), rows read into the service's \
              `User` and serialised; no token, logs, metrics, pool or guards. Its excess over hello is what one database round trip costs in \
-             this harness; the service's excess over it is what the service's own code adds.\n"
+             this harness; the service's excess over it is what the service's own code adds.\n\n\
+             It enters the tenant as the service does on a warm request (`HELLO_SCOPE=registry`): `app_enter_tenant(tenant, 5000, 0)`, \
+             the registry row read under RLS, the tier's statement timeout and work_mem set, one of the tier's concurrency slots taken \
+             (tenant {HELLO_TENANT}, `{HELLO_TIER}` tier), no tokens asked for (as while the environment's lease lasts), its result read. \
+             To price the registry, it also runs *off* (`HELLO_SCOPE=pre-registry`): the scope as it was before the registry \
+             (migrations/V2's body: the tenant and the statement timeout set transaction-locally, nothing else), a function created under \
+             a bench-only name in this run's database only; the service has no such switch. Off and on run in two environments at once, \
+             warmed, then {paired} invocations each, alternating, so both meet the same machine; on ÷ off pairs them per run.\n"
         );
         let _ = writeln!(
             t,
-            "| MB | hello CPU (µs) | hello + db CPU (µs) | service CPU (µs) | hello + db ÷ hello | service ÷ hello + db | service ÷ hello | paced p99 (ms): hello / hello + db / service |"
+            "| MB | hello CPU (µs) | hello + db CPU (µs) | service CPU (µs) | hello + db ÷ hello | service ÷ hello + db | service ÷ hello | paced p99 (ms): hello / hello + db / service | interleaved: registry off / on CPU (µs) | registry on ÷ off |"
         );
-        let _ = writeln!(t, "| --- | --- | --- | --- | --- | --- | --- | --- |");
+        let _ = writeln!(
+            t,
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |"
+        );
         for r in floors {
+            let (off, on, ratio) = r.registry();
             let _ = writeln!(
                 t,
-                "| {} | {} | {} | {} | {} | {} | {} | {} / {} / {} |",
+                "| {} | {} | {} | {} | {} | {} | {} | {} / {} / {} | {} / {} | {} |",
                 r.mb,
                 r.hello(|f| f.cpu_us).show(0),
                 r.hello_db(|f| f.cpu_us).show(0),
@@ -1185,6 +1591,46 @@ fn render(
                 r.hello(|f| f.paced_p99).show(2),
                 r.hello_db(|f| f.paced_p99).show(2),
                 r.service(|f| f.paced_p99).show(2),
+                off.show(0),
+                on.show(0),
+                ratio.show(3),
+            );
+        }
+        let _ = writeln!(t);
+    }
+
+    if !trips.is_empty() {
+        let _ = writeln!(
+            t,
+            "### Database round trips per warm invocation
+"
+        );
+        let _ = writeln!(
+            t,
+            "Each function's database connection goes through a relay on loopback, once passing bytes on at once and once delaying \
+             each direction by D = {} ms; {} MB, a fresh environment per function and delay, 25 warm invocations timed after 20. \
+             *Counted*: the relay counts a round trip each time the client sends after the server's last answer was passed on \
+             (the client waited); a pipelined BEGIN, scope, statement, COMMIT is one; per timed invocation, over both delays. \
+             *By latency*: (p50 at D − p50 at 0) ÷ 2·D, as the round-trip guard (tests/api/round_trips.rs) and `make bench` count them \
+             (noisy on a loaded machine). Median (min–max) of {} runs.\n",
+            RELAY_DELAY.as_millis(),
+            FULL_CPU_MB,
+            runs
+        );
+        let _ = writeln!(
+            t,
+            "| function | round trips, counted | p50 at D = 0 (ms) | p50 at D (ms) | round trips, by latency |"
+        );
+        let _ = writeln!(t, "| --- | --- | --- | --- | --- |");
+        for x in trips {
+            let _ = writeln!(
+                t,
+                "| {} | {} | {} | {} | {} |",
+                x.name,
+                x.counted.show(2),
+                x.at_zero.show(2),
+                x.at_delay.show(2),
+                x.by_latency.show(2)
             );
         }
         let _ = writeln!(t);

@@ -3,7 +3,8 @@
 //! Prints a markdown report and writes it to BENCHMARKS.md:
 //! round trips per request (a delay proxy between service and PostgreSQL),
 //! the pgbench floor (same transaction, unnamed statements, plain and
-//! pipelined), the service over HTTP (wrk) and in-process through the
+//! pipelined), the tenant registry's cost at the database (pgbench with the
+//! pre-registry scope against the registry's), the service over HTTP (wrk) and in-process through the
 //! Lambda adapter, cold start with Secrets Manager (moto) and TLS through
 //! PgBouncer, peak RSS, the bootstrap's size, and GET /users at 10^5 and
 //! 10^7 rows. Figures are medians; the machine is shared and noisy, so
@@ -67,13 +68,19 @@ fn tenant(i: u32) -> String {
     (1000 + i % TENANTS).to_string()
 }
 
+/// Seeds users of tenants "1000".., each registered (an unknown tenant
+/// gets 403) in the `unlimited` tier, as the tests' tenants are: the
+/// benchmarks measure throughput, not the rate limits.
 async fn seed(db: &TestDb, tenants: u32, per_tenant: u32, first: u32) {
     db.admin()
         .await
         .batch_execute(&format!(
-            "INSERT INTO users (tenant_id, email, name)
+            "INSERT INTO tenants (tenant_id, tier)
+             SELECT (1000 + t)::text, 'unlimited' FROM generate_series(0, {0}) t
+             ON CONFLICT (tenant_id) DO NOTHING;
+             INSERT INTO users (tenant_id, email, name)
              SELECT (1000 + t)::text, 'u' || u || '@t' || t || '.test', 'User ' || u
-               FROM generate_series(0, {}) t, generate_series({first}, {}) u;
+               FROM generate_series(0, {0}) t, generate_series({first}, {1}) u;
              ANALYZE users;",
             tenants - 1,
             first + per_tenant - 1
@@ -137,6 +144,7 @@ async fn run() -> Report {
 
     round_trips(&mut report, &db).await;
     let floor = pgbench_floor(&mut report, &db);
+    registry_at_the_database(&mut report, &db).await;
     let service = service_over_http(&mut report, &db).await;
     let in_process = in_process_handler(&mut report, &db).await;
     ratios(&mut report, &floor, &service, &in_process);
@@ -304,65 +312,24 @@ fn list_sql(tenant: &str) -> String {
 fn pgbench_floor(report: &mut Report, db: &TestDb) -> Vec<(String, u32, Throughput)> {
     report.section("Floor: pgbench, the same transaction");
     report.line(
-        "`pgbench -M extended` (unnamed statements, as behind a proxy) as the application role, a random tenant per transaction: BEGIN; app_set_tenant; the GET /users query (LIMIT 51); COMMIT. `sslmode=disable` like the service's plain DATABASE_URL; no `-l` (per-transaction logging would slow the floor); 8 s per run; transactions/s as median (min–max) of the runs.\n",
+        "`pgbench -M extended` (unnamed statements, as behind a proxy) as the application role, a random tenant per transaction: BEGIN; `app_enter_tenant(tenant, 5000, 0)`, the tenant scope as the service enters it on a warm request (registry read, tier settings; no tokens asked for while the environment's lease lasts); the GET /users query (LIMIT 51); COMMIT. The tenants are registered in the `unlimited` tier, as the service's are here. `sslmode=disable` like the service's plain DATABASE_URL; no `-l` (per-transaction logging would slow the floor); 8 s per run; transactions/s as median (min–max) of the runs.\n",
     );
     report.line("| form | clients | mean latency (ms) | transactions/s |");
     report.line("| --- | --- | --- | --- |");
     let dir = std::env::temp_dir().join(format!("tu-pgbench-{}", uuid::Uuid::new_v4().simple()));
     std::fs::create_dir_all(&dir).unwrap();
-    let body = format!(
-        "BEGIN;\nSELECT public.app_set_tenant(:t, 5000);\n{};\nCOMMIT;\n",
-        list_sql(":t")
-    );
-    let set = format!("\\set t random(1000, {})\n", 1000 + TENANTS - 1);
-    std::fs::write(dir.join("plain.sql"), format!("{set}{body}")).unwrap();
-    std::fs::write(
-        dir.join("pipeline.sql"),
-        format!("{set}\\startpipeline\n{body}\\endpipeline\n"),
-    )
-    .unwrap();
-    // The service connects without TLS (a plain DATABASE_URL): so does
-    // the floor (libpq would otherwise negotiate TLS by default).
-    let url = format!("{}?sslmode=disable", db.app_url());
+    let body = transaction("SELECT public.app_enter_tenant(:t, 5000, 0)");
+    std::fs::write(dir.join("plain.sql"), format!("{}{body}", pick_tenant())).unwrap();
+    std::fs::write(dir.join("pipeline.sql"), pipelined(&body)).unwrap();
+    let url = pgbench_url(db);
     let mut out = Vec::new();
     for form in ["pipeline", "plain"] {
         for clients in [1u32, 8] {
             let (mut tps_runs, mut lat_runs) = (Vec::new(), Vec::new());
             for _ in 0..runs() {
-                let output = Command::new("pgbench")
-                    .args([
-                        "-n",
-                        "-M",
-                        "extended",
-                        "-T",
-                        "8",
-                        "-c",
-                        &clients.to_string(),
-                        "-j",
-                        &clients.min(2).to_string(),
-                    ])
-                    .arg("-f")
-                    .arg(dir.join(format!("{form}.sql")))
-                    .arg(&url)
-                    .current_dir(&dir)
-                    .output()
-                    .expect("pgbench (apt-get install postgresql)");
-                let stdout = String::from_utf8_lossy(&output.stdout);
-                assert!(
-                    output.status.success(),
-                    "pgbench: {stdout}{}",
-                    String::from_utf8_lossy(&output.stderr)
-                );
-                let field = |prefix: &str, nth: usize| -> f64 {
-                    stdout
-                        .lines()
-                        .find(|l| l.starts_with(prefix))
-                        .and_then(|l| l.split_whitespace().nth(nth))
-                        .and_then(|v| v.parse().ok())
-                        .unwrap_or(f64::NAN)
-                };
-                tps_runs.push(field("tps =", 2));
-                lat_runs.push(field("latency average =", 3));
+                let (tps, latency) = pgbench(&dir, &format!("{form}.sql"), clients, &url);
+                tps_runs.push(tps);
+                lat_runs.push(latency);
             }
             let t = Throughput {
                 mean_ms: median(lat_runs),
@@ -379,6 +346,177 @@ fn pgbench_floor(report: &mut Report, db: &TestDb) -> Vec<(String, u32, Throughp
     }
     let _ = std::fs::remove_dir_all(&dir);
     out
+}
+
+/// The floor's transaction with `scope` as its tenant scope.
+fn transaction(scope: &str) -> String {
+    format!("BEGIN;\n{scope};\n{};\nCOMMIT;\n", list_sql(":t"))
+}
+
+fn pick_tenant() -> String {
+    format!("\\set t random(1000, {})\n", 1000 + TENANTS - 1)
+}
+
+fn pipelined(body: &str) -> String {
+    format!("{}\\startpipeline\n{body}\\endpipeline\n", pick_tenant())
+}
+
+/// The service connects without TLS (a plain DATABASE_URL): so does the
+/// floor (libpq would otherwise negotiate TLS by default).
+fn pgbench_url(db: &TestDb) -> String {
+    format!("{}?sslmode=disable", db.app_url())
+}
+
+/// One 8 s pgbench run of `script` (in `dir`): transactions/s and the mean
+/// latency (ms).
+fn pgbench(dir: &std::path::Path, script: &str, clients: u32, url: &str) -> (f64, f64) {
+    let output = Command::new("pgbench")
+        .args([
+            "-n",
+            "-M",
+            "extended",
+            "-T",
+            "8",
+            "-c",
+            &clients.to_string(),
+            "-j",
+            &clients.min(2).to_string(),
+        ])
+        .arg("-f")
+        .arg(dir.join(script))
+        .arg(url)
+        .current_dir(dir)
+        .output()
+        .expect("pgbench (apt-get install postgresql)");
+    let stdout = String::from_utf8_lossy(&output.stdout);
+    assert!(
+        output.status.success(),
+        "pgbench: {stdout}{}",
+        String::from_utf8_lossy(&output.stderr)
+    );
+    let field = |prefix: &str, nth: usize| -> f64 {
+        stdout
+            .lines()
+            .find(|l| l.starts_with(prefix))
+            .and_then(|l| l.split_whitespace().nth(nth))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(f64::NAN)
+    };
+    (field("tps =", 2), field("latency average =", 3))
+}
+
+/// The scope as it was before the registry (migrations/V2's
+/// `app_set_tenant`: the tenant and the statement timeout set
+/// transaction-locally, nothing else) under a name of the benchmark's own,
+/// in the benchmark's database only: the registry's cost is measured
+/// without a switch in the service.
+const PRE_REGISTRY_SCOPE: &str = "
+CREATE FUNCTION public.bench_pre_registry_scope(tenant text, timeout_ms integer)
+RETURNS void
+LANGUAGE plpgsql
+VOLATILE
+AS $$
+BEGIN
+    IF tenant IS NULL OR tenant !~ '^[A-Za-z0-9._-]{1,64}$' THEN
+        RAISE EXCEPTION 'invalid tenant id' USING ERRCODE = '22023';
+    END IF;
+    IF timeout_ms IS NULL OR timeout_ms < 0 THEN
+        RAISE EXCEPTION 'invalid statement timeout' USING ERRCODE = '22023';
+    END IF;
+    PERFORM pg_catalog.set_config('app.current_tenant', tenant, true);
+    PERFORM pg_catalog.set_config('statement_timeout', timeout_ms::text, true);
+END
+$$;
+REVOKE ALL ON FUNCTION public.bench_pre_registry_scope(text, integer) FROM PUBLIC;
+";
+
+/// The registry's cost at the database: the pipelined floor at 8 clients
+/// (the server saturated: transactions/s is CPU per transaction) with the
+/// pre-registry scope, with the registry's scope for `unlimited` tenants,
+/// and with the tenants moved to a tier with limits (the concurrency cap's
+/// advisory lock taken too). The three in turn within each run, starting
+/// with a different one each run; ratios pair the runs.
+async fn registry_at_the_database(report: &mut Report, db: &TestDb) {
+    report.section("The tenant registry at the database (pgbench)");
+    let admin = db.admin().await;
+    admin
+        .batch_execute(&format!(
+            "{PRE_REGISTRY_SCOPE}
+             GRANT EXECUTE ON FUNCTION public.bench_pre_registry_scope(text, integer) TO {};",
+            db.app_user
+        ))
+        .await
+        .expect("the bench-only pre-registry scope");
+    let dir = std::env::temp_dir().join(format!("tu-pgbench-{}", uuid::Uuid::new_v4().simple()));
+    std::fs::create_dir_all(&dir).unwrap();
+    std::fs::write(
+        dir.join("off.sql"),
+        pipelined(&transaction(
+            "SELECT public.bench_pre_registry_scope(:t, 5000)",
+        )),
+    )
+    .unwrap();
+    std::fs::write(
+        dir.join("on.sql"),
+        pipelined(&transaction("SELECT public.app_enter_tenant(:t, 5000, 0)")),
+    )
+    .unwrap();
+    let url = pgbench_url(db);
+    // (label, script, tier of the tenants)
+    let variants = [
+        (
+            "pre-registry scope (migrations/V2's body)",
+            "off.sql",
+            "unlimited",
+        ),
+        (
+            "`app_enter_tenant(t, 5000, 0)`, `unlimited` tier",
+            "on.sql",
+            "unlimited",
+        ),
+        (
+            "`app_enter_tenant(t, 5000, 0)`, `premium` tier (+ a concurrency slot)",
+            "on.sql",
+            "premium",
+        ),
+    ];
+    let mut tps: Vec<Vec<f64>> = vec![Vec::new(); variants.len()];
+    for run in 0..runs() {
+        for k in 0..variants.len() {
+            let v = (run + k) % variants.len();
+            let (_, script, t) = variants[v];
+            move_tenants(&admin, t).await;
+            tps[v].push(pgbench(&dir, script, 8, &url).0);
+        }
+    }
+    move_tenants(&admin, "unlimited").await;
+    let _ = std::fs::remove_dir_all(&dir);
+    report.line(format!(
+        "The pipelined floor above, 8 clients, with three tenant scopes: the scope as it was before the registry (a bench-only function with migrations/V2's body, created in this benchmark's database only: the service has no such switch), and `app_enter_tenant(t, 5000, 0)` as the service's warm request sends it, for the tenants in the `unlimited` tier (registry row read under RLS, tier settings) and moved to the `premium` tier (the same, plus one of the tier's concurrency slots: an advisory transaction lock). With pgbench and PostgreSQL saturating the {} cores, transactions/s follows the CPU per transaction. The three in turn in each of {} runs (8 s each), each run starting with another; ratios pair the runs; median (min–max).\n",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        runs()
+    ));
+    report.line("| tenant scope | transactions/s | ÷ pre-registry |");
+    report.line("| --- | --- | --- |");
+    for (v, (label, _, _)) in variants.iter().enumerate() {
+        let ratios: Vec<f64> = tps[v].iter().zip(&tps[0]).map(|(a, b)| a / b).collect();
+        report.line(format!(
+            "| {label} | {} | {} |",
+            spread(&tps[v], 0),
+            spread(&ratios, 3)
+        ));
+    }
+}
+
+/// Moves the benchmark's tenants ("1000".."1099") to `tier`.
+async fn move_tenants(admin: &tokio_postgres::Client, tier: &str) {
+    admin
+        .execute(
+            "UPDATE tenants SET tier = $1 WHERE tenant_id BETWEEN '1000' AND '1099'",
+            &[&tier],
+        )
+        .await
+        .expect("move the benchmark's tenants");
 }
 
 // --- the service ---------------------------------------------------------
@@ -674,6 +812,7 @@ fn token_costs(report: &mut Report) {
 async fn cold_start(report: &mut Report) {
     report.section("Cold start");
     let db = TestDb::create().await;
+    db.register("1000", "unlimited").await;
     let bouncer = PgBouncer::start(&[(&db.app_user, "pw-cold")], 2);
     let moto = Moto::start().await;
     let secret = json!({
@@ -892,7 +1031,7 @@ async fn scale(report: &mut Report) {
     // The plan, as the application role under its policy.
     let client = db.app_client().await;
     client
-        .batch_execute("BEGIN; SELECT public.app_set_tenant('1042', 5000)")
+        .batch_execute("BEGIN; SELECT public.app_enter_tenant('1042', 5000, 0)")
         .await
         .unwrap();
     let plan = client

@@ -13,6 +13,17 @@
 //! read into the service's own `User` and serialised. Still no token, no
 //! logs, no metrics, no pool or guards: the service ÷ this is what the
 //! service adds on top of one database round trip.
+//!
+//! `HELLO_SCOPE` picks the tenant scope, so `make bench-lambda` can price
+//! the tenant registry without a switch in the service:
+//! - `registry` (the default): what the service sends on a warm request,
+//!   `app_enter_tenant($1, $2, 0)` (registry read, tier settings, the
+//!   concurrency cap; no tokens asked for, the environment's lease holds),
+//!   its granted count read back; `HELLO_TENANT` must be registered;
+//! - `pre-registry`: the scope as it was before the registry (migrations/V2:
+//!   the tenant and the statement timeout set transaction-locally, nothing
+//!   else), as `bench_pre_registry_scope($1, $2)`, a function that only the
+//!   benchmark's own database has (benches/lambda.rs creates it).
 
 use std::sync::Arc;
 
@@ -61,21 +72,53 @@ async fn list(State(page): State<Arc<Page>>) -> axum::Json<Arc<Page>> {
     axum::Json(page)
 }
 
+/// Which tenant scope the transaction opens with (`HELLO_SCOPE`).
+#[derive(Clone, Copy)]
+enum Scope {
+    Registry,
+    PreRegistry,
+}
+
 struct Db {
     client: tokio_postgres::Client,
     tenant: String,
+    scope: Scope,
 }
 
 async fn list_from_db(State(db): State<Arc<Db>>) -> Result<axum::Json<users::Page>, StatusCode> {
-    let (limit, timeout_ms): (i64, i32) = (51, 5000);
+    let (limit, timeout_ms, want): (i64, i32, i32) = (51, 5000, 0);
     let c = &db.client;
-    let scope_params: [(&(dyn ToSql + Sync), Type); 2] =
-        [(&db.tenant, Type::TEXT), (&timeout_ms, Type::INT4)];
+    let scope_params: [(&(dyn ToSql + Sync), Type); 3] = [
+        (&db.tenant, Type::TEXT),
+        (&timeout_ms, Type::INT4),
+        (&want, Type::INT4),
+    ];
     let list_params: [(&(dyn ToSql + Sync), Type); 2] =
         [(&db.tenant, Type::TEXT), (&limit, Type::INT8)];
+    // Either scope queues its message on its first poll, as the others do,
+    // so the four still go out in order and in one round trip.
+    let scope = async {
+        match db.scope {
+            Scope::Registry => c
+                .query_typed("SELECT public.app_enter_tenant($1, $2, $3)", &scope_params)
+                .await
+                .map(|rows| {
+                    rows.first()
+                        .and_then(|row| row.try_get::<_, i32>(0).ok())
+                        .unwrap_or(0)
+                }),
+            Scope::PreRegistry => c
+                .execute_typed(
+                    "SELECT public.bench_pre_registry_scope($1, $2)",
+                    &scope_params[..2],
+                )
+                .await
+                .map(|_| 0),
+        }
+    };
     let (begin, scope, rows, commit) = tokio::join!(
         c.execute_typed("BEGIN", &[]),
-        c.execute_typed("SELECT public.app_set_tenant($1, $2)", &scope_params),
+        scope,
         c.query_typed(users::LIST_FIRST, &list_params),
         c.execute_typed("COMMIT", &[]),
     );
@@ -108,9 +151,22 @@ async fn main() -> Result<(), lambda_http::Error> {
             let (client, connection) = tokio_postgres::connect(&url, tokio_postgres::NoTls).await?;
             tokio::spawn(connection);
             let tenant = std::env::var("HELLO_TENANT").unwrap_or_else(|_| "t1".to_owned());
+            let scope = match std::env::var("HELLO_SCOPE").as_deref() {
+                Ok("registry") | Err(_) => Scope::Registry,
+                Ok("pre-registry") => Scope::PreRegistry,
+                Ok(other) => {
+                    return Err(
+                        format!("HELLO_SCOPE={other}: expected registry or pre-registry").into(),
+                    );
+                }
+            };
             Router::new()
                 .route("/users", get(list_from_db))
-                .with_state(Arc::new(Db { client, tenant }))
+                .with_state(Arc::new(Db {
+                    client,
+                    tenant,
+                    scope,
+                }))
         }
         Err(_) => Router::new()
             .route("/users", get(list))
