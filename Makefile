@@ -16,6 +16,9 @@
 #                would abort on panic)
 #   make bench   benchmarks against the pgbench floor -> BENCHMARKS.md
 #   make bench-fleet  200 environments through the pooler -> BENCHMARKS.md
+#   make bench-fair   one tenant flooding from 64 environments beside another's
+#                steady load, rate limits off / leased / written per request
+#                -> BENCHMARKS.md
 #   make bench-lambda  the release binary under the Lambda runtime interface
 #                emulator, per memory size (cgroups: root), against a
 #                hello-world function -> BENCHMARKS.md + chart
@@ -28,7 +31,7 @@
 # The Python tools (moto, cargo-lambda, schemathesis, cfn-lint, SAM CLI) come
 # from .venv, made here with the versions pinned in requirements-dev.txt.
 
-.PHONY: dev test check lambda sam-build sam-local newcomer-check bench bench-lambda bench-fleet migrate serve .venv
+.PHONY: dev test check lambda sam-build sam-local newcomer-check bench bench-lambda bench-fleet bench-fair migrate serve .venv
 
 VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
@@ -75,6 +78,12 @@ bench:
 # 200 environments through PgBouncer vs 8 direct connections -> BENCHMARKS.md.
 bench-fleet:
 	scripts/with-postgres.sh test cargo bench --locked -p tenant-users --bench fleet
+	python3 scripts/bench-summary.py
+
+# A victim tenant's latency beside an aggressor tenant's flood, through
+# PgBouncer; the aggressor's admitted rate against its tier -> BENCHMARKS.md.
+bench-fair:
+	scripts/with-postgres.sh test cargo bench --locked -p tenant-users --bench fair
 	python3 scripts/bench-summary.py
 
 # Needs root (cgroup v1), the SAM CLI (its emulator, its events), PostgreSQL on

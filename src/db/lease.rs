@@ -16,7 +16,11 @@
 //!
 //! When the bucket is empty the database says when the next token will be
 //! there; until then this environment answers 429 itself, without a round
-//! trip, so a throttled tenant costs the shared database nothing.
+//! trip, so a throttled tenant costs the shared database nothing. Every
+//! environment of the tenant hears the same short wait (the time to the next
+//! token: 10 ms at 100 requests/s), so each one refused again waits twice as
+//! long as the last time, up to a lease's lifetime: a flood from many
+//! environments then asks a few times a second each, not once a token.
 
 use std::collections::HashMap;
 use std::sync::Mutex;
@@ -38,6 +42,10 @@ struct Lease {
     expires: Instant,
     batch: u32,
     denied_until: Option<Instant>,
+    /// Whether that refusal is for the concurrency cap, not the rate.
+    busy: bool,
+    /// The last local refusal's length; zero once tokens were granted.
+    backoff: Duration,
 }
 
 /// What this environment decides before a request reaches the database.
@@ -49,6 +57,9 @@ pub enum Admission {
     Ask(u32),
     /// Over the rate: refuse without a round trip, for this long.
     Throttled(Duration),
+    /// Over the concurrency cap a moment ago: refuse without a round trip,
+    /// for this long.
+    Busy(Duration),
 }
 
 pub struct Leases {
@@ -73,26 +84,29 @@ impl Leases {
         let Some(lease) = tenants.get_mut(tenant) else {
             return Admission::Ask(1);
         };
-        let was_denied = match lease.denied_until {
-            Some(until) if now < until => return Admission::Throttled(until - now),
-            Some(_) => {
-                lease.denied_until = None;
-                true
-            }
-            None => false,
-        };
+        let refused = lease.denied_until.take();
+        if let Some(until) = refused.filter(|until| now < *until) {
+            lease.denied_until = Some(until);
+            return if lease.busy {
+                Admission::Busy(until - now)
+            } else {
+                Admission::Throttled(until - now)
+            };
+        }
         if now < lease.expires && lease.tokens > 0 {
             if lease.tokens != UNLIMITED {
                 lease.tokens -= 1;
             }
             return Admission::Leased;
         }
-        // The lease ran out: size the next one by how it went (after a
-        // refusal there was no lease to judge).
-        let unspent = lease.tokens > 0 && lease.tokens != UNLIMITED;
-        if !was_denied && unspent {
+        if refused.is_some() {
+            // Refused last time: nothing was spent to size the batch by.
+            return Admission::Ask(lease.batch);
+        }
+        // The lease ran out: size the next one by how it went.
+        if lease.tokens > 0 && lease.tokens != UNLIMITED {
             lease.batch = (lease.batch / 2).max(1);
-        } else if !was_denied && lease.tokens == 0 && now < lease.leased_at + LEASE_LIFETIME / 2 {
+        } else if lease.tokens == 0 && now < lease.leased_at + LEASE_LIFETIME / 2 {
             lease.batch = (lease.batch * 2).min(self.max_batch);
         }
         Admission::Ask(lease.batch)
@@ -107,13 +121,7 @@ impl Leases {
         if tenants.len() >= SWEEP_AT {
             tenants.retain(|_, l| now < l.expires || l.denied_until.is_some_and(|d| now < d));
         }
-        let lease = tenants.entry(tenant.to_owned()).or_insert(Lease {
-            tokens: 0,
-            leased_at: now,
-            expires: now,
-            batch: 1,
-            denied_until: None,
-        });
+        let lease = entry(&mut tenants, tenant, now);
         lease.tokens = match granted {
             -1 => UNLIMITED,
             n => u32::try_from(n).unwrap_or(0).saturating_sub(1),
@@ -121,23 +129,58 @@ impl Leases {
         lease.leased_at = now;
         lease.expires = now + LEASE_LIFETIME;
         lease.denied_until = None;
+        lease.backoff = Duration::ZERO;
     }
 
-    /// The bucket is empty: refuse locally until `retry` has passed.
+    /// The bucket is empty: refuse locally until `retry` has passed, or
+    /// twice as long as the last refusal if there was no grant since (at
+    /// most [`LEASE_LIFETIME`], unless `retry` is longer).
     pub fn denied(&self, tenant: &str, retry: Duration, now: Instant) {
         let Ok(mut tenants) = self.tenants.lock() else {
             return;
         };
-        let lease = tenants.entry(tenant.to_owned()).or_insert(Lease {
-            tokens: 0,
-            leased_at: now,
-            expires: now,
-            batch: 1,
-            denied_until: None,
-        });
+        let lease = entry(&mut tenants, tenant, now);
         lease.tokens = 0;
-        lease.denied_until = Some(now + retry);
+        lease.backoff = (lease.backoff * 2).clamp(retry, LEASE_LIFETIME.max(retry));
+        lease.denied_until = Some(now + lease.backoff);
+        lease.busy = false;
     }
+
+    /// The tenant's concurrent transactions were all taken: refuse locally
+    /// until `retry` has passed (backing off as [`Leases::denied`] does),
+    /// instead of a round trip per request that would only be refused
+    /// again while the transactions holding the slots wait for CPU. A
+    /// request that had spent a leased token was not served: the token is
+    /// this environment's again, and the pause does not count against the
+    /// lease's lifetime (the tokens were taken at the tenant's rate).
+    pub fn busy(&self, tenant: &str, retry: Duration, spent_leased: bool, now: Instant) {
+        let Ok(mut tenants) = self.tenants.lock() else {
+            return;
+        };
+        let lease = entry(&mut tenants, tenant, now);
+        if spent_leased && lease.tokens != UNLIMITED {
+            lease.tokens += 1;
+        }
+        lease.backoff = (lease.backoff * 2).clamp(retry, LEASE_LIFETIME.max(retry));
+        lease.denied_until = Some(now + lease.backoff);
+        lease.busy = true;
+        if now < lease.expires {
+            lease.expires += lease.backoff;
+        }
+    }
+}
+
+/// `tenant`'s lease, an empty one if it has none yet.
+fn entry<'a>(tenants: &'a mut HashMap<String, Lease>, tenant: &str, now: Instant) -> &'a mut Lease {
+    tenants.entry(tenant.to_owned()).or_insert(Lease {
+        tokens: 0,
+        leased_at: now,
+        expires: now,
+        batch: 1,
+        denied_until: None,
+        busy: false,
+        backoff: Duration::ZERO,
+    })
 }
 
 #[cfg(test)]
@@ -209,6 +252,75 @@ mod tests {
         );
         // Other tenants are not affected.
         assert_eq!(leases.admit("globex", t0), Admission::Ask(1));
+    }
+
+    #[test]
+    fn refusals_in_a_row_back_off_up_to_a_lease_lifetime() {
+        let leases = Leases::new(16);
+        let retry = Duration::from_millis(10);
+        let mut now = Instant::now();
+        let mut waits = Vec::new();
+        for _ in 0..9 {
+            leases.denied(T, retry, now);
+            let Admission::Throttled(wait) = leases.admit(T, now) else {
+                panic!("refused locally");
+            };
+            waits.push(wait.as_millis());
+            now += wait;
+        }
+        assert_eq!(waits, [10, 20, 40, 80, 160, 320, 640, 1000, 1000]);
+        // A grant starts over.
+        leases.granted(T, 1, now);
+        leases.denied(T, retry, now);
+        assert_eq!(leases.admit(T, now), Admission::Throttled(retry));
+    }
+
+    #[test]
+    fn a_busy_tenant_waits_locally_and_keeps_the_token_it_was_not_served_with() {
+        let leases = Leases::new(16);
+        let t0 = Instant::now();
+        leases.granted(T, 2, t0);
+        assert_eq!(leases.admit(T, t0), Admission::Leased);
+        leases.busy(T, Duration::from_millis(100), true, t0);
+        assert_eq!(
+            leases.admit(T, t0 + Duration::from_millis(40)),
+            Admission::Busy(Duration::from_millis(60))
+        );
+        let later = t0 + Duration::from_millis(100);
+        assert_eq!(leases.admit(T, later), Admission::Leased);
+        assert!(matches!(leases.admit(T, later), Admission::Ask(_)));
+    }
+
+    #[test]
+    fn a_pause_for_the_cap_does_not_expire_leased_tokens() {
+        let leases = Leases::new(16);
+        let t0 = Instant::now();
+        leases.granted(T, 3, t0);
+        let mut now = t0 + LEASE_LIFETIME / 2;
+        // Refused for the cap three times in a row: 100, 200, 400 ms.
+        for _ in 0..3 {
+            assert_eq!(leases.admit(T, now), Admission::Leased);
+            leases.busy(T, Duration::from_millis(100), true, now);
+            let Admission::Busy(wait) = leases.admit(T, now) else {
+                panic!("refused locally");
+            };
+            now += wait;
+        }
+        assert_eq!(now - t0, Duration::from_millis(1200));
+        assert_eq!(leases.admit(T, now), Admission::Leased);
+        assert_eq!(leases.admit(T, now), Admission::Leased);
+        assert!(matches!(leases.admit(T, now), Admission::Ask(_)));
+    }
+
+    #[test]
+    fn a_longer_retry_than_a_lease_lifetime_is_kept() {
+        let leases = Leases::new(16);
+        let t0 = Instant::now();
+        leases.denied(T, Duration::from_secs(5), t0);
+        assert_eq!(
+            leases.admit(T, t0),
+            Admission::Throttled(Duration::from_secs(5))
+        );
     }
 
     #[test]

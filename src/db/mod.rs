@@ -291,6 +291,9 @@ impl Database {
             lease::Admission::Throttled(retry_after) => {
                 return Err(DbError::Refused(Refusal::RateLimited { retry_after }));
             }
+            lease::Admission::Busy(retry_after) => {
+                return Err(DbError::Refused(Refusal::Busy { retry_after }));
+            }
             lease::Admission::Leased => 0,
             lease::Admission::Ask(n) => n,
         };
@@ -313,6 +316,11 @@ impl Database {
             Err(DbError::Refused(Refusal::RateLimited { retry_after })) => {
                 self.leases.denied(tenant, retry_after, self.clock.now());
                 Err(DbError::Refused(Refusal::RateLimited { retry_after }))
+            }
+            Err(DbError::Refused(Refusal::Busy { retry_after })) => {
+                self.leases
+                    .busy(tenant, retry_after, want == 0, self.clock.now());
+                Err(DbError::Refused(Refusal::Busy { retry_after }))
             }
             Err(error) => Err(error),
         }
