@@ -237,6 +237,8 @@ async fn the_concurrency_cap_refuses_a_second_transaction_while_one_runs() {
     // Another tenant is not capped by it (it waits for the lock, then runs).
     admin.batch_execute("COMMIT").await.unwrap();
     assert_eq!(first.await.unwrap(), StatusCode::OK);
+    // The refused environment waits out its Retry-After locally, then is served.
+    tokio::time::sleep(Duration::from_secs(1)).await;
     assert_eq!(apps[1].get("/users", &token).await.status, StatusCode::OK);
 }
 
