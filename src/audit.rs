@@ -90,6 +90,16 @@ pub const RULES: &[Rule] = &[
         "may not CREATE in the database or any schema",
     ),
     rule(
+        "role-reads-only-tenant-tables",
+        Scope::Role,
+        "may use no table without tenant_id, except read-only a table whose comment starts with 'shared:' (such a table is the same for every tenant: any tenant's rows in it would be every tenant's)",
+    ),
+    rule(
+        "role-has-what-it-needs",
+        Scope::Role,
+        "has the privileges the service's statements need on every table they use (each resource's table, and the registry's), so no request meets a missing grant",
+    ),
+    rule(
         "no-default-tenant",
         Scope::Database,
         "no role, database or server default for app.current_tenant (a session starts with no tenant)",
@@ -221,10 +231,36 @@ impl Check {
     }
 }
 
+/// What the service's statements need, as (table, privilege) pairs: every
+/// resource's table in full, and the registry as `app_enter_tenant` uses
+/// it (its own row and the tiers read, its bucket's level updated).
+pub fn needs() -> Vec<(&'static str, &'static str)> {
+    let mut needs = vec![
+        ("tenants", "SELECT"),
+        ("tenant_tiers", "SELECT"),
+        ("tenant_rate", "SELECT"),
+        ("tenant_rate", "UPDATE"),
+    ];
+    for resource in crate::http::RESOURCES {
+        for privilege in ["SELECT", "INSERT", "UPDATE", "DELETE"] {
+            needs.push((resource.table, privilege));
+        }
+    }
+    needs
+}
+
 /// Every check, for the `audit` command's report.
 pub async fn report(client: &Client) -> Result<Vec<Check>, tokio_postgres::Error> {
+    let (tables, privileges): (Vec<&str>, Vec<&str>) = needs().into_iter().unzip();
     let rows = client
-        .query_typed(AUDIT, &[(&POLICY_NAME, Type::TEXT)])
+        .query_typed(
+            AUDIT,
+            &[
+                (&POLICY_NAME, Type::TEXT),
+                (&tables, Type::TEXT_ARRAY),
+                (&privileges, Type::TEXT_ARRAY),
+            ],
+        )
         .await?;
     let (mut tables, mut role, mut database) = (Vec::new(), String::new(), String::new());
     let mut failures: Vec<(String, String, Option<String>)> = Vec::new();

@@ -1,8 +1,9 @@
 -- The isolation self-audit, as one statement (one round trip per audit).
 -- It returns the tenant tables, the role and database names, and one
 -- 'fail' row per finding: (kind, rule, subject, detail). Rule ids and
--- their wording live in src/audit.rs; $1 is the policy name. Only catalogs
--- and the session's own settings are read.
+-- their wording live in src/audit.rs; $1 is the policy name, $2 and $3
+-- the (table, privilege) pairs the service's statements need. Only
+-- catalogs and the session's own settings are read.
 --
 -- The statement means the same whatever the session's search_path: every
 -- relation, function, type and operator is named with its schema
@@ -452,3 +453,29 @@ SELECT 'fail', 'unique-includes-tenant', pg_catalog.format('table %s', t.name),
   JOIN tenant_tables t ON t.oid OPERATOR(pg_catalog.=) i.indrelid
   JOIN rel_names x ON x.oid OPERATOR(pg_catalog.=) i.indexrelid
  WHERE i.indisunique AND NOT (t.tenant_att OPERATOR(pg_catalog.=) ANY (i.indkey::pg_catalog.int2[]))
+UNION ALL
+SELECT 'fail', 'role-reads-only-tenant-tables', rn.name,
+       CASE WHEN coalesce(pg_catalog.starts_with(pg_catalog.obj_description(c.oid, 'pg_class'), 'shared:'), false)
+            THEN 'marked shared, but the role may change it'
+            ELSE 'no tenant_id, not marked shared, and the role may use it' END
+  FROM pg_catalog.pg_class c
+  JOIN user_schemas n ON n.oid OPERATOR(pg_catalog.=) c.relnamespace
+  JOIN rel_names rn ON rn.oid OPERATOR(pg_catalog.=) c.oid
+ WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::pg_catalog."char"[])
+   AND NOT (c.oid OPERATOR(pg_catalog.=) ANY (SELECT oid FROM tenant_data))
+   AND pg_catalog.has_schema_privilege(c.relnamespace, 'USAGE')
+   AND CASE WHEN coalesce(pg_catalog.starts_with(pg_catalog.obj_description(c.oid, 'pg_class'), 'shared:'), false)
+            THEN pg_catalog.has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')
+              OR pg_catalog.has_any_column_privilege(c.oid, 'INSERT, UPDATE')
+            ELSE pg_catalog.has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')
+              OR pg_catalog.has_any_column_privilege(c.oid, 'SELECT, INSERT, UPDATE') END
+UNION ALL
+SELECT 'fail', 'role-has-what-it-needs', pg_catalog.format('table %s', x.t),
+       CASE WHEN pg_catalog.to_regclass(x.t) IS NULL THEN 'no such table'
+            ELSE pg_catalog.format('lacks %s', pg_catalog.string_agg(x.p, ', ')) END
+  FROM ROWS FROM (pg_catalog.unnest($2::pg_catalog.text[]), pg_catalog.unnest($3::pg_catalog.text[])) x(t, p)
+ WHERE pg_catalog.to_regclass(x.t) IS NULL
+    OR NOT (pg_catalog.has_table_privilege(pg_catalog.to_regclass(x.t), x.p)
+            OR (x.p OPERATOR(pg_catalog.=) ANY ('{SELECT,INSERT,UPDATE}'::pg_catalog.text[])
+                AND pg_catalog.has_any_column_privilege(pg_catalog.to_regclass(x.t), x.p)))
+ GROUP BY x.t

@@ -3,62 +3,52 @@
 //! caller from the verified token, and call the `users` module.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
 
-use axum::Json;
 use axum::Router;
-use axum::body::Bytes;
-use axum::extract::rejection::{BytesRejection, PathRejection, QueryRejection};
-use axum::extract::{DefaultBodyLimit, FromRequestParts, Path, Query, State};
-use axum::http::Method;
+use axum::extract::{DefaultBodyLimit, FromRequestParts};
 use axum::http::request::Parts;
-use axum::http::{HeaderMap, StatusCode, header};
+use axum::http::{HeaderMap, Method, header};
 use axum::middleware;
-use axum::response::{IntoResponse, Response};
-use axum::routing::{MethodRouter, delete, get, patch, post};
-use serde::Deserialize;
-use serde_json::{Map, Value};
 
-use crate::app::App;
 use crate::problem::ApiError;
+use crate::resource::{AppState, MAX_BODY_BYTES, Operation, Resource};
 use crate::telemetry;
 use crate::tenant::TenantContext;
 use crate::token::AuthError;
-use crate::users::{self, Cursor, InvalidInput, NewUser, UserPatch};
+use crate::users;
 
-/// Request bodies above this get 413.
-pub const MAX_BODY_BYTES: usize = 64 * 1024;
+/// Every resource the API serves. A new resource module is added here,
+/// and its routes follow: the router, and the tests that hold
+/// `openapi.yaml` and `template.yaml` to the router.
+pub const RESOURCES: &[Resource] = &[users::RESOURCE];
 
-type AppState = Arc<App>;
-
-/// Every operation the API serves, as (method, path, handler). The router
-/// is built from this table, and a test holds it equal to `openapi.yaml`.
-fn operations() -> Vec<(Method, &'static str, MethodRouter<AppState>)> {
-    vec![
-        (Method::GET, "/users", get(list_users)),
-        (Method::POST, "/users", post(create_user)),
-        (Method::GET, "/users/{user_id}", get(get_user)),
-        (Method::PATCH, "/users/{user_id}", patch(update_user)),
-        (Method::DELETE, "/users/{user_id}", delete(delete_user)),
-    ]
+/// Every operation of `resources`, as (method, path, handler).
+fn operations(resources: &[Resource]) -> Vec<Operation> {
+    resources.iter().flat_map(|r| (r.operations)()).collect()
 }
 
 /// The (method, path) pairs the router serves.
 pub fn route_table() -> Vec<(Method, &'static str)> {
-    operations()
+    operations(RESOURCES)
         .into_iter()
         .map(|(method, path, _)| (method, path))
         .collect()
 }
 
 pub fn router(app: AppState) -> Router {
+    router_for(app, RESOURCES)
+}
+
+/// The router over `resources` (tests add resources of their own).
+pub fn router_for(app: AppState, resources: &[Resource]) -> Router {
+    // A second method on a path already routed merges into it.
     let mut router = Router::new();
-    for (_, path, handler) in operations() {
+    for (_, path, handler) in operations(resources) {
         router = router.route(path, handler);
     }
     #[cfg(feature = "test-panic")]
     {
-        router = router.route("/__panic", get(test_panic));
+        router = router.route("/__panic", axum::routing::get(test_panic));
     }
     router
         .fallback(|| async { ApiError::not_found("no such route") })
@@ -75,7 +65,7 @@ pub fn router(app: AppState) -> Router {
 /// deployed one): scripts/panic-check.sh proves with it that a panic costs
 /// one failed invocation, and the next is served warm by the same process.
 #[cfg(feature = "test-panic")]
-async fn test_panic() -> StatusCode {
+async fn test_panic() -> axum::http::StatusCode {
     panic!("GET /__panic: deliberate panic (feature test-panic)")
 }
 
@@ -134,145 +124,4 @@ fn bearer_token(headers: &HeaderMap) -> Result<&str, AuthError> {
         return Err(AuthError::Malformed("bearer token is malformed"));
     }
     Ok(token)
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct ListParams {
-    limit: Option<String>,
-    cursor: Option<String>,
-}
-
-async fn list_users(
-    Caller(caller): Caller,
-    State(app): State<AppState>,
-    params: Result<Query<ListParams>, QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(params) = params.map_err(|e| {
-        ApiError::bad_request(format!(
-            "invalid query string: {} (allowed: limit, cursor)",
-            e.body_text()
-        ))
-    })?;
-    let limit = users::parse_limit(params.limit.as_deref()).map_err(bad_request)?;
-    let after = params
-        .cursor
-        .as_deref()
-        .map(Cursor::decode)
-        .transpose()
-        .map_err(bad_request)?;
-    let page = users::list(&app.db, &caller, limit, after).await?;
-    Ok(Json(page).into_response())
-}
-
-async fn get_user(
-    Caller(caller): Caller,
-    State(app): State<AppState>,
-    id: Result<Path<String>, PathRejection>,
-) -> Result<Response, ApiError> {
-    let id = user_id(id)?;
-    match users::get(&app.db, &caller, id).await? {
-        Some(user) => Ok(Json(user).into_response()),
-        None => Err(no_such_user()),
-    }
-}
-
-async fn create_user(
-    Caller(caller): Caller,
-    State(app): State<AppState>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let new = NewUser::from_json(json_object(&headers, body)?)?;
-    let user = users::create(&app.db, &caller, &new).await?;
-    let location = format!("/users/{}", user.user_id);
-    Ok((
-        StatusCode::CREATED,
-        [(header::LOCATION, location)],
-        Json(user),
-    )
-        .into_response())
-}
-
-async fn update_user(
-    Caller(caller): Caller,
-    State(app): State<AppState>,
-    id: Result<Path<String>, PathRejection>,
-    headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Response, ApiError> {
-    let id = user_id(id)?;
-    let patch = UserPatch::from_json(json_object(&headers, body)?)?;
-    match users::update(&app.db, &caller, id, &patch).await? {
-        Some(user) => Ok(Json(user).into_response()),
-        None => Err(no_such_user()),
-    }
-}
-
-async fn delete_user(
-    Caller(caller): Caller,
-    State(app): State<AppState>,
-    id: Result<Path<String>, PathRejection>,
-) -> Result<Response, ApiError> {
-    let id = user_id(id)?;
-    if users::delete(&app.db, &caller, id).await? {
-        Ok(StatusCode::NO_CONTENT.into_response())
-    } else {
-        Err(no_such_user())
-    }
-}
-
-/// Absent and "in another tenant" look the same: never reveal the latter.
-fn no_such_user() -> ApiError {
-    ApiError::not_found("no such user")
-}
-
-fn bad_request(error: InvalidInput) -> ApiError {
-    ApiError::bad_request(error.0)
-}
-
-fn user_id(path: Result<Path<String>, PathRejection>) -> Result<uuid::Uuid, ApiError> {
-    let Path(raw) = path.map_err(|_| ApiError::bad_request("user_id must be a UUID"))?;
-    users::parse_user_id(&raw).map_err(bad_request)
-}
-
-/// Reads the body as one JSON object: 415 for a non-JSON content type, 413
-/// past the size limit, 400 for malformed JSON, 422 for JSON that is not an
-/// object.
-fn json_object(
-    headers: &HeaderMap,
-    body: Result<Bytes, BytesRejection>,
-) -> Result<Map<String, Value>, ApiError> {
-    if let Some(content_type) = headers.get(header::CONTENT_TYPE) {
-        let essence = content_type
-            .to_str()
-            .unwrap_or_default()
-            .split(';')
-            .next()
-            .unwrap_or_default()
-            .trim()
-            .to_ascii_lowercase();
-        if essence != "application/json" && !essence.ends_with("+json") {
-            return Err(ApiError::unsupported_media_type());
-        }
-    }
-    let bytes = body.map_err(|rejection| {
-        if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
-            ApiError::payload_too_large(MAX_BODY_BYTES)
-        } else {
-            ApiError::bad_request(format!(
-                "could not read the request body: {}",
-                rejection.body_text()
-            ))
-        }
-    })?;
-    match serde_json::from_slice::<Value>(&bytes) {
-        Ok(Value::Object(map)) => Ok(map),
-        Ok(_) => Err(ApiError::invalid(InvalidInput(
-            "request body must be a JSON object".into(),
-        ))),
-        Err(e) => Err(ApiError::malformed_json(format!(
-            "request body is not valid JSON: {e}"
-        ))),
-    }
 }

@@ -6,7 +6,8 @@
 //! [`tenant::TenantContext`]; `token/verify.rs` is where a token is
 //! verified) → [`secret`] (the database credentials) → [`db`] (the one
 //! connection, and the tenant scope every statement runs in: where the
-//! tenant is set) → [`users`] (the SQL) → [`http`] (routes) and
+//! tenant is set) → [`users`] (a resource: its SQL and routes, on the
+//! parts every resource shares, [`resource`]) → [`http`] (the router) and
 //! [`problem`] (every error as problem+json); [`telemetry`] writes each
 //! request's log line and metrics.
 //!
@@ -40,6 +41,7 @@ pub mod entry;
 pub mod gate;
 pub mod http;
 pub mod problem;
+pub mod resource;
 pub mod secret;
 pub mod telemetry;
 pub mod tenant;

@@ -7,11 +7,10 @@
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use serde_json::json;
-use tokio_postgres::error::SqlState;
 
-use crate::db::{DbError, Refusal, error_chain};
+use crate::db::{DbError, Refusal, Violation, ViolationKind, error_chain};
+use crate::resource::InvalidInput;
 use crate::token::AuthError;
-use crate::users::InvalidInput;
 
 pub const PROBLEM_JSON: &str = "application/problem+json";
 const REALM: &str = "tenant-users";
@@ -26,6 +25,9 @@ pub struct ApiError {
     detail: String,
     www_authenticate: Option<String>,
     retry_after_seconds: Option<u32>,
+    /// The field of the request at fault, as an extension member
+    /// (`"field"`), where one is known.
+    field: Option<String>,
 }
 
 impl ApiError {
@@ -37,6 +39,7 @@ impl ApiError {
             detail: detail.into(),
             www_authenticate: None,
             retry_after_seconds: None,
+            field: None,
         }
     }
 
@@ -124,16 +127,10 @@ impl From<InvalidInput> for ApiError {
 
 impl From<DbError> for ApiError {
     fn from(error: DbError) -> Self {
-        if error.code() == Some(&SqlState::UNIQUE_VIOLATION) {
-            return Self::new(
-                StatusCode::CONFLICT,
-                "duplicate-email",
-                "a user with this email already exists in your tenant",
-            );
-        }
         let chain = error_chain(&error);
         match error {
             DbError::Refused(refusal) => Self::refused(refusal),
+            DbError::Rejected(violation) => Self::rejected(&violation),
             DbError::Unavailable(_) => {
                 tracing::error!(error = %chain, "database unavailable");
                 Self::unavailable(
@@ -162,12 +159,14 @@ impl From<DbError> for ApiError {
                 tracing::error!(error = %chain, "statement timed out");
                 Self::unavailable("timeout", "the request took too long; retry shortly", 1)
             }
+            // Serialization failures, deadlocks, or a statement the schema
+            // does not fit: never the request's fault, and never its text.
             DbError::Query(_) => {
                 tracing::error!(error = %chain, "database error");
-                Self::new(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    "an internal error occurred",
+                Self::unavailable(
+                    "database-error",
+                    "the database could not complete the request; retry shortly",
+                    1,
                 )
             }
         }
@@ -175,6 +174,55 @@ impl From<DbError> for ApiError {
 }
 
 impl ApiError {
+    /// A broken constraint, answered by what it says about the request,
+    /// for every resource alike: 409 for a value taken or a row still
+    /// referenced, 422 for a reference to nothing or a value the column
+    /// refuses. The detail and the `field` member name the field, from the
+    /// constraint's name (`db::constraint_field`).
+    fn rejected(violation: &Violation) -> Self {
+        tracing::info!(violation = %violation, "statement rejected");
+        let table = violation.table.as_deref().unwrap_or("this resource");
+        let field = violation.field();
+        let named = field.as_deref().unwrap_or("a field");
+        let (status, kind, detail) = match violation.kind {
+            ViolationKind::Unique => (
+                StatusCode::CONFLICT,
+                "duplicate",
+                match &field {
+                    Some(f) => format!("a {table} row with this {f} already exists in your tenant"),
+                    None => {
+                        format!("a {table} row with these values already exists in your tenant")
+                    }
+                },
+            ),
+            ViolationKind::ForeignKey { deleting: true } => (
+                StatusCode::CONFLICT,
+                "still-referenced",
+                format!(
+                    "this row is still referenced by {table} ({named}): delete or change those rows first"
+                ),
+            ),
+            ViolationKind::ForeignKey { deleting: false } => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-reference",
+                format!("{named} refers to nothing in your tenant"),
+            ),
+            ViolationKind::NotNull => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-input",
+                format!("{named} is required"),
+            ),
+            ViolationKind::Check | ViolationKind::Data => (
+                StatusCode::UNPROCESSABLE_ENTITY,
+                "invalid-input",
+                format!("{named} has a value this resource does not accept"),
+            ),
+        };
+        let mut e = Self::new(status, kind, detail);
+        e.field = field;
+        e
+    }
+
     /// The registry's answer for the caller's tenant: 403 for a tenant that
     /// may not be served, 429 with `Retry-After` for one over its limits.
     fn refused(refusal: Refusal) -> Self {
@@ -229,12 +277,15 @@ impl IntoResponse for ApiError {
             .title
             .or(self.status.canonical_reason())
             .unwrap_or("Error");
-        let body = json!({
+        let mut body = json!({
             "type": format!("/problems/{}", self.kind),
             "title": title,
             "status": self.status.as_u16(),
             "detail": self.detail,
         });
+        if let Some(field) = self.field {
+            body["field"] = json!(field);
+        }
         let mut response = (self.status, body.to_string()).into_response();
         let headers = response.headers_mut();
         headers.insert(header::CONTENT_TYPE, HeaderValue::from_static(PROBLEM_JSON));

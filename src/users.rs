@@ -1,10 +1,17 @@
-//! The users resource: input types that can only hold valid values, and the
-//! SQL. Every statement filters on `tenant_id = $1` itself (defense in depth:
-//! RLS would hide other tenants' rows anyway), and runs only through
-//! [`Database::run`], which binds `$1` from the verified token.
+//! The users resource, the worked example of a resource module: input types
+//! that can only hold valid values, the SQL, and the routes. Every
+//! statement filters on `tenant_id = $1` itself (defense in depth: RLS
+//! would hide other tenants' rows anyway; `resource::check_statement` holds
+//! every resource to it), and runs only through [`Database::run`], which
+//! binds `$1` from the verified token. Database errors (this email is
+//! taken) are mapped by constraint in `problem.rs`, not here.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
+use axum::Json;
+use axum::extract::rejection::PathRejection;
+use axum::extract::{Path, State};
+use axum::http::{Method, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing;
 use serde::Serialize;
 use serde_json::{Map, Value};
 use tokio_postgres::Row;
@@ -12,20 +19,42 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::db::{Database, DbError, TenantQuery};
+use crate::http::Caller;
+use crate::problem::ApiError;
+use crate::resource::{
+    self, AppState, Cursor, InvalidInput, JsonObject, Operation, Page, PageRequest, Resource,
+    invalid, not_found, path_id,
+};
 use crate::tenant::TenantContext;
 
-pub const DEFAULT_PAGE_SIZE: i64 = 50;
-pub const MAX_PAGE_SIZE: i64 = 100;
 const MAX_EMAIL_LEN: usize = 254;
 const MAX_NAME_LEN: usize = 200;
 
-/// The caller sent something we cannot accept; the text says what.
-#[derive(Debug, thiserror::Error, PartialEq, Eq)]
-#[error("{0}")]
-pub struct InvalidInput(pub String);
+/// The users resource: its routes and statements, for the router and the
+/// checks every resource passes.
+pub const RESOURCE: Resource = Resource {
+    name: "users",
+    table: "users",
+    operations,
+    statements: &ALL_STATEMENTS,
+};
 
-fn invalid(msg: impl Into<String>) -> InvalidInput {
-    InvalidInput(msg.into())
+fn operations() -> Vec<Operation> {
+    vec![
+        (Method::GET, "/users", routing::get(list_users)),
+        (Method::POST, "/users", routing::post(create_user)),
+        (Method::GET, "/users/{user_id}", routing::get(get_user)),
+        (
+            Method::PATCH,
+            "/users/{user_id}",
+            routing::patch(update_user),
+        ),
+        (
+            Method::DELETE,
+            "/users/{user_id}",
+            routing::delete(delete_user),
+        ),
+    ]
 }
 
 /// An email address, checked for shape (not deliverability).
@@ -76,16 +105,7 @@ pub struct UserName(String);
 
 impl UserName {
     pub fn parse(raw: &str) -> Result<Self, InvalidInput> {
-        let trimmed = raw.trim();
-        if trimmed.is_empty() || trimmed.chars().count() > MAX_NAME_LEN {
-            return Err(invalid(format!(
-                "name must be 1 to {MAX_NAME_LEN} characters"
-            )));
-        }
-        if trimmed.chars().any(char::is_control) {
-            return Err(invalid("name must not contain control characters"));
-        }
-        Ok(Self(trimmed.to_owned()))
+        resource::text("name", raw, MAX_NAME_LEN).map(Self)
     }
 }
 
@@ -136,11 +156,7 @@ fn fields(body: Map<String, Value>) -> Result<(Option<Email>, Option<UserName>),
             ("email", Value::String(s)) => email = Some(Email::parse(&s)?),
             ("name", Value::String(s)) => name = Some(UserName::parse(&s)?),
             ("email" | "name", _) => return Err(invalid(format!("{key} must be a string"))),
-            ("tenant_id", _) => {
-                return Err(invalid(
-                    "tenant_id must not be sent: the tenant comes from your token",
-                ));
-            }
+            ("tenant_id", _) => return Err(resource::tenant_in_body()),
             _ => {
                 return Err(invalid(format!(
                     "unknown field {key:?} (allowed: email, name)"
@@ -159,72 +175,6 @@ pub struct User {
     pub name: String,
     pub created_at: String,
     pub updated_at: String,
-}
-
-#[derive(Debug, Serialize)]
-pub struct Page {
-    pub users: Vec<User>,
-    pub next_cursor: Option<String>,
-}
-
-/// Position after the last user of a page: (created_at, user_id).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Cursor {
-    created_at: SystemTime,
-    user_id: Uuid,
-}
-
-impl Cursor {
-    /// `<created_at in µs since 1970>-<user_id as 32 hex digits>`: opaque
-    /// to clients, but of a shape the API spec can state exactly.
-    pub fn encode(&self) -> String {
-        let micros = self
-            .created_at
-            .duration_since(UNIX_EPOCH)
-            .map(|d| d.as_micros())
-            .unwrap_or_default();
-        format!("{micros}-{}", self.user_id.simple())
-    }
-
-    pub fn decode(raw: &str) -> Result<Self, InvalidInput> {
-        let bad = || invalid("cursor is invalid: pass back next_cursor unchanged");
-        let (micros, id) = raw.split_once('-').ok_or_else(bad)?;
-        if !(1..=17).contains(&micros.len())
-            || !micros.bytes().all(|b| b.is_ascii_digit())
-            || id.len() != 32
-            || !id.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
-        {
-            return Err(bad());
-        }
-        let micros: u64 = micros.parse().map_err(|_| bad())?;
-        let created_at = UNIX_EPOCH
-            .checked_add(Duration::from_micros(micros))
-            .ok_or_else(bad)?;
-        let user_id = Uuid::try_parse(id).map_err(|_| bad())?;
-        Ok(Self {
-            created_at,
-            user_id,
-        })
-    }
-}
-
-pub fn parse_limit(raw: Option<&str>) -> Result<i64, InvalidInput> {
-    match raw {
-        None => Ok(DEFAULT_PAGE_SIZE),
-        Some(s) => s
-            .parse::<i64>()
-            .ok()
-            .filter(|n| (1..=MAX_PAGE_SIZE).contains(n))
-            .ok_or_else(|| {
-                invalid(format!(
-                    "limit must be a whole number from 1 to {MAX_PAGE_SIZE}"
-                ))
-            }),
-    }
-}
-
-pub fn parse_user_id(raw: &str) -> Result<Uuid, InvalidInput> {
-    Uuid::try_parse(raw).map_err(|_| invalid("user_id must be a UUID"))
 }
 
 // The columns every statement returns, timestamps rendered as RFC 3339 UTC
@@ -283,35 +233,23 @@ fn user(row: &Row) -> User {
 pub async fn list(
     db: &Database,
     caller: &TenantContext,
-    limit: i64,
-    after: Option<Cursor>,
-) -> Result<Page, DbError> {
-    // One extra row tells us whether another page follows.
-    let fetch = limit + 1;
-    let query = match &after {
+    request: &PageRequest,
+) -> Result<Page<User>, DbError> {
+    let fetch = request.fetch();
+    let query = match &request.after {
         None => TenantQuery::new(LIST_FIRST).bind(&fetch, Type::INT8),
         Some(c) => TenantQuery::new(LIST_AFTER)
             .bind(&fetch, Type::INT8)
             .bind(&c.created_at, Type::TIMESTAMPTZ)
-            .bind(&c.user_id, Type::UUID),
+            .bind(&c.id, Type::UUID),
     };
     let rows = db.run(caller, query.retry_safe()).await?;
-    let more = rows.len() as i64 > limit;
-    let page = &rows[..rows.len().min(limit as usize)];
-    let next_cursor = match page.last() {
-        Some(last) if more => Some(
-            Cursor {
-                created_at: last.get(5),
-                user_id: last.get(0),
-            }
-            .encode(),
-        ),
-        _ => None,
-    };
-    Ok(Page {
-        users: page.iter().map(user).collect(),
-        next_cursor,
-    })
+    Ok(Page::from_rows("users", &rows, request, user, |row| {
+        Cursor {
+            created_at: row.get(5),
+            id: row.get(0),
+        }
+    }))
 }
 
 pub async fn get(db: &Database, caller: &TenantContext, id: Uuid) -> Result<Option<User>, DbError> {
@@ -369,20 +307,74 @@ pub async fn delete(db: &Database, caller: &TenantContext, id: Uuid) -> Result<b
     Ok(!rows.is_empty())
 }
 
+// Routes: parse, call the functions above for the verified caller, answer.
+
+async fn list_users(
+    Caller(caller): Caller,
+    State(app): State<AppState>,
+    page: PageRequest,
+) -> Result<Response, ApiError> {
+    Ok(Json(list(&app.db, &caller, &page).await?).into_response())
+}
+
+async fn get_user(
+    Caller(caller): Caller,
+    State(app): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = path_id(id, "user_id")?;
+    match get(&app.db, &caller, id).await? {
+        Some(user) => Ok(Json(user).into_response()),
+        None => Err(not_found("user")),
+    }
+}
+
+async fn create_user(
+    Caller(caller): Caller,
+    State(app): State<AppState>,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let new = NewUser::from_json(body)?;
+    let user = create(&app.db, &caller, &new).await?;
+    let location = format!("/users/{}", user.user_id);
+    Ok((
+        StatusCode::CREATED,
+        [(header::LOCATION, location)],
+        Json(user),
+    )
+        .into_response())
+}
+
+async fn update_user(
+    Caller(caller): Caller,
+    State(app): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+    JsonObject(body): JsonObject,
+) -> Result<Response, ApiError> {
+    let id = path_id(id, "user_id")?;
+    let patch = UserPatch::from_json(body)?;
+    match update(&app.db, &caller, id, &patch).await? {
+        Some(user) => Ok(Json(user).into_response()),
+        None => Err(not_found("user")),
+    }
+}
+
+async fn delete_user(
+    Caller(caller): Caller,
+    State(app): State<AppState>,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = path_id(id, "user_id")?;
+    if delete(&app.db, &caller, id).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(not_found("user"))
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
-    use proptest::prelude::*;
-
-    #[test]
-    fn every_statement_filters_on_the_tenant_itself() {
-        for sql in ALL_STATEMENTS {
-            assert!(
-                sql.contains("tenant_id = $1") || sql.contains("VALUES ($1,"),
-                "{sql}"
-            );
-        }
-    }
 
     #[test]
     fn emails() {
@@ -402,14 +394,6 @@ mod tests {
     }
 
     #[test]
-    fn names_are_trimmed_and_bounded() {
-        assert_eq!(UserName::parse("  Ada ").unwrap().as_ref(), "Ada");
-        assert!(UserName::parse("   ").is_err());
-        assert!(UserName::parse(&"x".repeat(201)).is_err());
-        assert!(UserName::parse("a\u{0}b").is_err());
-    }
-
-    #[test]
     fn bodies_refuse_tenant_and_unknown_fields() {
         let body = |v: Value| v.as_object().cloned().unwrap();
         let e = NewUser::from_json(body(
@@ -426,27 +410,5 @@ mod tests {
         assert!(NewUser::from_json(body(serde_json::json!({"email":"a@b.co","name":7}))).is_err());
         assert!(UserPatch::from_json(body(serde_json::json!({}))).is_err());
         assert!(UserPatch::from_json(body(serde_json::json!({"name":"B"}))).is_ok());
-    }
-
-    #[test]
-    fn limits() {
-        assert_eq!(parse_limit(None), Ok(50));
-        assert_eq!(parse_limit(Some("100")), Ok(100));
-        for bad in ["0", "101", "-1", "ten", "1e2", ""] {
-            assert!(parse_limit(Some(bad)).is_err(), "{bad}");
-        }
-    }
-
-    proptest! {
-        #[test]
-        fn cursors_round_trip(micros in 0u64..99_999_999_999_999_999, id in any::<u128>()) {
-            let c = Cursor { created_at: UNIX_EPOCH + Duration::from_micros(micros), user_id: Uuid::from_u128(id) };
-            prop_assert_eq!(Cursor::decode(&c.encode()).unwrap(), c);
-        }
-
-        #[test]
-        fn junk_cursors_are_refused_not_panicking(raw in any::<String>()) {
-            let _ = Cursor::decode(&raw);
-        }
     }
 }

@@ -32,6 +32,7 @@ use axum::extract::State;
 use axum::http::StatusCode;
 use axum::routing::get;
 use serde::Serialize;
+use tenant_users::resource::{self, Cursor, PageRequest};
 use tenant_users::users;
 use tokio_postgres::types::{ToSql, Type};
 
@@ -85,7 +86,9 @@ struct Db {
     scope: Scope,
 }
 
-async fn list_from_db(State(db): State<Arc<Db>>) -> Result<axum::Json<users::Page>, StatusCode> {
+async fn list_from_db(
+    State(db): State<Arc<Db>>,
+) -> Result<axum::Json<resource::Page<users::User>>, StatusCode> {
     let (limit, timeout_ms, want): (i64, i32, i32) = (51, 5000, 0);
     let c = &db.client;
     let scope_params: [(&(dyn ToSql + Sync), Type); 3] = [
@@ -127,21 +130,26 @@ async fn list_from_db(State(db): State<Arc<Db>>) -> Result<axum::Json<users::Pag
     scope.map_err(failed)?;
     commit.map_err(failed)?;
     let rows = rows.map_err(failed)?;
-    Ok(axum::Json(users::Page {
-        users: rows
-            .iter()
-            .take(50)
-            .map(|row| users::User {
-                user_id: row.get(0),
-                email: row.get(1),
-                name: row.get(2),
-                created_at: row.get(3),
-                updated_at: row.get(4),
-            })
-            .collect(),
-        next_cursor: (rows.len() > 50)
-            .then(|| "MTc5NTY4MzYwMDAwMDAwMC4wMDAwMDAwMC0wMDAw".to_owned()),
-    }))
+    let request = PageRequest {
+        limit: 50,
+        after: None,
+    };
+    Ok(axum::Json(resource::Page::from_rows(
+        "users",
+        &rows,
+        &request,
+        |row| users::User {
+            user_id: row.get(0),
+            email: row.get(1),
+            name: row.get(2),
+            created_at: row.get(3),
+            updated_at: row.get(4),
+        },
+        |row| Cursor {
+            created_at: row.get(5),
+            id: row.get(0),
+        },
+    )))
 }
 
 #[tokio::main(flavor = "current_thread")]

@@ -128,22 +128,178 @@ pub enum DbError {
     /// The statement ran into `statement_timeout`.
     #[error("statement timed out")]
     Timeout(#[source] tokio_postgres::Error),
+    /// The statement broke a constraint or a column's rule: the request's
+    /// fault, not the database's. Nothing was written (the transaction
+    /// rolled back).
+    #[error("{0}")]
+    Rejected(Violation),
     #[error("database error")]
     Query(#[source] tokio_postgres::Error),
+}
+
+/// Which rule a statement broke.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ViolationKind {
+    Unique,
+    /// A foreign key: `deleting` when the statement deleted a row that
+    /// others still reference, else it named a row that does not exist.
+    ForeignKey {
+        deleting: bool,
+    },
+    Check,
+    NotNull,
+    /// A value out of range or of the wrong form for its column (SQLSTATE
+    /// class 22).
+    Data,
+}
+
+/// A constraint violation, as PostgreSQL reported it: the table and
+/// constraint (or column) name the field at fault.
+#[derive(Debug)]
+pub struct Violation {
+    pub kind: ViolationKind,
+    pub table: Option<String>,
+    pub constraint: Option<String>,
+    pub column: Option<String>,
+    pub source: tokio_postgres::Error,
+}
+
+impl std::fmt::Display for Violation {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{:?} violation on {} ({})",
+            self.kind,
+            self.table.as_deref().unwrap_or("?"),
+            self.constraint
+                .as_deref()
+                .or(self.column.as_deref())
+                .unwrap_or("?")
+        )
+    }
+}
+
+impl Violation {
+    /// The field of the resource at fault: the column PostgreSQL names, or
+    /// the one its constraint is named after ([`constraint_field`]).
+    pub fn field(&self) -> Option<String> {
+        if let Some(column) = &self.column {
+            return Some(column.clone());
+        }
+        constraint_field(self.table.as_deref()?, self.constraint.as_deref()?)
+    }
+
+    fn from_db(error: tokio_postgres::Error, sql: &str) -> Result<Self, tokio_postgres::Error> {
+        let code = error.code().map(SqlState::code).unwrap_or_default();
+        let kind = match code {
+            "23505" => ViolationKind::Unique,
+            "23503" => ViolationKind::ForeignKey {
+                deleting: sql
+                    .trim_start()
+                    .get(..6)
+                    .is_some_and(|verb| verb.eq_ignore_ascii_case("DELETE")),
+            },
+            "23514" => ViolationKind::Check,
+            "23502" => ViolationKind::NotNull,
+            _ if code.starts_with("22") => ViolationKind::Data,
+            _ => return Err(error),
+        };
+        let db = error.as_db_error();
+        let name = |v: Option<&str>| v.filter(|s| !s.is_empty()).map(str::to_owned);
+        Ok(Violation {
+            kind,
+            table: name(db.and_then(|d| d.table())),
+            constraint: name(db.and_then(|d| d.constraint())),
+            column: name(db.and_then(|d| d.column())),
+            source: error,
+        })
+    }
+}
+
+/// The field a constraint is about, by PostgreSQL's naming convention
+/// (`<table>_<columns>_key`, `_fkey`, `_check`, ...) with the tenant left
+/// out: `users_tenant_email_key` on `users` is `email`,
+/// `projects_tenant_id_owner_user_id_fkey` on `projects` is
+/// `owner_user_id`. `None` for a name that does not follow it, or one
+/// about the tenant alone (the primary key, say).
+pub fn constraint_field(table: &str, constraint: &str) -> Option<String> {
+    let rest = constraint.strip_prefix(table)?.strip_prefix('_')?;
+    let rest = [
+        "_fkey",
+        "_pkey",
+        "_key",
+        "_check",
+        "_idx",
+        "_excl",
+        "_not_null",
+    ]
+    .iter()
+    .find_map(|suffix| rest.strip_suffix(suffix))
+    .unwrap_or(rest);
+    if rest == "pkey" || rest == "tenant_id" || rest == "tenant" {
+        return None;
+    }
+    let rest = rest
+        .strip_prefix("tenant_id_")
+        .or_else(|| rest.strip_prefix("tenant_"))
+        .unwrap_or(rest);
+    (!rest.is_empty()).then(|| rest.to_owned())
+}
+
+#[cfg(test)]
+mod constraint_tests {
+    use super::constraint_field;
+
+    #[test]
+    fn a_constraint_name_gives_its_field_without_the_tenant() {
+        let f = |t, c| constraint_field(t, c);
+        assert_eq!(
+            f("users", "users_tenant_email_key").as_deref(),
+            Some("email")
+        );
+        assert_eq!(
+            f("projects", "projects_tenant_id_name_key").as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            f("projects", "projects_tenant_id_owner_user_id_fkey").as_deref(),
+            Some("owner_user_id")
+        );
+        assert_eq!(f("users", "users_email_check").as_deref(), Some("email"));
+        for none in [
+            ("users", "users_pkey"),
+            ("tenant_rate", "tenant_rate_tenant_id_fkey"),
+            ("users", "users_tenant_id_check"),
+            ("users", "some_other_name"),
+        ] {
+            assert_eq!(f(none.0, none.1), None, "{none:?}");
+        }
+    }
 }
 
 impl DbError {
     pub fn code(&self) -> Option<&SqlState> {
         match self {
             DbError::Query(e) | DbError::Timeout(e) | DbError::Unavailable(e) => e.code(),
+            DbError::Rejected(v) => v.source.code(),
             DbError::Misconfigured(_) | DbError::Credentials { .. } | DbError::Refused(_) => None,
         }
     }
 
     fn classify(error: tokio_postgres::Error) -> Self {
+        Self::classify_statement(error, "")
+    }
+
+    /// As [`DbError::classify`], for an error of the statement `sql`: a
+    /// broken constraint is the request's fault ([`DbError::Rejected`]).
+    fn classify_statement(error: tokio_postgres::Error, sql: &str) -> Self {
         if let Some(refusal) = Refusal::from_db(&error) {
             return DbError::Refused(refusal);
         }
+        let error = match Violation::from_db(error, sql) {
+            Ok(violation) => return DbError::Rejected(violation),
+            Err(error) => error,
+        };
         let code = error.code().map(SqlState::code).unwrap_or_default();
         if error.is_closed() || code.starts_with("08") || code.starts_with("57P") {
             DbError::Unavailable(error)
@@ -341,7 +497,7 @@ impl Database {
             match self.scoped(client, tenant, want, query.sql, params).await {
                 Ok(done) => return Ok(done),
                 Err(error) => {
-                    let error = DbError::classify(error);
+                    let error = DbError::classify_statement(error, query.sql);
                     if !matches!(error, DbError::Unavailable(_)) && !client.is_closed() {
                         return Err(error);
                     }

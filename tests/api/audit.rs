@@ -115,14 +115,14 @@ async fn a_correct_deployment_passes_every_rule() {
         .unwrap();
     assert!(report.iter().all(|c| c.passed), "{report:#?}");
     let rules = tenant_users::audit::RULES.len();
-    assert_eq!(rules, 25);
+    assert_eq!(rules, 27);
     let per_table = report
         .iter()
         .filter(|c| c.subject == "table public.users")
         .count();
     assert_eq!(
         report.len(),
-        25 + 2 * per_table,
+        27 + 2 * per_table,
         "role and database rules once, table rules once for each of users, tenants and tenant_rate"
     );
     for table in ["tenants", "tenant_rate"] {
@@ -185,6 +185,7 @@ async fn a_superuser_is_refused() {
                     "role-no-replication-or-monitoring",
                     "role-owns-nothing",
                     "role-no-create",
+                    "role-reads-only-tenant-tables",
                     "table-not-owned",
                 ],
                 "{found:#?}"
@@ -233,7 +234,11 @@ async fn membership_in_a_privileged_role_is_refused() {
     rule_is_enforced(
         "",
         "GRANT pg_read_all_data TO {app}",
-        &["[role-no-privileged-membership] role {app} (found: member of pg_read_all_data)"],
+        &[
+            "[role-no-privileged-membership] role {app} (found: member of pg_read_all_data)",
+            // refinery's history table: what pg_read_all_data opens first.
+            "[role-reads-only-tenant-tables] table public.refinery_schema_history (found: no tenant_id, not marked shared, and the role may use it)",
+        ],
         "REVOKE pg_read_all_data FROM {app}",
     )
     .await;
@@ -244,7 +249,10 @@ async fn a_role_that_owns_anything_is_refused() {
     rule_is_enforced(
         "CREATE TABLE scratch (x int)",
         "ALTER TABLE scratch OWNER TO {app}",
-        &["[role-owns-nothing] role {app} (found: owns table public.scratch)"],
+        &[
+            "[role-owns-nothing] role {app} (found: owns table public.scratch)",
+            "[role-reads-only-tenant-tables] table public.scratch (found: no tenant_id, not marked shared, and the role may use it)",
+        ],
         "ALTER TABLE scratch OWNER TO {admin}",
     )
     .await;
@@ -518,7 +526,12 @@ async fn no_visible_tenant_table_is_refused() {
         "CREATE SCHEMA hidden",
         "ALTER TABLE users SET SCHEMA hidden; ALTER TABLE tenants SET SCHEMA hidden; \
          ALTER TABLE tenant_rate SET SCHEMA hidden",
-        &["[tenant-table-visible] schema"],
+        &[
+            "[role-has-what-it-needs] table tenant_rate (found: no such table)",
+            "[role-has-what-it-needs] table tenants (found: no such table)",
+            "[role-has-what-it-needs] table users (found: no such table)",
+            "[tenant-table-visible] schema",
+        ],
         "ALTER TABLE hidden.users SET SCHEMA public; ALTER TABLE hidden.tenants SET SCHEMA public; \
          ALTER TABLE hidden.tenant_rate SET SCHEMA public",
     )
@@ -692,6 +705,7 @@ async fn an_inheritance_parent_without_tenant_id_is_refused() {
     // policies (none), not users'.
     rule_is_enforced(
         "CREATE TABLE people (email text, name text);
+         COMMENT ON TABLE people IS 'shared: empty until it becomes a parent';
          GRANT SELECT ON people TO {app}",
         "ALTER TABLE users INHERIT people",
         &["[no-parent-without-tenant-id] table public.people (found: parent of public.users)"],
@@ -833,7 +847,7 @@ async fn the_audit_command_reports_and_fails_on_a_broken_deployment() {
     assert!(ok, "{report}");
     assert!(
         report.contains("PASS  [role-no-bypassrls] role ")
-            && report.contains("47 checks, 0 failed"),
+            && report.contains("49 checks, 0 failed"),
         "{report}"
     );
 
@@ -847,7 +861,7 @@ async fn the_audit_command_reports_and_fails_on_a_broken_deployment() {
         )),
         "{report}"
     );
-    assert!(report.contains("47 checks, 1 failed"), "{report}");
+    assert!(report.contains("49 checks, 1 failed"), "{report}");
 }
 
 #[tokio::test]

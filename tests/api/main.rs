@@ -17,6 +17,7 @@ mod model;
 mod openapi;
 mod proxy;
 mod registry;
+mod resource_kit;
 mod rotation;
 mod round_trips;
 mod routes;

@@ -147,8 +147,74 @@ pub async fn register_tenants(
     Ok(())
 }
 
-/// Tables that hold tenant rows; the application role may use only these.
-pub const TENANT_TABLES: &[&str] = &["users"];
+/// The service's own tenant tables that the application role may use less
+/// than fully: its tenant's registry row, read-only, and its bucket's level.
+/// Every other tenant table gets SELECT, INSERT, UPDATE and DELETE.
+const NARROWER_GRANTS: &[(&str, &str)] = &[
+    ("tenants", "SELECT"),
+    ("tenant_rate", "SELECT, UPDATE (tokens, refilled_at)"),
+];
+
+/// Marks a table without `tenant_id` as readable by every tenant: its
+/// comment starts with this (migrations/V4).
+pub const SHARED_MARK: &str = "shared:";
+
+/// The application role's privileges on schema `public`'s tables, from the
+/// catalog rather than a list: everything is revoked, then each tenant
+/// table (a `tenant_id` column: what the self-audit judges) gets
+/// SELECT, INSERT, UPDATE, DELETE (or its [`NARROWER_GRANTS`]) and USAGE on
+/// the sequences its columns own, and each table marked [`SHARED_MARK`]
+/// gets SELECT. A table added by a migration is covered without code; one
+/// without `tenant_id` and unmarked gets nothing.
+async fn table_grants(client: &Client, role: &str) -> Result<Vec<String>, MigrateError> {
+    let rows = client
+        .query(
+            "SELECT c.relname::text,
+                    EXISTS (SELECT 1 FROM pg_attribute a WHERE a.attrelid = c.oid
+                             AND a.attname = 'tenant_id' AND NOT a.attisdropped),
+                    coalesce(starts_with(obj_description(c.oid, 'pg_class'), $1), false),
+                    ARRAY(SELECT s.relname::text FROM pg_depend d JOIN pg_class s ON s.oid = d.objid
+                           WHERE d.refobjid = c.oid AND d.classid = 'pg_class'::regclass
+                             AND s.relkind = 'S' AND d.deptype IN ('a', 'i') ORDER BY 1)
+               FROM pg_class c JOIN pg_namespace n ON n.oid = c.relnamespace
+              WHERE n.nspname = 'public' AND c.relkind IN ('r', 'p') AND NOT c.relispartition
+              ORDER BY 1",
+            &[&SHARED_MARK],
+        )
+        .await
+        .map_err(MigrateError::Role)?;
+    let mut grants = vec![
+        format!("REVOKE ALL ON ALL TABLES IN SCHEMA public FROM {role}"),
+        format!("REVOKE ALL ON ALL SEQUENCES IN SCHEMA public FROM {role}"),
+    ];
+    for row in rows {
+        let (table, tenant, shared, sequences): (String, bool, bool, Vec<String>) =
+            (row.get(0), row.get(1), row.get(2), row.get(3));
+        let privileges = if tenant {
+            NARROWER_GRANTS
+                .iter()
+                .find(|(t, _)| *t == table)
+                .map_or("SELECT, INSERT, UPDATE, DELETE", |(_, p)| p)
+        } else if shared {
+            "SELECT"
+        } else {
+            continue;
+        };
+        grants.push(format!(
+            "GRANT {privileges} ON TABLE public.{} TO {role}",
+            quote_ident(&table)
+        ));
+        if tenant && privileges.contains("INSERT") {
+            for sequence in sequences {
+                grants.push(format!(
+                    "GRANT USAGE ON SEQUENCE public.{} TO {role}",
+                    quote_ident(&sequence)
+                ));
+            }
+        }
+    }
+    Ok(grants)
+}
 pub const DEFAULT_APP_USER: &str = "tenant_app";
 /// What AWS's multi-user rotation appends to the user name for the
 /// alternate user it creates (`GRANT <user> TO <user>_clone`).
@@ -188,6 +254,15 @@ pub enum MigrateError {
     /// A listed tenant could not be registered.
     #[error("{0}")]
     Register(String),
+    /// The application role could not log in to be audited.
+    #[error("cannot connect as the application role to audit it: {0}")]
+    AppLogin(String),
+    /// The self-audit, run as the application role after migrating, found
+    /// what would make the service refuse every request.
+    #[error(
+        "the isolation self-audit fails as the application role, so the service would answer 503: {0}"
+    )]
+    Audit(String),
 }
 
 impl MigrateError {
@@ -198,6 +273,7 @@ impl MigrateError {
             MigrateError::Migration(_) => "migrate",
             MigrateError::Role(_) | MigrateError::Refused(_) => "app role",
             MigrateError::Register(_) => "register tenants",
+            MigrateError::AppLogin(_) | MigrateError::Audit(_) => "audit",
         }
     }
 }
@@ -265,10 +341,11 @@ pub async fn run(
     run_with_progress(admin, tls, role, &[], |_| {}).await
 }
 
-/// [`run`], then [`register_tenants`] on the same connection, telling
+/// [`run`], then [`register_tenants`] on the same connection, then the
+/// self-audit as the application role ([`audit_as_app`]), telling
 /// `progress` the step it enters (`connect`, `migrate`, `app role`,
-/// `register tenants`: the words of [`MigrateError::step`]), so a caller
-/// that gives up on a deadline can say where it was.
+/// `register tenants`, `audit`: the words of [`MigrateError::step`]), so a
+/// caller that gives up on a deadline can say where it was.
 pub async fn run_with_progress(
     admin: &tokio_postgres::Config,
     tls: &TlsConfig,
@@ -297,7 +374,49 @@ pub async fn run_with_progress(
     .await;
     drop(client);
     let _ = task.await;
-    result
+    result?;
+    progress("audit");
+    audit_as_app(admin, tls, role).await
+}
+
+/// The self-audit, as the application role, the way the API runs it on
+/// its first connection: a migration that leaves a finding (a tenant table
+/// without FORCE, a table without `tenant_id` granted to the role, a
+/// privilege the API needs and lacks) fails here, naming it, instead of
+/// deploying and then answering 503 to every request. The role logs in
+/// with its password; without one (local trust auth) the admin's session
+/// takes the role with `SET ROLE`.
+pub async fn audit_as_app(
+    admin: &tokio_postgres::Config,
+    tls: &TlsConfig,
+    role: &AppRole,
+) -> Result<(), MigrateError> {
+    let login = |e: MigrateError| MigrateError::AppLogin(e.to_string());
+    let (client, task) = match &role.password {
+        Some(password) => {
+            let mut config = admin.clone();
+            config.user(&role.name).password(password.as_str());
+            connect_admin(&config, tls).await.map_err(login)?
+        }
+        None => {
+            let (client, task) = connect_admin(admin, tls).await.map_err(login)?;
+            client
+                .batch_execute(&format!("SET ROLE {}", quote_ident(&role.name)))
+                .await
+                .map_err(|e| MigrateError::AppLogin(error_chain(&e)))?;
+            (client, task)
+        }
+    };
+    let findings = tenant_users::audit::check(&client).await;
+    drop(client);
+    let _ = task.await;
+    let findings = findings.map_err(|e| MigrateError::Audit(error_chain(&e)))?;
+    if findings.is_empty() {
+        tracing::info!(role = %role.name, "isolation self-audit passed as the application role");
+        Ok(())
+    } else {
+        Err(MigrateError::Audit(findings.join("; ")))
+    }
 }
 
 /// PostgreSQL 13 and 14 let PUBLIC create in schema `public`, which would
@@ -394,20 +513,7 @@ async fn ensure_app_role(client: &Client, role: &AppRole) -> Result<(), MigrateE
     statements.push(format!(
         "GRANT EXECUTE ON FUNCTION public.app_set_tenant(text, integer) TO {name}"
     ));
-    // The registry: its own tenant's row and the tiers, read-only; its own
-    // bucket's level, nothing else of it.
-    statements.push(format!(
-        "GRANT SELECT ON TABLE public.tenants, public.tenant_tiers TO {name}"
-    ));
-    statements.push(format!(
-        "GRANT SELECT, UPDATE (tokens, refilled_at) ON TABLE public.tenant_rate TO {name}"
-    ));
-    for table in TENANT_TABLES {
-        statements.push(format!(
-            "GRANT SELECT, INSERT, UPDATE, DELETE ON TABLE public.{} TO {name}",
-            quote_ident(table)
-        ));
-    }
+    statements.extend(table_grants(client, &name).await?);
     // One transaction: a failed grant leaves the old password in place.
     let mut script = String::from("BEGIN;\n");
     for sql in &statements {
