@@ -246,37 +246,6 @@ pub fn constraint_field(table: &str, constraint: &str) -> Option<String> {
     (!rest.is_empty()).then(|| rest.to_owned())
 }
 
-#[cfg(test)]
-mod constraint_tests {
-    use super::constraint_field;
-
-    #[test]
-    fn a_constraint_name_gives_its_field_without_the_tenant() {
-        let f = |t, c| constraint_field(t, c);
-        assert_eq!(
-            f("users", "users_tenant_email_key").as_deref(),
-            Some("email")
-        );
-        assert_eq!(
-            f("projects", "projects_tenant_id_name_key").as_deref(),
-            Some("name")
-        );
-        assert_eq!(
-            f("projects", "projects_tenant_id_owner_user_id_fkey").as_deref(),
-            Some("owner_user_id")
-        );
-        assert_eq!(f("users", "users_email_check").as_deref(), Some("email"));
-        for none in [
-            ("users", "users_pkey"),
-            ("tenant_rate", "tenant_rate_tenant_id_fkey"),
-            ("users", "users_tenant_id_check"),
-            ("users", "some_other_name"),
-        ] {
-            assert_eq!(f(none.0, none.1), None, "{none:?}");
-        }
-    }
-}
-
 impl DbError {
     pub fn code(&self) -> Option<&SqlState> {
         match self {
@@ -959,4 +928,35 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     out
+}
+
+#[cfg(test)]
+mod constraint_tests {
+    use super::constraint_field;
+
+    #[test]
+    fn a_constraint_name_gives_its_field_without_the_tenant() {
+        let f = |t, c| constraint_field(t, c);
+        assert_eq!(
+            f("users", "users_tenant_email_key").as_deref(),
+            Some("email")
+        );
+        assert_eq!(
+            f("projects", "projects_tenant_id_name_key").as_deref(),
+            Some("name")
+        );
+        assert_eq!(
+            f("projects", "projects_tenant_id_owner_user_id_fkey").as_deref(),
+            Some("owner_user_id")
+        );
+        assert_eq!(f("users", "users_email_check").as_deref(), Some("email"));
+        for none in [
+            ("users", "users_pkey"),
+            ("tenant_rate", "tenant_rate_tenant_id_fkey"),
+            ("users", "users_tenant_id_check"),
+            ("users", "some_other_name"),
+        ] {
+            assert_eq!(f(none.0, none.1), None, "{none:?}");
+        }
+    }
 }

@@ -454,6 +454,31 @@ async fn failures_answer_failed_naming_the_step_and_never_a_secret() {
 }
 
 #[tokio::test]
+async fn a_schema_that_fails_the_audit_answers_failed_naming_the_finding() {
+    // The migration "succeeded", but the app role could not be served:
+    // CloudFormation hears it now, not every user as a 503 later.
+    let mut d = Deployment::new().await;
+    let answer = d.send(d.event("Create", None, d.properties("1"))).await;
+    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+    connect(&d.login("rds_master", MASTER_PW))
+        .await
+        .batch_execute("ALTER TABLE users NO FORCE ROW LEVEL SECURITY")
+        .await
+        .unwrap();
+    let answer = d
+        .send(d.event("Update", Some(PHYSICAL_ID), d.properties("2")))
+        .await;
+    assert_eq!(answer["Status"], "FAILED", "{answer}");
+    let reason = answer["Reason"].as_str().unwrap();
+    assert!(
+        reason.starts_with("audit failed: ")
+            && reason.contains("[table-rls-forced] table public.users"),
+        "{reason}"
+    );
+    assert!(!answer.to_string().contains("app-pw-1"));
+}
+
+#[tokio::test]
 async fn a_database_that_never_answers_gets_failed_before_the_deadline() {
     let mut d = Deployment::new().await;
     // Accepts connections and says nothing, like a security group that

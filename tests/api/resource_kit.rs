@@ -385,7 +385,7 @@ async fn isolation_holds_for_every_resource_through_every_route() {
             .iter()
             .map(|item| item[kind.id].as_str().unwrap().to_owned())
             .collect();
-        assert_eq!(ids, [mine.clone()], "{}", kind.collection);
+        assert_eq!(ids, std::slice::from_ref(&mine), "{}", kind.collection);
         // Another tenant's id and a missing one get the same 404.
         let theirs_path = format!("{}/{theirs}", kind.collection);
         let before = app.get(&theirs_path, &globex).await.json();
