@@ -39,6 +39,7 @@ pub type AppState = Arc<App>;
 pub type Operation = (Method, &'static str, MethodRouter<AppState>);
 
 /// A tenant-scoped resource as the rest of the service sees it.
+#[derive(Clone, Copy)]
 pub struct Resource {
     /// The collection's name, e.g. `users` (its path is `/users`).
     pub name: &'static str,
