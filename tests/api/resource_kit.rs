@@ -115,6 +115,19 @@ async fn a_resource_of_one_migration_and_one_module_serves_its_routes() {
     assert_eq!(r.status, StatusCode::NO_CONTENT);
 }
 
+#[test]
+fn its_statements_pass_the_check_every_resource_passes() {
+    for sql in projects::RESOURCE.statements {
+        tenant_users::resource::check_statement(sql).unwrap();
+    }
+    // The check is not vacuous: the same statement without the tenant fails.
+    let unscoped = projects::RESOURCE.statements[2].replace("tenant_id = $1 AND ", "");
+    assert!(
+        tenant_users::resource::check_statement(&unscoped).is_err(),
+        "{unscoped}"
+    );
+}
+
 #[tokio::test]
 async fn its_table_is_granted_from_the_catalog_and_an_unmarked_one_gets_nothing() {
     let db = TestDb::create().await;

@@ -384,26 +384,35 @@ pub async fn run_with_progress(
 /// without FORCE, a table without `tenant_id` granted to the role, a
 /// privilege the API needs and lacks) fails here, naming it, instead of
 /// deploying and then answering 503 to every request. The role logs in
-/// with its password; without one (local trust auth) the admin's session
-/// takes the role with `SET ROLE`.
+/// with its password; without one, as trust auth lets it, or else the
+/// admin's session takes the role with `SET ROLE`.
 pub async fn audit_as_app(
     admin: &tokio_postgres::Config,
     tls: &TlsConfig,
     role: &AppRole,
 ) -> Result<(), MigrateError> {
     let login = |e: MigrateError| MigrateError::AppLogin(e.to_string());
-    let (client, task) = match &role.password {
-        Some(password) => {
-            let mut config = admin.clone();
-            config.user(&role.name).password(password.as_str());
-            connect_admin(&config, tls).await.map_err(login)?
-        }
-        None => {
+    let mut as_app = admin.clone();
+    as_app.user(&role.name);
+    if let Some(password) = &role.password {
+        as_app.password(password.as_str());
+    }
+    let (client, task) = match (connect_admin(&as_app, tls).await, &role.password) {
+        (Ok(connected), _) => connected,
+        (Err(error), Some(_)) => return Err(login(error)),
+        // No password: trust auth did not let the role in, so the
+        // admin's session takes it (a superuser, or a member of it).
+        (Err(_), None) => {
             let (client, task) = connect_admin(admin, tls).await.map_err(login)?;
-            client
+            if let Err(e) = client
                 .batch_execute(&format!("SET ROLE {}", quote_ident(&role.name)))
                 .await
-                .map_err(|e| MigrateError::AppLogin(error_chain(&e)))?;
+            {
+                return Err(MigrateError::AppLogin(format!(
+                    "{} (set APP_DB_PASSWORD so that migrate can log in as the role)",
+                    error_chain(&e)
+                )));
+            }
             (client, task)
         }
     };
