@@ -12,6 +12,7 @@ mod events;
 mod faults;
 mod hostile;
 mod isolation;
+mod lifecycle;
 mod migrate;
 mod model;
 mod openapi;

@@ -4,7 +4,7 @@
 //! here, by name. The isolation checks are written once and run for every
 //! resource, and at the SQL level for every tenant table in the catalog.
 
-mod projects;
+pub mod projects;
 
 use axum::http::StatusCode;
 use serde_json::{Value, json};
@@ -40,7 +40,7 @@ fn all() -> Vec<Resource> {
 }
 
 /// The app with the projects resource beside users.
-async fn with_projects() -> TestApp {
+pub async fn with_projects() -> TestApp {
     let db = TestDb::create().await;
     migrate_with(&db, projects::MIGRATION)
         .await
@@ -50,7 +50,7 @@ async fn with_projects() -> TestApp {
     app
 }
 
-async fn create(app: &TestApp, tenant: &str, path: &str, body: Value) -> String {
+pub async fn create(app: &TestApp, tenant: &str, path: &str, body: Value) -> String {
     let r = app.post(path, &app.token(tenant), body).await;
     assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     let location = r.header("location").expect("Location").to_owned();

@@ -25,6 +25,7 @@ use tenant_users::tenant::TenantId;
 
 pub mod admin_conn;
 pub mod custom_resource;
+pub mod lifecycle;
 
 mod embedded {
     // The workspace's `migrations/`, relative to this crate.
