@@ -192,7 +192,9 @@ impl Violation {
     fn from_db(error: tokio_postgres::Error, sql: &str) -> Result<Self, tokio_postgres::Error> {
         let code = error.code().map(SqlState::code).unwrap_or_default();
         let kind = match code {
-            "23505" => ViolationKind::Unique,
+            // A unique key, or an exclusion constraint (the same promise
+            // over ranges): either way the value is taken.
+            "23505" | "23P01" => ViolationKind::Unique,
             "23503" => ViolationKind::ForeignKey {
                 deleting: sql
                     .trim_start()
