@@ -564,8 +564,11 @@ async fn serve_jwks(jwks: Value) -> String {
 /// The JWKS over HTTPS for the production path: `localhost` with a
 /// certificate from `certs`' throwaway CA, a few lines of HTTP/1.1 (one
 /// request per connection). The function trusts the CA through
-/// `SSL_CERT_FILE`: the system's bundle with the CA appended (written to
-/// `dir`), so it parses as many roots as with the system's own file.
+/// `SSL_CERT_DIR`: a directory (in `dir`) holding the system's bundle with
+/// the CA appended, so the JWKS client parses as many roots as with the
+/// system's own file. Not `SSL_CERT_FILE`: OpenSSL's default paths load
+/// that file eagerly into every context (Lambda sets neither variable),
+/// a directory only per issuer, on demand.
 async fn serve_jwks_https(
     jwks: &Value,
     certs: &common::pgbouncer::Certs,
@@ -620,9 +623,10 @@ async fn serve_jwks_https(
     let mut bundle = system;
     bundle.extend_from_slice(b"\n");
     bundle.extend_from_slice(&std::fs::read(certs.ca_file()).unwrap());
-    let file = dir.join("ca-bundle-with-bench-ca.crt");
-    std::fs::write(&file, bundle).unwrap();
-    (url, file)
+    let certs_dir = dir.join("ssl-cert-dir");
+    std::fs::create_dir_all(&certs_dir).unwrap();
+    std::fs::write(certs_dir.join("ca-bundle-with-bench-ca.crt"), bundle).unwrap();
+    (url, certs_dir)
 }
 
 // --- the database -----------------------------------------------------------------
@@ -1494,7 +1498,7 @@ async fn tls_init(
     pem.extend_from_slice(&std::fs::read(bouncer.certs.ca_file()).unwrap());
     std::fs::write(&db_ca, pem).unwrap();
     env.push(("DB_CA_FILE".into(), db_ca.display().to_string()));
-    env.push(("SSL_CERT_FILE".into(), ca_bundle.display().to_string()));
+    env.push(("SSL_CERT_DIR".into(), ca_bundle.display().to_string()));
     let token = signer.token(1000, "tls");
     let mut out = Vec::new();
     for mb in [128u64, FULL_CPU_MB] {
@@ -1567,7 +1571,7 @@ fn render_cold_goals(t: &mut String, results: &[SizeResult], tls: Option<&Vec<Tl
         t,
         "Plain path: `DATABASE_URL` (no TLS) and the JWKS URL, as above. Production path: the secret through STS + Secrets Manager (moto), \
          verify-full TLS + SCRAM through PgBouncer (`DB_CA_FILE`: the RDS roots the function would trust in its region, us-east-1, plus the bench's CA), \
-         the JWKS fetched over HTTPS (the function's `SSL_CERT_FILE`: the system's CA bundle plus the bench's CA). Init CPU: schedstat, process start to the first answer. \
+         the JWKS fetched over HTTPS (the function's `SSL_CERT_DIR`: the system's CA bundle plus the bench's CA). Init CPU: schedstat, process start to the first answer. \
          hello + db: examples/hello with its one database connection opened at init (no TLS).\n"
     );
     let _ = writeln!(t, "| figure | now: median (min–max) | goal | |");

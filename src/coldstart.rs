@@ -131,7 +131,20 @@ pub fn report() {
         Ok(mut phases) => std::mem::take(&mut *phases),
         Err(_) => Vec::new(),
     };
-    let line = phases
+    let line = render(&phases);
+    tracing::info!(
+        phases = %line,
+        process_cpu_ms = format!("{:.3}", ms(process)),
+        wall_ms = format!("{:.3}", ms(since_start())),
+        "init phases"
+    );
+}
+
+/// `name=cpu_ms@start_ms-end_ms`, space-separated, in the order the
+/// phases ended.
+fn render(phases: &[Phase]) -> String {
+    let ms = |d: Duration| d.as_secs_f64() * 1e3;
+    phases
         .iter()
         .map(|p| {
             format!(
@@ -143,11 +156,42 @@ pub fn report() {
             )
         })
         .collect::<Vec<_>>()
-        .join(" ");
-    tracing::info!(
-        phases = %line,
-        process_cpu_ms = format!("{:.3}", ms(process)),
-        wall_ms = format!("{:.3}", ms(since_start())),
-        "init phases"
-    );
+        .join(" ")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn phases_render_as_name_cpu_and_span_in_milliseconds() {
+        let phase = |name, cpu_us, start_us, end_us| Phase {
+            name,
+            cpu: Duration::from_micros(cpu_us),
+            start: Duration::from_micros(start_us),
+            end: Duration::from_micros(end_us),
+        };
+        let line = render(&[phase("exec", 1_800, 0, 3), phase("db tls", 950, 700, 1_700)]);
+        assert_eq!(line, "exec=1.800@0.000-0.003 db tls=0.950@0.700-1.700");
+    }
+
+    #[tokio::test]
+    async fn a_timed_phase_counts_the_cpu_of_its_own_polls_only() {
+        let before = thread_cpu();
+        let spin = |d: Duration| {
+            let until = thread_cpu() + d;
+            while thread_cpu() < until {}
+        };
+        let timed = timed("test phase", async {
+            spin(Duration::from_millis(3));
+            tokio::task::yield_now().await;
+            spin(Duration::from_millis(2));
+        });
+        timed.await;
+        let phases = PHASES.lock().unwrap();
+        let ours = phases.iter().find(|p| p.name == "test phase").unwrap();
+        assert!(ours.cpu >= Duration::from_millis(5), "{:?}", ours.cpu);
+        assert!(ours.cpu <= thread_cpu() - before);
+        assert!(ours.end >= ours.start);
+    }
 }
