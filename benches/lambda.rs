@@ -561,6 +561,74 @@ async fn serve_jwks(jwks: Value) -> String {
     url
 }
 
+/// The JWKS over HTTPS for the production path: `localhost` with a
+/// certificate from `certs`' throwaway CA, a few lines of HTTP/1.1 (one
+/// request per connection). The function trusts the CA through
+/// `SSL_CERT_DIR`: a directory (in `dir`) holding the system's bundle with
+/// the CA appended, so the JWKS client parses as many roots as with the
+/// system's own file. Not `SSL_CERT_FILE`: OpenSSL's default paths load
+/// that file eagerly into every context (Lambda sets neither variable),
+/// a directory only per issuer, on demand.
+async fn serve_jwks_https(
+    jwks: &Value,
+    certs: &common::pgbouncer::Certs,
+    dir: &Path,
+) -> (String, PathBuf) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let identity = native_tls::Identity::from_pkcs8(
+        &std::fs::read(certs.dir.join("server.crt")).unwrap(),
+        &std::fs::read(certs.dir.join("server.key")).unwrap(),
+    )
+    .unwrap();
+    let acceptor =
+        tokio_native_tls::TlsAcceptor::from(native_tls::TlsAcceptor::new(identity).unwrap());
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!(
+        "https://localhost:{}/.well-known/jwks.json",
+        listener.local_addr().unwrap().port()
+    );
+    let body = jwks.to_string();
+    tokio::spawn(async move {
+        while let Ok((tcp, _)) = listener.accept().await {
+            let acceptor = acceptor.clone();
+            let body = body.clone();
+            tokio::spawn(async move {
+                let Ok(mut stream) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut head = Vec::new();
+                let mut buf = [0u8; 2048];
+                while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match stream.read(&mut buf).await {
+                        Ok(n) if n > 0 => head.extend_from_slice(&buf[..n]),
+                        _ => return,
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = stream.write_all(response.as_bytes()).await;
+                let _ = stream.shutdown().await;
+            });
+        }
+    });
+    let system = [
+        "/etc/ssl/certs/ca-certificates.crt",
+        "/etc/pki/tls/certs/ca-bundle.crt",
+    ]
+    .iter()
+    .find_map(|p| std::fs::read(p).ok())
+    .expect("a system CA bundle");
+    let mut bundle = system;
+    bundle.extend_from_slice(b"\n");
+    bundle.extend_from_slice(&std::fs::read(certs.ca_file()).unwrap());
+    let certs_dir = dir.join("ssl-cert-dir");
+    std::fs::create_dir_all(&certs_dir).unwrap();
+    std::fs::write(certs_dir.join("ca-bundle-with-bench-ca.crt"), bundle).unwrap();
+    (url, certs_dir)
+}
+
 // --- the database -----------------------------------------------------------------
 
 /// A database and role of its own on the shared server, migrated by the
@@ -676,7 +744,84 @@ struct RunFigures {
     first_cpu_us: f64,
     first_p50: f64,
     throttled_share: f64,
+    /// The service's own account of its init (the `init phases` log line).
+    phases: Option<InitPhases>,
 }
+
+/// What the function's `init phases` line says (src/coldstart.rs): each
+/// phase's CPU (ms), and the process's CPU when init ended.
+#[derive(Default, Clone, Debug)]
+struct InitPhases {
+    cpu_ms: Vec<(String, f64)>,
+    process_ms: f64,
+}
+
+/// The `init phases` line of a function's log, once it has answered.
+fn init_phases(log: &Path) -> Option<InitPhases> {
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let text = std::fs::read_to_string(log).unwrap_or_default();
+        let found = text
+            .lines()
+            .filter(|l| l.contains("init phases"))
+            .find_map(|line| {
+                let v: Value = serde_json::from_str(line.get(line.find('{')?..)?).ok()?;
+                let fields = v.get("fields").unwrap_or(&v);
+                let phases = fields.get("phases")?.as_str()?;
+                let process_ms = fields.get("process_cpu_ms")?.as_str()?.parse().ok()?;
+                // `name=cpu@start-end`, space-separated; names hold spaces.
+                let mut cpu_ms = Vec::new();
+                let mut name = String::new();
+                for word in phases.split(' ') {
+                    match word.split_once('=') {
+                        Some((last, rest)) => {
+                            name.push_str(last);
+                            if let Some(cpu) = rest.split('@').next().and_then(|c| c.parse().ok()) {
+                                cpu_ms.push((std::mem::take(&mut name), cpu));
+                            }
+                            name.clear();
+                        }
+                        None => {
+                            name.push_str(word);
+                            name.push(' ');
+                        }
+                    }
+                }
+                Some(InitPhases { cpu_ms, process_ms })
+            });
+        if found.is_some() || Instant::now() > deadline {
+            return found;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Phases in the order the table lists them: (name in the log, label).
+/// Figures of nested phases are counted in their parents too.
+const PHASES: &[(&str, &str)] = &[
+    ("exec", "exec and loader, to `main`"),
+    ("logs", "log subscriber"),
+    ("tls provider", "rustls crypto provider"),
+    ("runtime", "tokio runtime"),
+    ("config", "configuration from the environment"),
+    ("token keys", "token keys (the span: client, fetch, parse)"),
+    (
+        "jwks client",
+        "· JWKS client (rustls roots, shared with the AWS SDK)",
+    ),
+    ("jwks fetch", "· JWKS fetch (TLS handshake, HTTP)"),
+    ("jwks parse", "· · JWKS key parsing"),
+    (
+        "database",
+        "database (the span: AWS clients, TLS connector, secret, connect, audit)",
+    ),
+    ("aws clients", "· AWS SDK config and clients"),
+    ("db tls", "· database TLS connector (OpenSSL roots)"),
+    ("secret", "· secret: STS + Secrets Manager"),
+    ("sts", "· · STS AssumeRole"),
+    ("connect", "· connect: TCP, TLS, SCRAM"),
+    ("audit", "· isolation self-audit"),
+];
 
 struct Load<'a> {
     template: &'a Value,
@@ -735,6 +880,7 @@ async fn one_run(
         .expect("the emulator started the function");
     f.init_cpu_ms_ticks = cpu_ticks(pid) as f64 * TICK_MS;
     f.init_cpu_ms_sched = cpu_ns(pid) as f64 / 1e6;
+    f.phases = init_phases(log);
 
     // Every caller's token once (the service learns them), then a few more.
     for token in load.reused.iter().chain(load.reused.iter().take(20)) {
@@ -791,7 +937,7 @@ async fn cold_only(
     template: &Value,
     token: &str,
     log: &Path,
-) -> (f64, f64, f64) {
+) -> (f64, f64, f64, Option<InitPhases>) {
     let client = reqwest::Client::new();
     let environment = Environment::start(rie, binary, env, mb, log);
     let cold = ms(invoke(&client, &environment.url(), event(template, token, 1)).await);
@@ -800,6 +946,7 @@ async fn cold_only(
         cold,
         cpu_ticks(pid) as f64 * TICK_MS,
         cpu_ns(pid) as f64 / 1e6,
+        init_phases(log),
     )
 }
 
@@ -1263,18 +1410,7 @@ async fn run() {
     .await;
 
     let tls = if with_tls {
-        Some(
-            tls_init(
-                &rie,
-                &service_bin,
-                &template,
-                &signer,
-                &jwks_url,
-                runs,
-                &logs,
-            )
-            .await,
-        )
+        Some(tls_init(&rie, &service_bin, &template, &signer, runs, &logs).await)
     } else {
         None
     };
@@ -1303,12 +1439,15 @@ async fn run() {
 
 /// Init with everything a production cold start does: the secret from
 /// Secrets Manager (moto, through an assumed role), a verify-full TLS
-/// connection through PgBouncer with SCRAM, and the JWKS fetched.
+/// connection through PgBouncer with SCRAM, and the JWKS fetched over
+/// HTTPS.
 struct TlsInit {
     mb: u64,
     cold: Spread,
     ticks: Spread,
     sched: Spread,
+    /// Each run's init phases and its init CPU to the first response.
+    phases: Vec<(InitPhases, f64)>,
 }
 
 async fn tls_init(
@@ -1316,12 +1455,13 @@ async fn tls_init(
     service: &Path,
     template: &Value,
     signer: &Signer,
-    jwks_url: &str,
     runs: usize,
     logs: &Path,
 ) -> Vec<TlsInit> {
     let db = BenchDb::create().await;
     let bouncer = PgBouncer::start(&[(&db.user, &db.password)], 2);
+    let (jwks_url, ca_bundle) = serve_jwks_https(&signer.jwks, &bouncer.certs, logs).await;
+    let jwks_url = jwks_url.as_str();
     let moto = Moto::start().await;
     let secret = json!({
         "engine": "postgres", "host": "localhost", "port": bouncer.port,
@@ -1347,16 +1487,25 @@ async fn tls_init(
         .iter()
         .map(|(k, v)| (k.to_string(), v.to_string())),
     );
-    env.push((
-        "DB_CA_FILE".into(),
-        bouncer.certs.ca_file().display().to_string(),
-    ));
+    // As many roots as production parses: those of the shipped RDS bundle
+    // that a secret's database in the function's region is trusted by
+    // when DB_CA_FILE is unset (src/db/mod.rs, `rds_roots`), with the
+    // bench's CA appended.
+    let db_ca = logs.join("rds-roots-with-bench-ca.pem");
+    let mut pem = tenant_users::db::rds_roots(tenant_users::db::RDS_CA_BUNDLE, Some("us-east-1"))
+        .into_bytes();
+    pem.extend_from_slice(b"\n");
+    pem.extend_from_slice(&std::fs::read(bouncer.certs.ca_file()).unwrap());
+    std::fs::write(&db_ca, pem).unwrap();
+    env.push(("DB_CA_FILE".into(), db_ca.display().to_string()));
+    env.push(("SSL_CERT_DIR".into(), ca_bundle.display().to_string()));
     let token = signer.token(1000, "tls");
     let mut out = Vec::new();
     for mb in [128u64, FULL_CPU_MB] {
         let (mut cold, mut ticks, mut sched) = (Vec::new(), Vec::new(), Vec::new());
+        let mut phases = Vec::new();
         for run in 0..runs.max(3) {
-            let (c, t, s) = cold_only(
+            let (c, t, s, p) = cold_only(
                 rie,
                 service,
                 &env,
@@ -1372,12 +1521,14 @@ async fn tls_init(
             cold.push(c);
             ticks.push(t);
             sched.push(s);
+            phases.extend(p.map(|p| (p, s)));
         }
         out.push(TlsInit {
             mb,
             cold: Spread::of(&cold),
             ticks: Spread::of(&ticks),
             sched: Spread::of(&sched),
+            phases,
         });
     }
     drop(bouncer);
@@ -1408,6 +1559,167 @@ struct Plan {
     paced: usize,
     /// Each of registry off and on, interleaved.
     paired: usize,
+}
+
+/// Issue 20's goals (the cold start at the floor) and where init CPU goes,
+/// phase by phase, on both paths.
+fn render_cold_goals(t: &mut String, results: &[SizeResult], tls: Option<&Vec<TlsInit>>) {
+    let at = |mb: u64| results.iter().find(|r| r.mb == mb);
+    let prod = |mb: u64| tls.and_then(|x| x.iter().find(|x| x.mb == mb));
+    let _ = writeln!(t, "### Goals (issue 20): cold start at the floor\n");
+    let _ = writeln!(
+        t,
+        "Plain path: `DATABASE_URL` (no TLS) and the JWKS URL, as above. Production path: the secret through STS + Secrets Manager (moto), \
+         verify-full TLS + SCRAM through PgBouncer (`DB_CA_FILE`: the RDS roots the function would trust in its region, us-east-1, plus the bench's CA), \
+         the JWKS fetched over HTTPS (the function's `SSL_CERT_DIR`: the system's CA bundle plus the bench's CA). Init CPU: schedstat, process start to the first answer. \
+         hello + db: examples/hello with its one database connection opened at init (no TLS).\n"
+    );
+    let _ = writeln!(t, "| figure | now: median (min–max) | goal | |");
+    let _ = writeln!(t, "| --- | --- | --- | --- |");
+    for mb in [FULL_CPU_MB, 128] {
+        let Some(r) = at(mb) else { continue };
+        let init = r.service(|f| f.init_cpu_ms_sched);
+        let goal = (mb == FULL_CPU_MB).then_some(7.0);
+        let _ = writeln!(
+            t,
+            "| plain path: init CPU, {mb} MB, ms (hello: {}; hello + db: {}) | {} | {} | {} |",
+            r.hello(|f| f.init_cpu_ms_sched).show(1),
+            r.hello_db(|f| f.init_cpu_ms_sched).show(1),
+            init.show(1),
+            goal.map_or("(informative)".into(), |g| format!("≤ {g} ms")),
+            goal.map_or("", |g| verdict(init.median <= g))
+        );
+        let cold = r.service(|f| f.cold_ms);
+        let goal = (mb == 128).then_some(60.0);
+        let _ = writeln!(
+            t,
+            "| plain path: cold start, {mb} MB, ms (hello: {}; hello + db: {}) | {} | {} | {} |",
+            r.hello(|f| f.cold_ms).show(1),
+            r.hello_db(|f| f.cold_ms).show(1),
+            cold.show(1),
+            goal.map_or("(informative)".into(), |g| format!("≤ {g} ms")),
+            goal.map_or("", |g| verdict(cold.median <= g))
+        );
+    }
+    for mb in [FULL_CPU_MB, 128] {
+        let Some(x) = prod(mb) else { continue };
+        let goal = (mb == FULL_CPU_MB).then_some(15.0);
+        let _ = writeln!(
+            t,
+            "| production path: init CPU, {mb} MB, ms | {} | {} | {} |",
+            x.sched.show(1),
+            goal.map_or("(informative)".into(), |g| format!("≤ {g} ms")),
+            goal.map_or("", |g| verdict(x.sched.median <= g))
+        );
+        let goal = (mb == 128).then_some(250.0);
+        let _ = writeln!(
+            t,
+            "| production path: cold start, {mb} MB, ms | {} | {} | {} |",
+            x.cold.show(1),
+            goal.map_or("(informative)".into(), |g| format!("≤ {g} ms")),
+            goal.map_or("", |g| verdict(x.cold.median <= g))
+        );
+    }
+    for r in results.iter().filter(|r| !r.hello_db.is_empty()) {
+        let ratio = r.ratio_db(|f| f.cpu_us);
+        let _ = writeln!(
+            t,
+            "| CPU per warm invocation, service ÷ hello + db ({} MB; µs: {} vs {}) | {} | ≤ 1.10× | {} |",
+            r.mb,
+            r.service(|f| f.cpu_us).show(0),
+            r.hello_db(|f| f.cpu_us).show(0),
+            ratio.show(2),
+            verdict(ratio.median <= 1.10)
+        );
+    }
+
+    // Per phase.
+    let mut columns: Vec<(String, Vec<(InitPhases, f64)>)> = Vec::new();
+    for mb in [FULL_CPU_MB, 128] {
+        if let Some(r) = at(mb) {
+            let runs = r
+                .service
+                .iter()
+                .filter_map(|f| f.phases.clone().map(|p| (p, f.init_cpu_ms_sched)))
+                .collect();
+            columns.push((format!("plain, {mb} MB"), runs));
+        }
+    }
+    for mb in [FULL_CPU_MB, 128] {
+        if let Some(x) = prod(mb) {
+            columns.push((format!("production, {mb} MB"), x.phases.clone()));
+        }
+    }
+    if columns.iter().all(|(_, runs)| runs.is_empty()) {
+        return;
+    }
+    let _ = writeln!(t, "\n### Init CPU per phase\n");
+    let _ = writeln!(
+        t,
+        "From the service's own `init phases` log line (src/coldstart.rs), one per cold start above: each phase's CPU on the thread that ran it \
+         (an async phase: its polls only, so phases running concurrently on the one runtime thread are told apart; a nested phase, marked ·, \
+         is counted in its parent too; work on other threads, such as DNS look-ups, only in the process total). \
+         The first response: the runtime API's first event, the first request and its answer (schedstat at the answer − the process's CPU at the end of init). \
+         ms, median (min–max) of the runs; – where a path has no such phase.\n"
+    );
+    let header: Vec<&str> = columns.iter().map(|(name, _)| name.as_str()).collect();
+    let _ = writeln!(t, "| phase | {} |", header.join(" | "));
+    let _ = writeln!(t, "| --- |{}", " --- |".repeat(columns.len()));
+    let cell = |runs: &[(InitPhases, f64)], f: &dyn Fn(&(InitPhases, f64)) -> Option<f64>| {
+        let xs: Vec<f64> = runs.iter().filter_map(f).collect();
+        if xs.is_empty() {
+            "–".to_string()
+        } else {
+            Spread::of(&xs).show(2)
+        }
+    };
+    for (key, label) in PHASES {
+        let cells: Vec<String> = columns
+            .iter()
+            .map(|(_, runs)| {
+                cell(runs, &|(p, _)| {
+                    let xs: Vec<f64> = p
+                        .cpu_ms
+                        .iter()
+                        .filter(|(n, _)| n == key)
+                        .map(|(_, v)| *v)
+                        .collect();
+                    (!xs.is_empty()).then(|| xs.iter().sum())
+                })
+            })
+            .collect();
+        let _ = writeln!(t, "| {label} | {} |", cells.join(" | "));
+    }
+    type Figure<'a> = &'a dyn Fn(&(InitPhases, f64)) -> Option<f64>;
+    let phase = |p: &InitPhases, key: &str| {
+        p.cpu_ms
+            .iter()
+            .filter(|(n, _)| n == key)
+            .map(|(_, v)| *v)
+            .reduce(|a, b| a + b)
+    };
+    let rows: [(&str, Figure); 4] = [
+        (
+            "· · Secrets Manager GetSecretValue (secret − STS)",
+            &|(p, _)| Some(phase(p, "secret")? - phase(p, "sts")?),
+        ),
+        (
+            "init, all threads (process CPU at the end of init)",
+            &|(p, _)| Some(p.process_ms),
+        ),
+        ("first response (to the answer)", &|(p, s)| {
+            Some(s - p.process_ms)
+        }),
+        (
+            "**init CPU to the first response (schedstat)**",
+            &|(_, s)| Some(*s),
+        ),
+    ];
+    for (label, f) in rows {
+        let cells: Vec<String> = columns.iter().map(|(_, runs)| cell(runs, f)).collect();
+        let _ = writeln!(t, "| {label} | {} |", cells.join(" | "));
+    }
+    let _ = writeln!(t);
 }
 
 fn render(
@@ -1549,6 +1861,7 @@ fn render(
         t,
         "\nThe remaining goals (RS256 verify, local HTTP against pgbench, arm64 bootstrap size) are measured by `make bench` and listed with these in the goals summary below.\n"
     );
+    render_cold_goals(&mut t, results, tls);
 
     // Per size.
     let floors: Vec<&SizeResult> = results.iter().filter(|r| !r.hello_db.is_empty()).collect();
@@ -1658,7 +1971,7 @@ fn render(
     if let Some(tls) = tls {
         let _ = writeln!(
             t,
-            "\nWith the production path at cold start (secret from moto through an assumed role, verify-full TLS + SCRAM through PgBouncer, JWKS fetched):\n"
+            "\nWith the production path at cold start (secret from moto through an assumed role, verify-full TLS + SCRAM through PgBouncer, JWKS fetched over HTTPS):\n"
         );
         let _ = writeln!(
             t,

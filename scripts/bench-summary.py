@@ -51,12 +51,18 @@ def missing(figure, goal, source):
 # make bench-lambda: its own goals table, copied row by row.
 goals = section("Lambda's shape")
 lambda_src = f"bench-lambda ({lambda_commit})" if lambda_commit else "bench-lambda"
+phase_table = None
 if goals:
-    table = re.search(r"### Goals.*?\n\n(\|.*?)\n\n", goals, re.S)
-    for line in (table.group(1).splitlines()[2:] if table else []):
-        cells = [c.strip() for c in line.strip().strip("|").split("|")]
-        if len(cells) >= 4:
-            row(cells[0], cells[1], cells[2], cells[3], lambda_src)
+    # Every goals table of the section (issue 11's, issue 20's), each the
+    # first table under its `### Goals` heading.
+    for heading in re.finditer(r"^### Goals.*$", goals, re.M):
+        table = re.search(r"^(\|.*?)\n\n", goals[heading.end():], re.S | re.M)
+        for line in (table.group(1).splitlines()[2:] if table else []):
+            cells = [c.strip() for c in line.strip().strip("|").split("|")]
+            if len(cells) >= 4:
+                row(cells[0], cells[1], cells[2], cells[3], lambda_src)
+    phases = re.search(r"^### Init CPU per phase\n\n.*?\n\n(\|.*?)\n\n", goals, re.S | re.M)
+    phase_table = phases.group(1) if phases else None
 else:
     missing("init CPU, cold starts, warm CPU in Lambda's shape", "(issue 11, 20)", "bench-lambda")
 
@@ -132,6 +138,13 @@ summary = "\n".join([
     "| figure | measured | goal | | section (commit) |",
     "| --- | --- | --- | --- | --- |",
     *rows,
+    *([
+        "",
+        f"Init CPU per phase, from the service's own account of each cold start (ms, median (min–max); "
+        f"section \"Init CPU per phase\", {lambda_src}):",
+        "",
+        phase_table,
+    ] if phase_table else []),
     END,
 ])
 if START in text and END in text:

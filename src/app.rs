@@ -3,6 +3,7 @@
 
 use std::sync::Arc;
 
+use crate::coldstart;
 use crate::config::ConfigError;
 use crate::db::Database;
 use crate::db::config::{DbConfig, db_config};
@@ -44,12 +45,19 @@ pub struct App {
 }
 
 impl App {
-    /// Loads the token keys and, concurrently, fetches the database secret
-    /// and opens the connection; no failure is fatal (requests get 503
-    /// until it recovers).
+    /// Loads the token keys and, concurrently, builds the AWS clients,
+    /// fetches the database secret and opens the connection (each waits
+    /// on the network while the other works); no failure is fatal
+    /// (requests get 503 until it recovers).
     pub async fn build(config: Config) -> Arc<Self> {
-        let db = Database::new(config.db).await;
-        let (tokens, ()) = tokio::join!(TokenManager::new(config.token), db.warm());
+        let (tokens, db) = tokio::join!(
+            coldstart::timed("token keys", TokenManager::new(config.token)),
+            coldstart::timed("database", async {
+                let db = Database::new(config.db).await;
+                db.warm().await;
+                db
+            })
+        );
         Arc::new(Self {
             tokens,
             db,

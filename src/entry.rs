@@ -27,16 +27,17 @@ pub fn run<F>(threads: Threads, main: impl FnOnce() -> F) -> ExitCode
 where
     F: Future<Output = Result<(), BoxError>>,
 {
-    crate::telemetry::init_logs();
-    crate::token::install_tls_provider();
-    let runtime = match threads {
+    crate::coldstart::begin();
+    crate::coldstart::sync("logs", crate::telemetry::init_logs);
+    crate::coldstart::sync("tls provider", crate::token::install_tls_provider);
+    let runtime = crate::coldstart::sync("runtime", || match threads {
         Threads::One => tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build(),
         Threads::Many => tokio::runtime::Builder::new_multi_thread()
             .enable_all()
             .build(),
-    };
+    });
     let runtime = match runtime {
         Ok(runtime) => runtime,
         Err(error) => {

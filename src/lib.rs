@@ -35,11 +35,13 @@
 pub mod app;
 pub mod audit;
 pub mod clock;
+pub mod coldstart;
 pub mod config;
 pub mod db;
 pub mod entry;
 pub mod gate;
 pub mod http;
+pub mod https;
 pub mod problem;
 pub mod resource;
 pub mod secret;

@@ -6,6 +6,7 @@
 
 use std::process::ExitCode;
 
+use tenant_users::coldstart;
 use tenant_users::entry::{self, Threads};
 use tenant_users::{app::App, app::Config, http};
 
@@ -16,7 +17,9 @@ fn main() -> ExitCode {
                  to serve the API locally run `make dev` or `tenant-users serve` (crates/local)"
                 .into());
         }
-        let app = App::build(Config::from_env()?).await;
+        let config = coldstart::sync("config", Config::from_env)?;
+        let app = App::build(config).await;
+        coldstart::report();
         lambda_http::run(http::router(app)).await
     })
 }

@@ -26,7 +26,7 @@ pub enum SslMode {
     Disable,
     /// Encrypted, certificate not checked.
     Require,
-    /// Encrypted, chain and host name checked (system roots plus `DB_CA_FILE`).
+    /// Encrypted, chain and host name checked (against [`Roots`]).
     VerifyFull,
 }
 
@@ -41,11 +41,12 @@ pub struct TlsConfig {
 /// The trust anchors of a verified database connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Roots {
-    /// The system's store (plus `DB_CA_FILE`).
+    /// The system's store (plus `DB_CA_FILE`): a `DATABASE_URL`'s server.
     System,
     /// Only AWS's RDS and RDS Proxy CAs shipped in the binary
     /// (`certs/rds-ca-bundle.pem`), or only `DB_CA_FILE` when it is set:
-    /// no public CA can vouch for a database.
+    /// no public CA can vouch for a database. The API function's with
+    /// `DB_SECRET_ARN`, and the schema function's.
     RdsOnly,
 }
 
@@ -183,12 +184,20 @@ pub fn db_config(get: &impl Fn(&str) -> Option<String>) -> Result<DbConfig, Conf
             ));
         }
     };
+    // A database reached through a secret is AWS's (RDS, RDS Proxy): only
+    // AWS's database CAs can vouch for it, never a public CA of the system
+    // store, which is then not read at all (OpenSSL parsing it cost 14 ms
+    // of each cold start).
+    let roots = match source {
+        DbSource::Secret(_) => Roots::RdsOnly,
+        DbSource::Url(_) => Roots::System,
+    };
     Ok(DbConfig {
         source,
         tls: TlsConfig {
             mode: explicit_mode.unwrap_or(default_mode),
             ca_file: get("DB_CA_FILE").map(Into::into),
-            roots: Roots::System,
+            roots,
         },
         connect_timeout,
         statement_timeout,

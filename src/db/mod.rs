@@ -34,7 +34,10 @@ pub mod lease;
 
 use std::time::{Duration, SystemTime};
 
-use postgres_native_tls::MakeTlsConnector;
+use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+use openssl::x509::X509;
+use openssl::x509::store::X509StoreBuilder;
+pub use postgres_openssl::MakeTlsConnector;
 use tokio::sync::Mutex;
 use tokio_postgres::types::{ToSql, Type};
 use tokio_postgres::{Client, Row, error::SqlState};
@@ -359,7 +362,9 @@ impl Database {
     pub async fn new(config: DbConfig) -> Self {
         let (secret, max_backoff) = match &config.source {
             DbSource::Secret(secret) => (
-                Some(SecretSource::new(secret.clone()).await),
+                Some(
+                    crate::coldstart::timed("aws clients", SecretSource::new(secret.clone())).await,
+                ),
                 secret.refresh_interval,
             ),
             DbSource::Url(_) => (None, Duration::from_secs(60)),
@@ -369,7 +374,9 @@ impl Database {
                 .unwrap_or(i32::MAX),
             tls: match config.tls.mode {
                 SslMode::Disable => Ok(None),
-                SslMode::Require | SslMode::VerifyFull => tls_connector(&config.tls).map(Some),
+                SslMode::Require | SslMode::VerifyFull => {
+                    crate::coldstart::sync("db tls", || tls_connector(&config.tls)).map(Some)
+                }
             },
             secret,
             credentials: std::sync::Mutex::new(None),
@@ -548,7 +555,10 @@ impl Database {
         }
         let conn = match reuse {
             Some(conn) => conn,
-            None => self.audit(self.open().await?).await?,
+            None => {
+                let client = self.open().await?;
+                crate::coldstart::timed("audit", self.audit(client)).await?
+            }
         };
         Ok(&slot.insert(conn).client)
     }
@@ -618,7 +628,7 @@ impl Database {
             .map(Option::as_ref)
             .map_err(|e| DbError::Misconfigured(e.clone()))?;
         let (pg, fresh) = self.connect_config().await?;
-        let client = match connect(&pg, tls).await {
+        let client = match crate::coldstart::timed("connect", connect(&pg, tls)).await {
             Err(error) if self.secret.is_some() && password_refused(&error) => {
                 if fresh {
                     return Err(self.refused(error));
@@ -677,7 +687,7 @@ impl Database {
                 retry_after,
             });
         }
-        match source.fetch().await {
+        match crate::coldstart::timed("secret", source.fetch()).await {
             Ok(creds) => {
                 tracing::info!(user = %creds.username, "database credentials loaded from Secrets Manager");
                 if let Ok(mut slot) = self.credentials.lock() {
@@ -844,68 +854,111 @@ fn pg_config(creds: &DbCredentials) -> tokio_postgres::Config {
 /// trusted by the migrate function's admin connection, and nothing else.
 pub const RDS_CA_BUNDLE: &str = include_str!("../../certs/rds-ca-bundle.pem");
 
+/// The database connector: OpenSSL (vendored in the Lambda bootstrap),
+/// TLS 1.2 or later, trusting exactly the roots `config` names and no
+/// others. Built on OpenSSL directly rather than through native-tls, whose
+/// connector parses the whole system store (the file openssl-probe finds)
+/// on every build, even when its roots are then replaced: 14 ms of CPU at
+/// each cold start (BENCHMARKS.md, "Init CPU per phase").
 pub fn tls_connector(config: &TlsConfig) -> Result<MakeTlsConnector, String> {
-    let mut builder = native_tls::TlsConnector::builder();
-    builder.min_protocol_version(Some(native_tls::Protocol::Tlsv12));
-    match config.mode {
-        SslMode::Disable | SslMode::VerifyFull => {}
-        SslMode::Require => {
-            builder
-                .danger_accept_invalid_certs(true)
-                .danger_accept_invalid_hostnames(true);
+    let failed = |e: openssl::error::ErrorStack| format!("TLS set-up failed: {e}");
+    let mut builder = SslConnector::builder(SslMethod::tls_client()).map_err(failed)?;
+    builder
+        .set_min_proto_version(Some(SslVersion::TLS1_2))
+        .map_err(failed)?;
+    // Only these roots, whatever the library's compiled-in default paths.
+    builder.set_cert_store(X509StoreBuilder::new().map_err(failed)?.build());
+    if config.roots == Roots::System {
+        // What native-tls trusted: the system's bundle and directories as
+        // openssl-probe finds them (a directory is read lazily, per issuer).
+        let probe = openssl_probe::probe();
+        if let Some(file) = &probe.cert_file
+            && let Err(e) = builder.load_verify_locations(Some(file), None)
+        {
+            tracing::debug!(error = %e, file = %file.display(), "system CA file not loaded");
         }
-    }
-    if config.roots == Roots::RdsOnly {
-        builder.disable_built_in_roots(true);
-        if config.ca_file.is_none() {
-            let certs = pem_certificates(RDS_CA_BUNDLE.as_bytes())
-                .map_err(|e| format!("the shipped RDS CA bundle: {e}"))?;
-            for cert in certs {
-                builder.add_root_certificate(cert);
+        for dir in &probe.cert_dir {
+            if let Err(e) = builder.load_verify_locations(None, Some(dir)) {
+                tracing::debug!(error = %e, dir = %dir.display(), "system CA directory not loaded");
             }
         }
     }
+    let mut add = |pem: &[u8]| -> Result<(), String> {
+        let certs = X509::stack_from_pem(pem).map_err(|e| e.to_string())?;
+        if certs.is_empty() {
+            return Err("no certificate found".into());
+        }
+        for cert in certs {
+            builder
+                .cert_store_mut()
+                .add_cert(cert)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    };
+    if config.roots == Roots::RdsOnly && config.ca_file.is_none() {
+        let region = std::env::var("AWS_REGION").ok();
+        add(rds_roots(RDS_CA_BUNDLE, region.as_deref()).as_bytes())
+            .map_err(|e| format!("the shipped RDS CA bundle: {e}"))?;
+    }
     if let Some(path) = &config.ca_file {
         let pem = std::fs::read(path).map_err(|e| format!("DB_CA_FILE {}: {e}", path.display()))?;
-        let certs = pem_certificates(&pem).map_err(|e| {
+        add(&pem).map_err(|e| {
             format!(
                 "DB_CA_FILE {}: not a PEM certificate bundle: {e}",
                 path.display()
             )
         })?;
-        for cert in certs {
-            builder.add_root_certificate(cert);
+    }
+    let require = config.mode == SslMode::Require;
+    if require {
+        builder.set_verify(SslVerifyMode::NONE);
+    }
+    let mut connector = MakeTlsConnector::new(builder.build());
+    // verify-full: the chain (above) and the host name (OpenSSL checks it
+    // against the certificate by default); require: neither.
+    connector.set_callback(move |connect, _domain| {
+        if require {
+            connect.set_verify_hostname(false);
+        }
+        Ok(())
+    });
+    Ok(connector)
+}
+
+/// The certificates of the RDS bundle that can vouch for a database of
+/// `region` (the function's, `AWS_REGION`, which Lambda sets): that
+/// region's RDS root CAs, and the public Amazon and Starfield roots that
+/// RDS Proxy's certificates chain to. RDS gives each region its own roots,
+/// so the other regions' (most of the bundle) could only ever vouch for a
+/// database elsewhere; OpenSSL parses each root it is given at ~0.1 ms,
+/// so they are left out (a database in another region: `DB_CA_FILE`).
+/// Without a region, the whole bundle. Each certificate in the bundle
+/// follows its `# subject` line (scripts/rds-ca-bundle.sh).
+pub fn rds_roots(bundle: &str, region: Option<&str>) -> String {
+    let Some(region) = region.map(str::trim).filter(|r| !r.is_empty()) else {
+        return bundle.to_string();
+    };
+    let mut out = String::new();
+    let mut keep = false;
+    for line in bundle.lines() {
+        if let Some(subject) = line.strip_prefix("# ") {
+            keep = match subject.split(',').find_map(|part| part.strip_prefix("CN=")) {
+                // "Amazon RDS [Beta |Preview ]<region> Root CA ...".
+                Some(cn) if cn.starts_with("Amazon RDS ") => {
+                    cn.split(' ').any(|word| word == region)
+                }
+                _ => true,
+            };
+        }
+        if keep {
+            out.push_str(line);
+            out.push('\n');
         }
     }
-    let connector = builder
-        .build()
-        .map_err(|e| format!("TLS set-up failed: {e}"))?;
-    Ok(MakeTlsConnector::new(connector))
+    out
 }
 
-/// Every certificate in a PEM bundle (the RDS bundle holds many).
-fn pem_certificates(pem: &[u8]) -> Result<Vec<native_tls::Certificate>, String> {
-    const END: &str = "-----END CERTIFICATE-----";
-    let text = std::str::from_utf8(pem).map_err(|e| e.to_string())?;
-    let mut certs = Vec::new();
-    let mut rest = text;
-    while let Some(start) = rest.find("-----BEGIN CERTIFICATE-----") {
-        let end = rest[start..].find(END).ok_or("unterminated certificate")? + start + END.len();
-        certs.push(
-            native_tls::Certificate::from_pem(&rest.as_bytes()[start..end])
-                .map_err(|e| e.to_string())?,
-        );
-        rest = &rest[end..];
-    }
-    if certs.is_empty() {
-        return Err("no certificate found".into());
-    }
-    Ok(certs)
-}
-
-/// Formats an error with its sources, for logs. A database error shows
-/// only its SQLSTATE and message: its DETAIL can quote row values (emails),
-/// which must not reach the logs.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let describe = |e: &(dyn std::error::Error + 'static)| {
         let db = e
@@ -930,6 +983,107 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
         source = cause.source();
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn subjects(pem: &str) -> Vec<&str> {
+        pem.lines()
+            .filter_map(|l| l.strip_prefix("# "))
+            .filter(|l| l.contains("CN="))
+            .collect()
+    }
+
+    #[test]
+    fn every_certificate_of_the_rds_bundle_follows_its_subject_line() {
+        let certs = RDS_CA_BUNDLE.matches("-----BEGIN CERTIFICATE-----").count();
+        assert_eq!(subjects(RDS_CA_BUNDLE).len(), certs);
+        let mut expect_cert = false;
+        for line in RDS_CA_BUNDLE.lines() {
+            if line.starts_with("# ") && line.contains("CN=") {
+                assert!(!expect_cert, "two subject lines in a row: {line}");
+                expect_cert = true;
+            } else if line.starts_with("-----BEGIN CERTIFICATE-----") {
+                assert!(expect_cert, "a certificate without its subject line");
+                expect_cert = false;
+            }
+        }
+    }
+
+    #[test]
+    fn a_region_trusts_its_own_rds_roots_and_the_proxy_roots_only() {
+        let public = [
+            "Amazon Root CA 1",
+            "Amazon Root CA 2",
+            "Amazon Root CA 3",
+            "Amazon Root CA 4",
+            "Starfield Services Root Certificate Authority - G2",
+        ];
+        for region in ["us-east-1", "eu-west-1", "ap-southeast-2"] {
+            let pem = rds_roots(RDS_CA_BUNDLE, Some(region));
+            let kept = subjects(&pem);
+            let certs = X509::stack_from_pem(pem.as_bytes()).unwrap();
+            assert_eq!(certs.len(), kept.len(), "{region}");
+            for name in public {
+                assert!(
+                    kept.iter().any(|s| s.contains(&format!("CN={name},"))),
+                    "{region}: {name}"
+                );
+            }
+            let regional: Vec<_> = kept
+                .iter()
+                .filter(|s| s.contains("CN=Amazon RDS "))
+                .collect();
+            assert!(regional.len() >= 3, "{region}: {regional:?}");
+            assert!(
+                regional.iter().all(|s| s.contains(&format!(" {region} "))),
+                "{region}: {regional:?}"
+            );
+            // Every root of the region, none left out.
+            let all = subjects(RDS_CA_BUNDLE)
+                .into_iter()
+                .filter(|s| s.contains(&format!("CN=Amazon RDS {region} ")))
+                .count();
+            assert!(regional.len() >= all);
+            assert!(
+                kept.len() < subjects(RDS_CA_BUNDLE).len() / 4,
+                "{region}: {} roots",
+                kept.len()
+            );
+        }
+    }
+
+    #[test]
+    fn without_a_region_the_whole_rds_bundle_is_trusted() {
+        assert_eq!(rds_roots(RDS_CA_BUNDLE, None), RDS_CA_BUNDLE);
+        assert_eq!(rds_roots(RDS_CA_BUNDLE, Some(" ")), RDS_CA_BUNDLE);
+        // An unknown region: the proxy's roots only, still a usable bundle.
+        let pem = rds_roots(RDS_CA_BUNDLE, Some("xx-nowhere-9"));
+        assert_eq!(X509::stack_from_pem(pem.as_bytes()).unwrap().len(), 5);
+    }
+
+    #[test]
+    fn the_connector_builds_for_every_root_choice() {
+        for roots in [Roots::System, Roots::RdsOnly] {
+            for mode in [SslMode::Require, SslMode::VerifyFull] {
+                let config = TlsConfig {
+                    mode,
+                    ca_file: None,
+                    roots,
+                };
+                assert!(tls_connector(&config).is_ok(), "{roots:?} {mode:?}");
+            }
+        }
+        let missing = TlsConfig {
+            mode: SslMode::VerifyFull,
+            ca_file: Some("/nonexistent/ca.pem".into()),
+            roots: Roots::RdsOnly,
+        };
+        let refused = tls_connector(&missing).err().unwrap_or_default();
+        assert!(refused.contains("DB_CA_FILE"), "{refused}");
+    }
 }
 
 #[cfg(test)]

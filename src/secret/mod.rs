@@ -21,9 +21,9 @@ use aws_config::sts::AssumeRoleProvider;
 use aws_config::timeout::TimeoutConfig;
 use aws_credential_types::Credentials;
 use aws_credential_types::provider::error::CredentialsError;
+use aws_credential_types::provider::{ProvideCredentials, future};
 use aws_sdk_secretsmanager::error::{ProvideErrorMetadata, SdkError};
 use aws_sdk_sts::operation::assume_role::AssumeRoleError;
-use aws_smithy_http_client::tls::{Provider, rustls_provider::CryptoMode};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 use aws_types::region::Region;
 use aws_types::request_id::RequestId;
@@ -110,7 +110,7 @@ impl SecretSource {
                 .configure(&base)
                 .build()
                 .await;
-            sm = sm.credentials_provider(provider);
+            sm = sm.credentials_provider(TimedAssumeRole(provider));
         }
         Self {
             client: aws_sdk_secretsmanager::Client::from_conf(sm.build()),
@@ -156,10 +156,31 @@ impl SecretSource {
 /// The HTTP client for AWS calls: rustls with ring, which cross-compiles
 /// for arm64 with nothing beyond what cargo-lambda brings (the SDK's default
 /// aws-lc needs a C/cmake toolchain for the target).
+/// The assumed role's credentials provider, its calls to STS timed as a
+/// cold-start phase ([`crate::coldstart`]); otherwise the SDK's own.
+#[derive(Debug)]
+struct TimedAssumeRole(AssumeRoleProvider);
+
+impl ProvideCredentials for TimedAssumeRole {
+    fn provide_credentials<'a>(&'a self) -> future::ProvideCredentials<'a>
+    where
+        Self: 'a,
+    {
+        future::ProvideCredentials::new(crate::coldstart::timed(
+            "sts",
+            self.0.provide_credentials(),
+        ))
+    }
+
+    fn fallback_on_interrupt(&self) -> Option<Credentials> {
+        self.0.fallback_on_interrupt()
+    }
+}
+
+/// The SDK's HTTP client: on the process's one TLS configuration
+/// ([`crate::https`]).
 pub fn http_client() -> aws_smithy_runtime_api::client::http::SharedHttpClient {
-    aws_smithy_http_client::Builder::new()
-        .tls_provider(Provider::Rustls(CryptoMode::Ring))
-        .build_https()
+    crate::https::aws_http_client()
 }
 
 /// A failed AWS call in one line, fit for logs and error chains. The SDK's

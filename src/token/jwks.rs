@@ -1,5 +1,5 @@
 //! The JWKS client: fetches the IdP's key set over TLS (rustls with ring,
-//! the system's roots), at most [`MAX_JWKS_BYTES`] of it and redirects only
+//! the system's roots, shared with the AWS SDK: [`crate::https`]), at most [`MAX_JWKS_BYTES`] of it and redirects only
 //! where the configuration would point; parses it key by key; and decides
 //! when the key set is refetched (on schedule past the maximum age, for an
 //! unknown `kid` at most once per interval, after a failure at a bounded
@@ -127,7 +127,7 @@ impl TokenManager {
             }
             log.last_attempt = Some(now);
         }
-        match fetch_jwks(http, url).await {
+        match crate::coldstart::timed("jwks fetch", fetch_jwks(http, url)).await {
             Ok(jwks) => {
                 tracing::info!(keys = jwks.keys.len() + jwks.anonymous.len(), "JWKS loaded");
                 *self.keys.write().await = Some(KeySet {
@@ -154,9 +154,13 @@ impl TokenManager {
     }
 }
 
-/// The JWKS client: a timeout, and redirects only to URLs the configuration
-/// would accept (https, or http on loopback).
-pub(super) fn jwks_client() -> reqwest::Client {
+/// The JWKS client for `url`: a timeout, and redirects only to URLs the
+/// configuration would accept (https, or http on loopback). Only an
+/// https:// URL reads the system's roots (a few milliseconds of a cold
+/// start); for an http:// one (loopback only) the client trusts no root at
+/// all, so a redirect to https:// fails its handshake: closed, as any
+/// failed fetch.
+pub(super) fn jwks_client(url: &str) -> reqwest::Client {
     let redirects = reqwest::redirect::Policy::custom(|attempt| {
         if attempt.previous().len() >= MAX_JWKS_REDIRECTS {
             attempt.error("too many JWKS redirects")
@@ -170,7 +174,12 @@ pub(super) fn jwks_client() -> reqwest::Client {
     let builder = reqwest::Client::builder()
         .timeout(JWKS_TIMEOUT)
         .redirect(redirects);
-    let builder = match jwks_tls() {
+    let tls = if url.trim_start().starts_with("http://") {
+        crate::https::tls_with(rustls::RootCertStore::empty())
+    } else {
+        crate::https::system_tls()
+    };
+    let builder = match tls {
         Ok(tls) => builder.tls_backend_preconfigured(tls),
         Err(error) => {
             tracing::warn!(%error, "JWKS TLS set-up failed; using reqwest's defaults");
@@ -186,26 +195,6 @@ pub(super) fn jwks_client() -> reqwest::Client {
 /// building one panics. Idempotent.
 pub fn install_tls_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// rustls (ring) trusting the system's roots: what native-tls would
-/// trust, without OpenSSL parsing every root certificate at cold start.
-fn jwks_tls() -> Result<rustls::ClientConfig, String> {
-    let found = rustls_native_certs::load_native_certs();
-    let mut roots = rustls::RootCertStore::empty();
-    let (added, _ignored) = roots.add_parsable_certificates(found.certs);
-    if added == 0 {
-        return Err(format!(
-            "no system root certificates found ({} errors)",
-            found.errors.len()
-        ));
-    }
-    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
-    Ok(rustls::ClientConfig::builder_with_provider(provider)
-        .with_safe_default_protocol_versions()
-        .map_err(|e| e.to_string())?
-        .with_root_certificates(roots)
-        .with_no_client_auth())
 }
 
 /// Reads the JWKS chunk by chunk and gives up as soon as it passes
@@ -232,7 +221,7 @@ async fn fetch_jwks(http: &reqwest::Client, url: &str) -> Result<Jwks, String> {
         }
         body.extend_from_slice(&chunk);
     }
-    parse_jwks(&body)
+    crate::coldstart::sync("jwks parse", || parse_jwks(&body))
 }
 
 /// Checks a JWKS document as the configuration gives it (`JWT_JWKS`):
@@ -323,7 +312,7 @@ mod tests {
     /// Well inside the client's own timeout, so a pass means the size
     /// guard fired, not the timeout.
     async fn fetch_quickly(url: &str) -> Result<Jwks, String> {
-        tokio::time::timeout(Duration::from_secs(3), fetch_jwks(&jwks_client(), url))
+        tokio::time::timeout(Duration::from_secs(3), fetch_jwks(&jwks_client(url), url))
             .await
             .expect("the size guard answers before the client's timeout")
     }

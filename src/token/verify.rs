@@ -50,7 +50,10 @@ impl TokenManager {
     pub async fn new(config: TokenConfig) -> Self {
         fast_rs256::install();
         let hmac = config.hs256_secret.as_deref().map(DecodingKey::from_secret);
-        let http = config.jwks_url.as_ref().map(|_| jwks_client());
+        let http = config
+            .jwks_url
+            .as_ref()
+            .map(|url| crate::coldstart::sync("jwks client", || jwks_client(url)));
         let validations = config
             .algorithms
             .iter()

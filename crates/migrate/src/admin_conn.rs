@@ -27,7 +27,7 @@ use tokio_postgres::{Client, NoTls};
 /// The connection's task is spawned; the handle ends with it.
 pub async fn connect(
     config: &tokio_postgres::Config,
-    connector: Option<postgres_native_tls::MakeTlsConnector>,
+    connector: Option<tenant_users::db::MakeTlsConnector>,
 ) -> Result<(Client, tokio::task::JoinHandle<()>), ConnectError> {
     let (host, port) = match endpoint(config).map_err(ConnectError::Reach)? {
         Endpoint::Tcp(host, port) => (host, port),
