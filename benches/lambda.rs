@@ -567,8 +567,8 @@ async fn serve_jwks(jwks: Value) -> String {
 /// `SSL_CERT_DIR`: a directory (in `dir`) holding the system's bundle with
 /// the CA appended, so the JWKS client parses as many roots as with the
 /// system's own file. Not `SSL_CERT_FILE`: OpenSSL's default paths load
-/// that file eagerly into every context (Lambda sets neither variable),
-/// a directory only per issuer, on demand.
+/// that file eagerly into every context (the function's runtime is not
+/// known to set either variable), a directory only per issuer, on demand.
 async fn serve_jwks_https(
     jwks: &Value,
     certs: &common::pgbouncer::Certs,

@@ -44,9 +44,10 @@ pub enum Roots {
     /// The system's store (plus `DB_CA_FILE`): a `DATABASE_URL`'s server.
     System,
     /// Only AWS's RDS and RDS Proxy CAs shipped in the binary
-    /// (`certs/rds-ca-bundle.pem`), or only `DB_CA_FILE` when it is set:
-    /// no public CA can vouch for a database. The API function's with
-    /// `DB_SECRET_ARN`, and the schema function's.
+    /// (`certs/rds-ca-bundle.pem`; of the RDS roots, those of the
+    /// function's region, `AWS_REGION`: `db::rds_roots`), or only
+    /// `DB_CA_FILE` when it is set: no public CA can vouch for a database.
+    /// The API function's with `DB_SECRET_ARN`, and the schema function's.
     RdsOnly,
 }
 
