@@ -26,6 +26,9 @@ struct Phase {
 static STARTED: OnceLock<Instant> = OnceLock::new();
 static PHASES: Mutex<Vec<Phase>> = Mutex::new(Vec::new());
 static DONE: AtomicBool = AtomicBool::new(false);
+/// Phases kept before [`report`]: a process that never reports (the local
+/// server, a test) keeps no more than this of its reconnects and refetches.
+const MAX_PHASES: usize = 64;
 
 fn cpu_clock(clock: libc::clockid_t) -> Duration {
     let mut ts = libc::timespec {
@@ -54,7 +57,9 @@ fn active() -> bool {
 
 fn record(name: &'static str, cpu: Duration, start: Duration) {
     let end = since_start();
-    if let Ok(mut phases) = PHASES.lock() {
+    if let Ok(mut phases) = PHASES.lock()
+        && phases.len() < MAX_PHASES
+    {
         phases.push(Phase {
             name,
             cpu,

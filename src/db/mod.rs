@@ -960,6 +960,9 @@ pub fn rds_roots(bundle: &str, region: Option<&str>) -> String {
     out
 }
 
+/// Formats an error with its sources, for logs. A database error shows
+/// only its SQLSTATE and message: its DETAIL can quote row values (emails),
+/// which must not reach the logs.
 pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
     let describe = |e: &(dyn std::error::Error + 'static)| {
         let db = e

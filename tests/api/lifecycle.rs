@@ -10,7 +10,7 @@ use sha2::{Digest, Sha256};
 use tenant_users::tenant::TenantId;
 use tenant_users_migrate::lifecycle;
 
-use crate::common::{TestApp, connect};
+use crate::common::{TestApp, cleanup, connect};
 use crate::resource_kit::{create, with_projects};
 
 /// A login role shaped like the control plane's: not the owner, no
@@ -44,22 +44,11 @@ impl ControlRole {
 
 impl Drop for ControlRole {
     fn drop(&mut self) {
-        let (name, admin) = (self.name.clone(), self.admin.clone());
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                if let Ok((client, conn)) = admin.connect(tokio_postgres::NoTls).await {
-                    tokio::spawn(conn);
-                    let _ = client
-                        .batch_execute(&format!("DROP OWNED BY {name}; DROP ROLE {name}"))
-                        .await;
-                }
-            });
-        })
-        .join();
+        let name = &self.name;
+        cleanup(
+            &self.admin,
+            vec![format!("DROP OWNED BY {name}; DROP ROLE {name}")],
+        );
     }
 }
 

@@ -419,15 +419,9 @@ async fn a_lease_never_waits_for_another_environments_lease() {
     assert!((10..=12).contains(&granted), "granted {granted}");
 }
 
-#[tokio::test]
-async fn a_tenant_moved_from_unlimited_to_a_limited_tier_starts_it_full() {
-    // Every test tenant is registered unlimited, whose bucket is kept at 0:
-    // moved to basic (burst 20), it gets the burst at once, not a bucket
-    // that fills from empty.
-    let app = TestApp::spawn().await;
-    app.db.register("acme", "basic").await;
-    let tokens: f64 = app
-        .db
+/// The level of acme's bucket, as the owner sees it.
+async fn acme_tokens(app: &TestApp) -> f64 {
+    app.db
         .admin()
         .await
         .query_one(
@@ -436,7 +430,17 @@ async fn a_tenant_moved_from_unlimited_to_a_limited_tier_starts_it_full() {
         )
         .await
         .unwrap()
-        .get(0);
+        .get(0)
+}
+
+#[tokio::test]
+async fn a_tenant_moved_from_unlimited_to_a_limited_tier_starts_it_full() {
+    // Every test tenant is registered unlimited, whose bucket is kept at 0:
+    // moved to basic (burst 20), it gets the burst at once, not a bucket
+    // that fills from empty.
+    let app = TestApp::spawn().await;
+    app.db.register("acme", "basic").await;
+    let tokens = acme_tokens(&app).await;
     assert_eq!(tokens, 20.0);
     let token = app.token("acme");
     for n in 0..15 {
@@ -446,16 +450,6 @@ async fn a_tenant_moved_from_unlimited_to_a_limited_tier_starts_it_full() {
     // Back to a tier with a smaller burst: clamped, never raised.
     app.db.register("acme", "premium").await;
     app.db.register("acme", "basic").await;
-    let tokens: f64 = app
-        .db
-        .admin()
-        .await
-        .query_one(
-            "SELECT tokens FROM tenant_rate WHERE tenant_id = 'acme'",
-            &[],
-        )
-        .await
-        .unwrap()
-        .get(0);
+    let tokens = acme_tokens(&app).await;
     assert!(tokens <= 20.0, "{tokens}");
 }

@@ -187,33 +187,42 @@ impl TestDb {
 
 impl Drop for TestDb {
     fn drop(&mut self) {
-        let (name, user, base) = (self.name.clone(), self.app_user.clone(), self.base.clone());
-        // Drop runs outside async context; clean up on a runtime of its own.
-        let _ = std::thread::spawn(move || {
-            let rt = tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()
-                .unwrap();
-            rt.block_on(async {
-                let Ok((client, connection)) = base.connect(NoTls).await else {
-                    return;
-                };
-                tokio::spawn(connection);
-                // Two statements: DROP DATABASE may not share a (implicit)
-                // transaction with anything else.
-                let _ = client
-                    .batch_execute(&format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
-                    .await;
-                // The rotation's clone (`<user>_clone`), where a test made one.
-                for role in [format!("{user}_clone"), user.clone()] {
-                    let _ = client
-                        .batch_execute(&format!("DROP ROLE IF EXISTS {role}"))
-                        .await;
-                }
-            });
-        })
-        .join();
+        let (name, user) = (&self.name, &self.app_user);
+        // Separate statements: DROP DATABASE may not share a (implicit)
+        // transaction with anything else. Then the rotation's clone
+        // (`<user>_clone`), where a test made one, and the role.
+        cleanup(
+            &self.base,
+            vec![
+                format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
+                format!("DROP ROLE IF EXISTS {user}_clone"),
+                format!("DROP ROLE IF EXISTS {user}"),
+            ],
+        );
     }
+}
+
+/// Runs `statements` in turn on `config`, each on its own, ignoring
+/// failures: clean-up from a `Drop`, which runs outside async context, so
+/// on a runtime of its own.
+pub fn cleanup(config: &tokio_postgres::Config, statements: Vec<String>) {
+    let config = config.clone();
+    let _ = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let Ok((client, connection)) = config.connect(NoTls).await else {
+                return;
+            };
+            tokio::spawn(connection);
+            for sql in statements {
+                let _ = client.batch_execute(&sql).await;
+            }
+        });
+    })
+    .join();
 }
 
 /// The service under test, wired exactly as `main` wires it.
