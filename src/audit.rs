@@ -95,6 +95,11 @@ pub const RULES: &[Rule] = &[
         "may use no table without tenant_id, except read-only a table whose comment starts with 'shared:' (such a table is the same for every tenant: any tenant's rows in it would be every tenant's)",
     ),
     rule(
+        "trail-out-of-reach-or-append-only",
+        Scope::Role,
+        "may not use the operator trail (a table whose comment starts with 'trail:') at all; the control plane's role may only INSERT into it",
+    ),
+    rule(
         "role-has-what-it-needs",
         Scope::Role,
         "has the privileges the service's statements need on every table they use (each resource's table, and the registry's), so no request meets a missing grant",
@@ -231,6 +236,40 @@ impl Check {
     }
 }
 
+/// Whose connection is audited: the rules are the same, but what the role
+/// needs, and what it may do with the operator trail, differ.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum Profile {
+    /// The API function's role: must not reach the operator trail.
+    #[default]
+    Api,
+    /// The control plane's role: what the API's role needs, plus writing
+    /// the registry and deleting any tenant table's rows (one tenant at a
+    /// time, under the same policies), and appending to the trail.
+    Control,
+}
+
+/// The operator trail (migrations/V6).
+pub const TRAIL: &str = "control.operator_trail";
+
+impl Profile {
+    /// What this role's statements need, as (table, privilege) pairs.
+    pub fn needs(self) -> Vec<(&'static str, &'static str)> {
+        let mut needs = needs();
+        if self == Profile::Control {
+            needs.extend([
+                ("tenants", "INSERT"),
+                ("tenants", "UPDATE"),
+                ("tenants", "DELETE"),
+                ("tenant_rate", "INSERT"),
+                ("tenant_rate", "DELETE"),
+                (TRAIL, "INSERT"),
+            ]);
+        }
+        needs
+    }
+}
+
 /// What the service's statements need, as (table, privilege) pairs: every
 /// resource's table in full, and the registry as `app_enter_tenant` uses
 /// it (its own row and the tiers read, its bucket's level updated).
@@ -251,7 +290,16 @@ pub fn needs() -> Vec<(&'static str, &'static str)> {
 
 /// Every check, for the `audit` command's report.
 pub async fn report(client: &Client) -> Result<Vec<Check>, tokio_postgres::Error> {
-    let (tables, privileges): (Vec<&str>, Vec<&str>) = needs().into_iter().unzip();
+    report_as(client, Profile::Api).await
+}
+
+/// Every check of a connection of the `profile`'s role.
+pub async fn report_as(
+    client: &Client,
+    profile: Profile,
+) -> Result<Vec<Check>, tokio_postgres::Error> {
+    let (tables, privileges): (Vec<&str>, Vec<&str>) = profile.needs().into_iter().unzip();
+    let appends = profile == Profile::Control;
     let rows = client
         .query_typed(
             AUDIT,
@@ -259,6 +307,7 @@ pub async fn report(client: &Client) -> Result<Vec<Check>, tokio_postgres::Error
                 (&POLICY_NAME, Type::TEXT),
                 (&tables, Type::TEXT_ARRAY),
                 (&privileges, Type::TEXT_ARRAY),
+                (&appends, Type::BOOL),
             ],
         )
         .await?;
@@ -332,7 +381,15 @@ pub async fn report(client: &Client) -> Result<Vec<Check>, tokio_postgres::Error
 
 /// The failed checks, as findings: empty when the connection is fit to serve.
 pub async fn check(client: &Client) -> Result<Vec<String>, tokio_postgres::Error> {
-    Ok(report(client)
+    check_as(client, Profile::Api).await
+}
+
+/// [`check`] for a connection of the `profile`'s role.
+pub async fn check_as(
+    client: &Client,
+    profile: Profile,
+) -> Result<Vec<String>, tokio_postgres::Error> {
+    Ok(report_as(client, profile)
         .await?
         .into_iter()
         .filter(|c| !c.passed)

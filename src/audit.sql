@@ -2,7 +2,9 @@
 -- It returns the tenant tables, the role and database names, and one
 -- 'fail' row per finding: (kind, rule, subject, detail). Rule ids and
 -- their wording live in src/audit.rs; $1 is the policy name, $2 and $3
--- the (table, privilege) pairs the service's statements need. Only
+-- the (table, privilege) pairs the service's statements need, $4 whether
+-- the role may append to the operator trail (the control plane's role) or
+-- must not reach it at all (the application role). Only
 -- catalogs and the session's own settings are read.
 --
 -- The statement means the same whatever the session's search_path: every
@@ -463,12 +465,29 @@ SELECT 'fail', 'role-reads-only-tenant-tables', rn.name,
   JOIN rel_names rn ON rn.oid OPERATOR(pg_catalog.=) c.oid
  WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::pg_catalog."char"[])
    AND NOT (c.oid OPERATOR(pg_catalog.=) ANY (SELECT oid FROM tenant_data))
+   AND NOT coalesce(pg_catalog.starts_with(pg_catalog.obj_description(c.oid, 'pg_class'), 'trail:'), false)
    AND pg_catalog.has_schema_privilege(c.relnamespace, 'USAGE')
    AND CASE WHEN coalesce(pg_catalog.starts_with(pg_catalog.obj_description(c.oid, 'pg_class'), 'shared:'), false)
             THEN pg_catalog.has_table_privilege(c.oid, 'INSERT, UPDATE, DELETE, TRUNCATE')
               OR pg_catalog.has_any_column_privilege(c.oid, 'INSERT, UPDATE')
             ELSE pg_catalog.has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE')
               OR pg_catalog.has_any_column_privilege(c.oid, 'SELECT, INSERT, UPDATE') END
+UNION ALL
+-- The operator trail (a table whose comment starts with 'trail:', in any
+-- schema, reachable or not): the application role may not use it in any
+-- way; the control plane's role may only append to it.
+SELECT 'fail', 'trail-out-of-reach-or-append-only', rn.name,
+       CASE WHEN $4::pg_catalog.bool THEN 'the role may read, change or truncate the trail'
+            ELSE 'the role may use the trail' END
+  FROM pg_catalog.pg_class c
+  JOIN rel_names rn ON rn.oid OPERATOR(pg_catalog.=) c.oid
+ WHERE c.relkind OPERATOR(pg_catalog.=) ANY ('{r,p}'::pg_catalog."char"[])
+   AND coalesce(pg_catalog.starts_with(pg_catalog.obj_description(c.oid, 'pg_class'), 'trail:'), false)
+   AND CASE WHEN $4::pg_catalog.bool
+            THEN pg_catalog.has_table_privilege(c.oid, 'SELECT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
+              OR pg_catalog.has_any_column_privilege(c.oid, 'SELECT, UPDATE, REFERENCES')
+            ELSE pg_catalog.has_table_privilege(c.oid, 'SELECT, INSERT, UPDATE, DELETE, TRUNCATE, REFERENCES, TRIGGER')
+              OR pg_catalog.has_any_column_privilege(c.oid, 'SELECT, INSERT, UPDATE, REFERENCES') END
 UNION ALL
 SELECT 'fail', 'role-has-what-it-needs', pg_catalog.format('table %s', x.t),
        CASE WHEN pg_catalog.to_regclass(x.t) IS NULL THEN 'no such table'

@@ -87,7 +87,14 @@ impl ApiError {
         self.status
     }
 
-    fn unavailable(kind: &'static str, detail: &str, retry_after: u32) -> Self {
+    /// A problem of its own kind (`/problems/<kind>`), for callers outside
+    /// this module: the control plane's operator check and conflicts.
+    pub fn other(status: StatusCode, kind: &'static str, detail: impl Into<String>) -> Self {
+        Self::new(status, kind, detail)
+    }
+
+    /// 503 with `Retry-After`: a dependency is down or unconfigured.
+    pub fn unavailable(kind: &'static str, detail: &str, retry_after: u32) -> Self {
         let mut e = Self::new(StatusCode::SERVICE_UNAVAILABLE, kind, detail);
         e.retry_after_seconds = Some(retry_after);
         e

@@ -100,6 +100,9 @@ pub struct DbConfig {
     /// How long a connection serves on one isolation self-audit before it
     /// is audited again (`DB_AUDIT_INTERVAL_SECONDS`).
     pub audit_interval: Duration,
+    /// Whose role the connection's self-audit judges (the API's, or the
+    /// control plane's).
+    pub audit_profile: crate::audit::Profile,
     /// The time the back-off gate and the audit schedule keep: the
     /// system's, or a test's manual clock.
     pub clock: Clock,
@@ -116,6 +119,7 @@ impl DbConfig {
             pool_size: 1,
             lease_max: DEFAULT_LEASE_MAX,
             audit_interval: DEFAULT_AUDIT_INTERVAL,
+            audit_profile: crate::audit::Profile::Api,
             clock: Clock::system(),
         }
     }
@@ -212,6 +216,7 @@ pub fn db_config(get: &impl Fn(&str) -> Option<String>) -> Result<DbConfig, Conf
         },
         lease_max: bounded(get, "TENANT_LEASE_MAX", DEFAULT_LEASE_MAX.into(), 1..=1000)? as u32,
         audit_interval,
+        audit_profile: crate::audit::Profile::Api,
         clock: Clock::system(),
     })
 }

@@ -140,6 +140,12 @@ pub enum DbError {
     Query(#[source] tokio_postgres::Error),
 }
 
+impl From<tokio_postgres::Error> for DbError {
+    fn from(error: tokio_postgres::Error) -> Self {
+        Self::classify(error)
+    }
+}
+
 /// Which rule a statement broke.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum ViolationKind {
@@ -260,7 +266,7 @@ impl DbError {
         }
     }
 
-    fn classify(error: tokio_postgres::Error) -> Self {
+    pub fn classify(error: tokio_postgres::Error) -> Self {
         Self::classify_statement(error, "")
     }
 
@@ -331,6 +337,23 @@ impl<'a> TenantQuery<'a> {
 struct Conn {
     client: Client,
     audited_at: SystemTime,
+}
+
+/// A connection held by the control plane ([`Database::connection`]).
+pub struct Connection<'d> {
+    /// Always `Some`: [`Database::connection`] hands out only open ones.
+    slot: tokio::sync::MutexGuard<'d, Option<Conn>>,
+}
+
+impl std::ops::Deref for Connection<'_> {
+    type Target = Client;
+
+    fn deref(&self) -> &Client {
+        match self.slot.as_ref() {
+            Some(conn) => &conn.client,
+            None => unreachable!("Database::connection hands out open connections only"),
+        }
+    }
 }
 
 /// The execution environment's single connection, opened lazily (or warmed
@@ -410,6 +433,22 @@ impl Database {
         let mut slot = self.acquire().await;
         if let Err(error) = self.ensure_open(&mut slot).await {
             tracing::error!(error = %error_chain(&error), "database not ready at start-up");
+        }
+    }
+
+    /// The control plane's way in (crates/control): this environment's
+    /// connection, opened and audited as for [`Database::run`] (with the
+    /// control role's [`crate::audit::Profile`]), held until dropped. Its
+    /// every statement runs in a transaction that the control plane scopes
+    /// to one tenant itself (`set_config('app.current_tenant', $1, true)`,
+    /// its lifecycle module). The API never calls this: its statements
+    /// reach the database only through [`Database::run`].
+    pub async fn connection(&self) -> Result<Connection<'_>, DbError> {
+        let mut slot = self.acquire().await;
+        self.ensure_open(&mut slot).await?;
+        match slot.as_ref() {
+            Some(_) => Ok(Connection { slot }),
+            None => Err(DbError::Misconfigured("no connection was opened".into())),
         }
     }
 
@@ -578,7 +617,7 @@ impl Database {
     /// An audit that cannot run has not passed; only a broken connection
     /// is not held against the deployment.
     async fn audit(&self, client: Client) -> Result<Conn, DbError> {
-        let findings = match audit::check(&client).await {
+        let findings = match audit::check_as(&client, self.config.audit_profile).await {
             Ok(findings) => findings,
             Err(error) => match DbError::classify(error) {
                 DbError::Unavailable(error) => return Err(DbError::Unavailable(error)),
@@ -747,7 +786,9 @@ impl Database {
             .map_err(|e| DbError::Misconfigured(e.clone()))?;
         let (pg, _) = self.connect_config().await?;
         let client = connect(&pg, tls).await.map_err(DbError::Unavailable)?;
-        audit::report(&client).await.map_err(DbError::classify)
+        audit::report_as(&client, self.config.audit_profile)
+            .await
+            .map_err(DbError::classify)
     }
 
     /// Diagnostics: `app.current_tenant` and `statement_timeout` as the

@@ -8,7 +8,7 @@ use axum::http::StatusCode;
 use serde_json::{Value, json};
 use sha2::{Digest, Sha256};
 use tenant_users::tenant::TenantId;
-use tenant_users_migrate::lifecycle;
+use tenant_users_control::lifecycle;
 
 use crate::common::{TestApp, cleanup, connect};
 use crate::resource_kit::{create, with_projects};

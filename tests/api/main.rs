@@ -7,6 +7,7 @@ mod audit;
 mod auth;
 mod aws;
 mod connection;
+mod control;
 mod custom_resource;
 mod events;
 mod faults;

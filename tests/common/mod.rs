@@ -196,6 +196,7 @@ impl Drop for TestDb {
             vec![
                 format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)"),
                 format!("DROP ROLE IF EXISTS {user}_clone"),
+                format!("DROP ROLE IF EXISTS {user}_control"),
                 format!("DROP ROLE IF EXISTS {user}"),
             ],
         );
@@ -373,6 +374,13 @@ impl TestApp {
             .oneshot(request)
             .await
             .expect("router is infallible");
+        TestResponse::from_response(response).await
+    }
+}
+
+impl TestResponse {
+    /// The whole of a router's response.
+    pub async fn from_response(response: axum::response::Response) -> Self {
         let status = response.status();
         let headers = response.headers().clone();
         let body = response
@@ -387,7 +395,9 @@ impl TestApp {
             body,
         }
     }
+}
 
+impl TestApp {
     pub async fn request(
         &self,
         method: Method,

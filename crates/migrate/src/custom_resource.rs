@@ -123,6 +123,7 @@ impl Settings {
             target: Properties {
                 master_secret_arn: required("DB_MASTER_SECRET_ARN")?,
                 app_secret_arn: required("DB_APP_SECRET_ARN")?,
+                control_secret_arn: get("DB_CONTROL_SECRET_ARN"),
                 db_host: required("DB_HOST")?,
                 db_port,
                 db_name: required("DB_NAME")?,
@@ -137,6 +138,9 @@ impl Settings {
 pub struct Properties {
     pub master_secret_arn: String,
     pub app_secret_arn: String,
+    /// The control plane's role's secret (`DB_CONTROL_SECRET_ARN`): when
+    /// set, the role is made and audited after the application role.
+    pub control_secret_arn: Option<String>,
     pub db_host: String,
     pub db_port: u16,
     pub db_name: String,
@@ -156,6 +160,10 @@ impl Properties {
         let expected = [
             ("MasterSecretArn", self.master_secret_arn.as_str()),
             ("AppSecretArn", self.app_secret_arn.as_str()),
+            (
+                "ControlSecretArn",
+                self.control_secret_arn.as_deref().unwrap_or_default(),
+            ),
             ("DbHost", self.db_host.as_str()),
             ("DbPort", port.as_str()),
             ("DbName", self.db_name.as_str()),
@@ -599,9 +607,26 @@ async fn steps(
         name: app.username.clone(),
         password: Some(app.password().to_owned()),
     };
-    migrate::run_with_progress(&admin, &settings.tls, &role, &tenants, enter)
+    migrate::run_with_progress(&admin, &settings.tls, &role, &tenants, &enter)
         .await
-        .map_err(|e| Failure::new(e.step(), e.to_string()))
+        .map_err(|e| Failure::new(e.step(), e.to_string()))?;
+    let Some(arn) = &properties.control_secret_arn else {
+        return Ok(());
+    };
+    enter("read control secret");
+    let control = SecretSource::new(secret(arn))
+        .await
+        .fetch()
+        .await
+        .map_err(|e| Failure::new("read control secret", e.to_string()))?;
+    enter("control role");
+    let control = AppRole {
+        name: control.username.clone(),
+        password: Some(control.password().to_owned()),
+    };
+    migrate::ensure_control_role(&admin, &settings.tls, &control, &role)
+        .await
+        .map_err(|e| Failure::new("control role", e.to_string()))
 }
 
 /// The Lambda entry point of the migrate function.

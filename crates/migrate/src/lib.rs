@@ -19,13 +19,13 @@
 
 use tokio_postgres::Client;
 
+use tenant_users::audit::Profile;
 use tenant_users::db::config::{DbConfig, SslMode, TlsConfig};
 use tenant_users::db::error_chain;
 use tenant_users::tenant::TenantId;
 
 pub mod admin_conn;
 pub mod custom_resource;
-pub mod lifecycle;
 
 mod embedded {
     // The workspace's `migrations/`, relative to this crate.
@@ -167,7 +167,11 @@ pub const SHARED_MARK: &str = "shared:";
 /// the sequences its columns own, and each table marked [`SHARED_MARK`]
 /// gets SELECT. A table added by a migration is covered without code; one
 /// without `tenant_id` and unmarked gets nothing.
-async fn table_grants(client: &Client, role: &str) -> Result<Vec<String>, MigrateError> {
+async fn table_grants(
+    client: &Client,
+    role: &str,
+    narrower: &[(&str, &str)],
+) -> Result<Vec<String>, MigrateError> {
     let rows = client
         .query(
             "SELECT c.relname::text,
@@ -192,7 +196,7 @@ async fn table_grants(client: &Client, role: &str) -> Result<Vec<String>, Migrat
         let (table, tenant, shared, sequences): (String, bool, bool, Vec<String>) =
             (row.get(0), row.get(1), row.get(2), row.get(3));
         let privileges = if tenant {
-            NARROWER_GRANTS
+            narrower
                 .iter()
                 .find(|(t, _)| *t == table)
                 .map_or("SELECT, INSERT, UPDATE, DELETE", |(_, p)| p)
@@ -392,6 +396,16 @@ pub async fn audit_as_app(
     tls: &TlsConfig,
     role: &AppRole,
 ) -> Result<(), MigrateError> {
+    audit_as(admin, tls, role, Profile::Api).await
+}
+
+/// [`audit_as_app`] for the role of `profile`.
+async fn audit_as(
+    admin: &tokio_postgres::Config,
+    tls: &TlsConfig,
+    role: &AppRole,
+    profile: Profile,
+) -> Result<(), MigrateError> {
     let login = |e: MigrateError| MigrateError::AppLogin(e.to_string());
     let mut as_app = admin.clone();
     as_app.user(&role.name);
@@ -417,16 +431,108 @@ pub async fn audit_as_app(
             (client, task)
         }
     };
-    let findings = tenant_users::audit::check(&client).await;
+    let findings = tenant_users::audit::check_as(&client, profile).await;
     drop(client);
     let _ = task.await;
     let findings = findings.map_err(|e| MigrateError::Audit(error_chain(&e)))?;
     if findings.is_empty() {
-        tracing::info!(role = %role.name, "isolation self-audit passed as the application role");
+        tracing::info!(role = %role.name, ?profile, "isolation self-audit passed as the role");
         Ok(())
     } else {
         Err(MigrateError::Audit(findings.join("; ")))
     }
+}
+
+/// The control plane's default role name (`CONTROL_DB_USER`).
+pub const DEFAULT_CONTROL_USER: &str = "tenant_control";
+
+/// Creates or updates the control plane's role, then audits it as that
+/// role ([`Profile::Control`]). Like the application role it has no
+/// BYPASSRLS and owns nothing, so `tenant_policy` holds it to the tenant
+/// its transaction names; unlike it, it may write the registry and delete
+/// from every tenant table (granted from the catalog, as the app role's
+/// grants are, so a table added later is covered), and append to the
+/// operator trail, which the application role cannot reach at all.
+pub async fn ensure_control_role(
+    admin: &tokio_postgres::Config,
+    tls: &TlsConfig,
+    control: &AppRole,
+    app: &AppRole,
+) -> Result<(), MigrateError> {
+    check_role_name(&control.name)?;
+    if control.name == app.name {
+        return Err(MigrateError::Refused(format!(
+            "the control plane's role must not be the application role ({}): set CONTROL_DB_USER to another name",
+            app.name
+        )));
+    }
+    let (client, task) = connect_admin(admin, tls).await?;
+    let result = async {
+        let current: String = client
+            .query_one("SELECT current_user::text", &[])
+            .await
+            .map_err(MigrateError::Role)?
+            .get(0);
+        if control.name == current {
+            return Err(MigrateError::Refused(format!(
+                "the control plane's role must not be the admin/owner role ({current})"
+            )));
+        }
+        let exists = client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&control.name])
+            .await
+            .map_err(MigrateError::Role)?
+            .is_some();
+        if exists {
+            verify_role(&client, &control.name).await?;
+        }
+        let name = quote_ident(&control.name);
+        let password = match &control.password {
+            Some(password) => format!(" PASSWORD {}", scram_literal(password)?),
+            None => String::new(),
+        };
+        let database: String = client
+            .query_one("SELECT current_database()::text", &[])
+            .await
+            .map_err(MigrateError::Role)?
+            .get(0);
+        let mut statements = vec![if exists {
+            format!("ALTER ROLE {name} WITH LOGIN{password}")
+        } else {
+            format!(
+                "CREATE ROLE {name} WITH LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION{password}"
+            )
+        }];
+        statements.push(format!(
+            "GRANT CONNECT ON DATABASE {} TO {name}",
+            quote_ident(&database)
+        ));
+        statements.push(format!("GRANT USAGE ON SCHEMA public, control TO {name}"));
+        statements.extend(table_grants(&client, &name, &[]).await?);
+        statements.push(format!("REVOKE ALL ON ALL TABLES IN SCHEMA control FROM {name}"));
+        statements.push(format!(
+            "GRANT INSERT ON TABLE {} TO {name}",
+            tenant_users::audit::TRAIL
+        ));
+        let mut script = String::from("BEGIN;\n");
+        for sql in &statements {
+            script.push_str(sql);
+            script.push_str(";\n");
+        }
+        script.push_str("COMMIT;");
+        if let Err(error) = client.batch_execute(&script).await {
+            let _ = client.batch_execute("ROLLBACK").await;
+            return Err(MigrateError::Role(error));
+        }
+        verify_role(&client, &control.name).await?;
+        tracing::info!(role = %control.name, created = !exists, "control plane role ready");
+        Ok(())
+    }
+    .await;
+    drop(client);
+    let _ = task.await;
+    result?;
+    audit_as(admin, tls, control, Profile::Control).await
 }
 
 /// PostgreSQL 13 and 14 let PUBLIC create in schema `public`, which would
@@ -523,7 +629,7 @@ async fn ensure_app_role(client: &Client, role: &AppRole) -> Result<(), MigrateE
     statements.push(format!(
         "GRANT EXECUTE ON FUNCTION public.app_set_tenant(text, integer) TO {name}"
     ));
-    statements.extend(table_grants(client, &name).await?);
+    statements.extend(table_grants(client, &name, NARROWER_GRANTS).await?);
     // One transaction: a failed grant leaves the old password in place.
     let mut script = String::from("BEGIN;\n");
     for sql in &statements {

@@ -14,7 +14,8 @@ const USAGE: &str = "usage: migrate [migrate | audit | register TENANT [TIER]]
   (no argument)  run as the Lambda custom resource that migrates at deploy time
                  (needs AWS_LAMBDA_RUNTIME_API)
   migrate        apply migrations and the app role with DATABASE_ADMIN_URL
-                 (APP_DB_USER, APP_DB_PASSWORD)
+                 (APP_DB_USER, APP_DB_PASSWORD), and the control plane's
+                 role when CONTROL_DB_USER is set (CONTROL_DB_PASSWORD)
   audit          check, as the app role (DATABASE_URL or the secret), that the
                  database enforces isolation; exit 1 when a check fails
   register       register TENANT in the registry with DATABASE_ADMIN_URL, in
@@ -92,7 +93,21 @@ async fn run_migrate() -> Result<(), BoxError> {
             .ok()
             .filter(|p| !p.is_empty()),
     };
-    migrate::run(&admin, &TlsConfig::from_env()?, &role).await?;
+    let tls = TlsConfig::from_env()?;
+    migrate::run(&admin, &tls, &role).await?;
+    // The control plane's role, when asked for (CONTROL_DB_USER).
+    if let Some(name) = std::env::var("CONTROL_DB_USER")
+        .ok()
+        .filter(|n| !n.is_empty())
+    {
+        let control = AppRole {
+            name,
+            password: std::env::var("CONTROL_DB_PASSWORD")
+                .ok()
+                .filter(|p| !p.is_empty()),
+        };
+        migrate::ensure_control_role(&admin, &tls, &control, &role).await?;
+    }
     Ok(())
 }
 

@@ -1,7 +1,6 @@
-//! The data side of a tenant's end of life, for the control plane of the
-//! lifecycle issue (19): export every tenant table of one tenant from one
-//! snapshot, and purge them all in one transaction with proof that nothing
-//! is left. Both find the tenant tables the way the self-audit does (a
+//! The data side of a tenant's end of life: export every tenant table of
+//! one tenant from one snapshot, and purge them all in one transaction with
+//! proof that nothing is left. Both find the tenant tables the way the self-audit does (a
 //! `tenant_id` column, in a schema the role can use), so a table a later
 //! migration adds is exported and purged without a code change.
 //!
@@ -14,6 +13,11 @@ use sha2::{Digest, Sha256};
 use tokio_postgres::Client;
 
 use tenant_users::tenant::TenantId;
+
+/// How a transaction of [`in_tenant`] begins.
+pub const READ_WRITE: &str = "BEGIN";
+/// One snapshot for every statement, changing nothing.
+pub const SNAPSHOT: &str = "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY";
 
 /// The registry's own row of a tenant: kept as the tombstone, never purged.
 const REGISTRY: &str = "public.tenants";
@@ -90,39 +94,40 @@ pub async fn export(
     client: &Client,
     tenant: &TenantId,
 ) -> Result<Vec<ExportFile>, tokio_postgres::Error> {
-    client
-        .batch_execute("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
-        .await?;
-    let result = async {
-        enter(client, tenant).await?;
-        let mut files = Vec::new();
-        for table in tenant_tables(client).await? {
-            let rows = client
-                .query(
-                    &format!(
-                        "SELECT pg_catalog.to_jsonb(t)::text FROM {} t \
+    in_tenant(client, tenant, SNAPSHOT, export_rows(client, tenant)).await
+}
+
+/// [`export`]'s work, inside a transaction the caller began and scoped
+/// ([`in_tenant`] with [`SNAPSHOT`]).
+pub async fn export_rows(
+    client: &Client,
+    tenant: &TenantId,
+) -> Result<Vec<ExportFile>, tokio_postgres::Error> {
+    let mut files = Vec::new();
+    for table in tenant_tables(client).await? {
+        let rows = client
+            .query(
+                &format!(
+                    "SELECT pg_catalog.to_jsonb(t)::text FROM {} t \
                          WHERE t.tenant_id::text = $1 ORDER BY 1",
-                        table.quoted
-                    ),
-                    &[&tenant.as_str()],
-                )
-                .await?;
-            let mut body = Vec::new();
-            for row in &rows {
-                body.extend_from_slice(row.get::<_, &str>(0).as_bytes());
-                body.push(b'\n');
-            }
-            files.push(ExportFile {
-                table: table.name,
-                rows: rows.len() as u64,
-                sha256: hex(&Sha256::digest(&body)),
-                body,
-            });
+                    table.quoted
+                ),
+                &[&tenant.as_str()],
+            )
+            .await?;
+        let mut body = Vec::new();
+        for row in &rows {
+            body.extend_from_slice(row.get::<_, &str>(0).as_bytes());
+            body.push(b'\n');
         }
-        Ok(files)
+        files.push(ExportFile {
+            table: table.name,
+            rows: rows.len() as u64,
+            sha256: hex(&Sha256::digest(&body)),
+            body,
+        });
     }
-    .await;
-    finish(client, result).await
+    Ok(files)
 }
 
 /// Rows deleted from one table.
@@ -147,49 +152,69 @@ pub enum PurgeError {
 /// holds none of the tenant's rows; leaves the registry row as the
 /// tombstone (status `offboarded`, which refuses every request).
 pub async fn purge(client: &Client, tenant: &TenantId) -> Result<Vec<Purged>, PurgeError> {
-    client.batch_execute("BEGIN").await?;
-    let result = async {
-        enter(client, tenant).await?;
-        let tables = tenant_tables(client).await?;
-        let mut purged = Vec::new();
-        for table in tables.iter().filter(|t| t.name != REGISTRY) {
-            let deleted = client
-                .execute(
-                    &format!("DELETE FROM {} WHERE tenant_id::text = $1", table.quoted),
-                    &[&tenant.as_str()],
-                )
-                .await?;
-            purged.push(Purged {
-                table: table.name.clone(),
-                deleted,
-            });
-        }
-        for table in tables.iter().filter(|t| t.name != REGISTRY) {
-            let left: i64 = client
-                .query_one(
-                    &format!(
-                        "SELECT count(*) FROM {} WHERE tenant_id::text = $1",
-                        table.quoted
-                    ),
-                    &[&tenant.as_str()],
-                )
-                .await?
-                .get(0);
-            if left != 0 {
-                return Err(PurgeError::Left {
-                    table: table.name.clone(),
-                    left,
-                });
-            }
-        }
-        client
+    in_tenant(client, tenant, READ_WRITE, purge_rows(client, tenant)).await
+}
+
+/// [`purge`]'s work, inside a transaction the caller began and scoped
+/// ([`in_tenant`] with [`READ_WRITE`]), so that the caller can add its own
+/// statements (the operator trail's row) before it commits.
+pub async fn purge_rows(client: &Client, tenant: &TenantId) -> Result<Vec<Purged>, PurgeError> {
+    let tables = tenant_tables(client).await?;
+    let mut purged = Vec::new();
+    for table in tables.iter().filter(|t| t.name != REGISTRY) {
+        let deleted = client
             .execute(
-                "UPDATE public.tenants SET status = 'offboarded', updated_at = now() \
-                 WHERE tenant_id = $1",
+                &format!("DELETE FROM {} WHERE tenant_id::text = $1", table.quoted),
                 &[&tenant.as_str()],
             )
             .await?;
-        Ok(purged)
+        purged.push(Purged {
+            table: table.name.clone(),
+            deleted,
+        });
+    }
+    for table in tables.iter().filter(|t| t.name != REGISTRY) {
+        let left: i64 = client
+            .query_one(
+                &format!(
+                    "SELECT count(*) FROM {} WHERE tenant_id::text = $1",
+                    table.quoted
+                ),
+                &[&tenant.as_str()],
+            )
+            .await?
+            .get(0);
+        if left != 0 {
+            return Err(PurgeError::Left {
+                table: table.name.clone(),
+                left,
+            });
+        }
+    }
+    client
+        .execute(
+            "UPDATE public.tenants SET status = 'offboarded', updated_at = now() \
+                 WHERE tenant_id = $1",
+            &[&tenant.as_str()],
+        )
+        .await?;
+    Ok(purged)
+}
+
+/// Runs `work` in one transaction (begun with `begin`, [`READ_WRITE`] or
+/// [`SNAPSHOT`]) scoped to `tenant` before `work`'s first statement:
+/// COMMIT after success, ROLLBACK after anything else. Every statement of
+/// the control plane runs inside one of these.
+pub async fn in_tenant<T, E: From<tokio_postgres::Error>>(
+    client: &Client,
+    tenant: &TenantId,
+    begin: &str,
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, E> {
+    client.batch_execute(begin).await?;
+    let result = async {
+        enter(client, tenant).await?;
+        work.await
     }
     .await;
     finish(client, result).await
