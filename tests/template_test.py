@@ -55,6 +55,9 @@ EXISTING_NETWORK = {
 EXISTING_DATABASE = {
     "DbSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf",
     "DbProxyEndpoint": "proxy.proxy-xyz.us-east-1.rds.amazonaws.com",
+    # The control plane's role, registered with the same proxy (rule
+    # ExistingDatabaseNamesControlSecret).
+    "ControlDbSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:control-GhIjKl",
 }
 EXISTING_MASTER = {
     "DbMasterSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:rds!cluster-1-AbCdEf",
@@ -366,6 +369,10 @@ def handler_permissions(resource_type, *handlers):
 
 RAW, EXPANDED = expand()
 
+# What either function may do with the identities of the created pool.
+IDENTITY_ACTIONS = [f"cognito-idp:{a}" for a in (
+    "AdminCreateUser", "AdminAddUserToGroup", "AdminDisableUser", "AdminDeleteUser", "ListUsers")]
+
 # Every independent choice a deployer has, in all combinations: each
 # bring-your-own part, the JWKS mode (auto, inline with or without a
 # document, nat) and the profile.
@@ -428,7 +435,7 @@ class TemplateTest(unittest.TestCase):
                          {json.dumps({"Fn::Select": [i, {"Fn::GetAZs": ""}]}) for i in (0, 1)})
         endpoints = {s.props(n)["ServiceName"]["Fn::Sub"]: s.props(n)
                      for n in s.of_type("AWS::EC2::VPCEndpoint")}
-        for service in ("secretsmanager", "sts"):
+        for service in ("secretsmanager", "sts", "kms"):
             ep = endpoints[f"com.amazonaws.${{AWS::Region}}.{service}"]
             self.assertEqual(ep["VpcEndpointType"], "Interface")
             self.assertIs(ep["PrivateDnsEnabled"], True)
@@ -436,7 +443,8 @@ class TemplateTest(unittest.TestCase):
         s3 = endpoints["com.amazonaws.${AWS::Region}.s3"]
         self.assertEqual(s3["VpcEndpointType"], "Gateway")
         self.assertEqual(s3["RouteTableIds"], [{"Ref": "PrivateRouteTable"}])
-        # No Cognito endpoint: its private DNS would capture the JWKS host.
+        # No Cognito endpoint with nat (prod's auto): its private DNS would
+        # capture the JWKS host the API function fetches through the NAT.
         self.assertFalse(any("cognito" in k for k in endpoints))
         self.assertIs(s.props("Vpc")["EnableDnsHostnames"], True)
 
@@ -463,10 +471,12 @@ class TemplateTest(unittest.TestCase):
                 p = s.props("DbProxy")
                 self.assertIs(p["RequireTLS"], True)
                 self.assertEqual(p["EngineFamily"], "POSTGRESQL")
-                (auth,) = p["Auth"]
-                self.assertEqual(auth["ClientPasswordAuthType"], "POSTGRES_SCRAM_SHA_256")
-                self.assertEqual(auth["SecretArn"], {"Ref": "AppSecret"})
-                self.assertEqual(auth["IAMAuth"], "DISABLED")
+                # The API's role and the control plane's, both by SCRAM.
+                self.assertEqual([a["SecretArn"] for a in p["Auth"]], [{"Ref": "AppSecret"}, {"Ref": "ControlDbSecret"}])
+                for auth in p["Auth"]:
+                    self.assertEqual(auth["AuthScheme"], "SECRETS")
+                    self.assertEqual(auth["ClientPasswordAuthType"], "POSTGRES_SCRAM_SHA_256")
+                    self.assertEqual(auth["IAMAuth"], "DISABLED")
                 self.assertEqual(ref_name(p["RoleArn"]), "ProxyRole")
                 # Two AZs either way: RDS Proxy needs subnets in two.
                 self.assertEqual(p["VpcSubnetIds"], [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}])
@@ -590,18 +600,27 @@ class TemplateTest(unittest.TestCase):
                     ("in", "EndpointSecurityGroup", "AdminSecurityGroup", 443, 443),
                     # S3 (the ResponseURL) by its managed prefix list, no wider.
                     ("out", "AdminSecurityGroup", REQUIRED["S3PrefixListId"], 443, 443),
+                    # The control plane: the proxy, the endpoints, S3 (exports, receipts).
+                    ("out", "ControlSecurityGroup", "ProxySecurityGroup", 5432, 5432),
+                    ("in", "ProxySecurityGroup", "ControlSecurityGroup", 5432, 5432),
+                    ("out", "ControlSecurityGroup", "EndpointSecurityGroup", 443, 443),
+                    ("in", "EndpointSecurityGroup", "ControlSecurityGroup", 443, 443),
+                    ("out", "ControlSecurityGroup", REQUIRED["S3PrefixListId"], 443, 443),
                 }
                 if profile == "prod":
-                    # JwksMode auto is nat here: the public JWKS URL. (dev's
-                    # auto is inline: no way out to the internet at all.)
+                    # JwksMode auto is nat here: the public JWKS URL, and
+                    # Cognito's admin API through the same NAT gateway. (dev's
+                    # auto is inline: no way out to the internet at all;
+                    # Cognito through its endpoint.)
                     expected.add(("out", "FunctionSecurityGroup", "0.0.0.0/0", 443, 443))
+                    expected.add(("out", "ControlSecurityGroup", "0.0.0.0/0", 443, 443))
                 self.assertEqual(edges, expected)
                 for name in s.of_type("AWS::EC2::SecurityGroup"):
                     # The inline rule only replaces the default allow-all egress.
                     self.assertEqual([e["CidrIp"] for e in s.props(name)["SecurityGroupEgress"]], ["127.0.0.1/32"])
                     self.assertNotIn("SecurityGroupIngress", s.props(name))
                 for name in ("FunctionToHttpsExistingNetwork", "FunctionToExistingProxy", "AdminToExistingDatabase",
-                             "AdminToHttpsExistingNetwork"):
+                             "AdminToHttpsExistingNetwork", "ControlToHttpsExistingNetwork", "ControlToExistingProxy"):
                     self.assertNotIn(name, s.resources)
         for profile, extra in PROFILES:
             self.assertNotIn("FunctionToJwks", Stack(EXPANDED, with_profile(extra, INLINE)).resources)
@@ -614,11 +633,13 @@ class TemplateTest(unittest.TestCase):
         for profile, extra in PROFILES:
             with self.subTest(profile=profile):
                 net = egress(Stack(EXPANDED, with_profile(extra, {**EXISTING_NETWORK, **INLINE})))
-                self.assertIn(("FunctionSecurityGroup", "0.0.0.0/0", 443), net)
-                self.assertNotIn(("FunctionSecurityGroup", "EndpointSecurityGroup", 443), net)
+                for group in ("FunctionSecurityGroup", "ControlSecurityGroup"):
+                    self.assertIn((group, "0.0.0.0/0", 443), net)
+                    self.assertNotIn((group, "EndpointSecurityGroup", 443), net)
                 db = Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **EXISTING_MASTER, **INLINE}))
                 self.assertEqual({e for e in egress(db) if e[2] == 5432},
                                  {("FunctionSecurityGroup", "0.0.0.0/0", 5432),
+                                  ("ControlSecurityGroup", "0.0.0.0/0", 5432),
                                   ("AdminSecurityGroup", EXISTING_MASTER["DbAdminCidr"], 5432)})
                 # Without a master secret nothing runs in the admin group: it stays closed.
                 no_master = Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **INLINE}))
@@ -713,7 +734,11 @@ class TemplateTest(unittest.TestCase):
             with self.subTest(profile=profile):
                 interface = [n for n in s.of_type("AWS::EC2::VPCEndpoint")
                              if s.props(n)["VpcEndpointType"] == "Interface"]
-                self.assertEqual(sorted(interface), ["SecretsManagerEndpoint", "StsEndpoint"])
+                # Cognito's only with inline keys (dev's auto): see CognitoEndpoint.
+                expected = ["KmsEndpoint", "SecretsManagerEndpoint", "StsEndpoint"]
+                if profile == "dev":
+                    expected = ["CognitoEndpoint", *expected]
+                self.assertEqual(sorted(interface), expected)
                 for name in interface:
                     subnets = s.props(name)["SubnetIds"]
                     if profile == "dev":
@@ -725,7 +750,7 @@ class TemplateTest(unittest.TestCase):
                 both = [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
                 self.assertEqual(s.props("DbSubnetGroup")["SubnetIds"], both)
                 self.assertEqual(s.props("DbProxy")["VpcSubnetIds"], both)
-                for fn in ("TenantUsersFunction", "MigrateFunction"):
+                for fn in ("TenantUsersFunction", "MigrateFunction", "ControlFunction"):
                     self.assertEqual(s.props(fn)["VpcConfig"]["SubnetIds"], both, fn)
                 self.assertEqual(s.props("S3Endpoint")["RouteTableIds"], [{"Ref": "PrivateRouteTable"}])
 
@@ -773,7 +798,7 @@ class TemplateTest(unittest.TestCase):
         DeletionProtection) are given explicitly."""
         byo = [EXISTING_DATABASE, {**EXISTING_DATABASE, **EXISTING_MASTER},
                {**EXISTING_DATABASE, **EXISTING_MASTER, **EXISTING_KMS}]
-        endpoints = {"SecretsManagerEndpoint", "StsEndpoint"}
+        endpoints = {"SecretsManagerEndpoint", "StsEndpoint", "KmsEndpoint", "CognitoEndpoint"}
         compared = 0
         for net, db, idp, jwks in itertools.product([{}, EXISTING_NETWORK], byo, [{}, EXISTING_IDP], [INLINE, NAT]):
             overrides = {**net, **db, **idp, **jwks, "DeletionProtection": "true"}
@@ -821,7 +846,8 @@ class TemplateTest(unittest.TestCase):
                              "DbSubnetGroup", "DbProxy", "DbProxyTargets", "DbProxyInstanceTargets",
                              "AppSecret", "AppSecretPolicy", "AppSecretRotation", "ProxyRole",
                              "ClusterSecurityGroup", "ProxySecurityGroup", "MigrateFunction", "MigrateRole",
-                             "SchemaResource", "MigrateFunctionAliaslive"):
+                             "SchemaResource", "MigrateFunctionAliaslive", "ControlDbSecret",
+                             "ControlSecretPolicy", "ControlSecretRotation", "ControlToProxy", "ProxyFromControl"):
                     self.assertNotIn(gone, s.resources)
                 self.assertFalse(s.of_type("AWS::Lambda::Version"))
                 self.assertFalse([n for n, r in s.resources.items() if r["Type"].startswith("AWS::RDS::")])
@@ -829,8 +855,20 @@ class TemplateTest(unittest.TestCase):
                 self.assertEqual(env["DB_SECRET_ARN"], EXISTING_DATABASE["DbSecretArn"])
                 self.assertEqual(env["DB_HOST"], EXISTING_DATABASE["DbProxyEndpoint"])
                 self.assertEqual(s.rules_hold(), [])
+                # The control plane still runs: as the control role, on the
+                # deployer's secret and proxy.
+                control = s.env("ControlFunction")
+                self.assertEqual(control["DB_SECRET_ARN"], EXISTING_DATABASE["ControlDbSecretArn"])
+                self.assertEqual(control["DB_HOST"], EXISTING_DATABASE["DbProxyEndpoint"])
                 self.assertEqual(Stack(EXPANDED, with_profile(extra, {"DbSecretArn": EXISTING_DATABASE["DbSecretArn"]}))
-                                 .rules_hold(), ["ExistingDatabaseIsComplete"])
+                                 .rules_hold(), ["ExistingDatabaseIsComplete", "ExistingDatabaseNamesControlSecret"])
+                no_control = {k: v for k, v in EXISTING_DATABASE.items() if k != "ControlDbSecretArn"}
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, no_control)).rules_hold(),
+                                 ["ExistingDatabaseNamesControlSecret"])
+                # And the created database has the stack's own: a given one is refused.
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {
+                    "ControlDbSecretArn": EXISTING_DATABASE["ControlDbSecretArn"]})).rules_hold(),
+                    ["ControlSecretOnlyWithExistingDatabase"])
 
     def test_existing_database_with_master_secret_still_migrates(self):
         for profile, extra in PROFILES:
@@ -844,7 +882,9 @@ class TemplateTest(unittest.TestCase):
                 self.assertEqual(cr["DbHost"], EXISTING_MASTER["DbAdminHost"])
                 (st,) = [st for owner, st in s.statements() if owner == "MigrateRole"]
                 self.assertEqual(st["Resource"],
-                                 [EXISTING_MASTER["DbMasterSecretArn"], EXISTING_DATABASE["DbSecretArn"]])
+                                 [EXISTING_MASTER["DbMasterSecretArn"], EXISTING_DATABASE["DbSecretArn"],
+                                  EXISTING_DATABASE["ControlDbSecretArn"]])
+                self.assertEqual(cr["ControlSecretArn"], EXISTING_DATABASE["ControlDbSecretArn"])
                 no_host = Stack(EXPANDED, with_profile(
                     extra, {**EXISTING_DATABASE, "DbMasterSecretArn": EXISTING_MASTER["DbMasterSecretArn"]}))
                 self.assertEqual(no_host.props("SchemaResource")["DbHost"], EXISTING_DATABASE["DbProxyEndpoint"])
@@ -1066,8 +1106,13 @@ class TemplateTest(unittest.TestCase):
     def test_execution_role_may_only_assume_the_reader_which_trusts_only_it(self):
         for _, s in ALL_STACKS:
             mine = [st for owner, st in s.statements() if owner == "ExecutionRole"]
-            self.assertEqual(mine, [{"Effect": "Allow", "Action": "sts:AssumeRole",
-                                     "Resource": {"Fn::GetAtt": ["SecretReaderRole", "Arn"]}}])
+            expected = [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                         "Resource": {"Fn::GetAtt": ["SecretReaderRole", "Arn"]}}]
+            # With the created pool, the identities of tenant users, in that pool only.
+            if s.conditions["CreateIdp"]:
+                expected.append({"Effect": "Allow", "Action": IDENTITY_ACTIONS,
+                                 "Resource": {"Fn::GetAtt": ["UserPool", "Arn"]}})
+            self.assertEqual(sorted(map(json.dumps, mine)), sorted(map(json.dumps, expected)))
             managed = s.props("ExecutionRole")["ManagedPolicyArns"]
             self.assertEqual(managed, [{"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"}])
             (trust,) = s.props("SecretReaderRole")["AssumeRolePolicyDocument"]["Statement"]
@@ -1082,7 +1127,7 @@ class TemplateTest(unittest.TestCase):
             with self.subTest(profile=profile):
                 s = Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **EXISTING_MASTER, **EXISTING_KMS}))
                 kms = [(o, st) for o, st in s.statements() if st["Action"] == "kms:Decrypt"]
-                self.assertEqual(sorted(o for o, _ in kms), ["MigrateRole", "SecretReaderRole"])
+                self.assertEqual(sorted(o for o, _ in kms), ["ControlSecretReaderRole", "MigrateRole", "SecretReaderRole"])
                 for _, st in kms:
                     self.assertEqual(st["Resource"], EXISTING_KMS["DbSecretKmsKeyArn"])
                     self.assertEqual(st["Condition"]["StringEquals"]["kms:ViaService"],
@@ -1157,7 +1202,7 @@ class TemplateTest(unittest.TestCase):
                 self.assertNotIn("AppSecret", s.resources)
                 owners = {owner for owner, st in s.statements()
                           if any(a.startswith("secretsmanager:") for a in as_list(st["Action"]))}
-                self.assertLessEqual(owners, {"SecretReaderRole", "MigrateRole"}, overrides)
+                self.assertLessEqual(owners, {"SecretReaderRole", "ControlSecretReaderRole", "MigrateRole"}, overrides)
                 continue
             policy = s.props("AppSecretPolicy")["ResourcePolicy"]
             for request in [execution, *probes]:
@@ -1274,8 +1319,9 @@ class TemplateTest(unittest.TestCase):
                 cr = s.resources["SchemaResource"]
                 self.assertEqual(cr["Type"], "Custom::TenantUsersSchema")
                 props = cr["Properties"]
-                self.assertEqual(set(props), {"ServiceToken", "MasterSecretArn", "AppSecretArn", "DbHost",
-                                              "DbPort", "DbName", "SchemaVersion", "Tenants"})
+                self.assertEqual(set(props), {"ServiceToken", "MasterSecretArn", "AppSecretArn", "ControlSecretArn",
+                                              "DbHost", "DbPort", "DbName", "SchemaVersion", "Tenants"})
+                self.assertEqual(props["ControlSecretArn"], {"Ref": "ControlDbSecret"})
                 self.assertEqual(props["ServiceToken"], {"Ref": "MigrateFunctionAliaslive"})
                 self.assertEqual(s.props("MigrateFunctionAliaslive")["FunctionName"], {"Ref": "MigrateFunction"})
                 self.assertEqual(props["MasterSecretArn"], master_secret(profile))
@@ -1293,7 +1339,8 @@ class TemplateTest(unittest.TestCase):
                 self.assertGreaterEqual(fn["Timeout"], 120)
                 (st,) = [st for owner, st in s.statements() if owner == "MigrateRole"]
                 self.assertEqual(st["Action"], "secretsmanager:GetSecretValue")
-                self.assertEqual(st["Resource"], [props["MasterSecretArn"], {"Ref": "AppSecret"}])
+                self.assertEqual(st["Resource"], [props["MasterSecretArn"], {"Ref": "AppSecret"},
+                                                  {"Ref": "ControlDbSecret"}])
 
     def test_tenants_parameter_reaches_the_schema_resource(self):
         """Until a control plane onboards tenants, the migration registers
@@ -1351,7 +1398,8 @@ class TemplateTest(unittest.TestCase):
         functions = {name: res for name, res in RAW["Resources"].items()
                      if res["Type"] == "AWS::Serverless::Function" and "InlineCode" not in res["Properties"]}
         binaries = {name: res["Metadata"]["BuildProperties"]["Binary"] for name, res in functions.items()}
-        self.assertEqual(binaries, {"TenantUsersFunction": "api", "MigrateFunction": "migrate"})
+        self.assertEqual(binaries, {"TenantUsersFunction": "api", "MigrateFunction": "migrate",
+                                    "ControlFunction": "control"})
         for name, res in functions.items():
             self.assertEqual(res["Metadata"]["BuildMethod"], "rust-cargolambda", name)
             self.assertNotIn("Binary", res["Metadata"], name)
@@ -1375,7 +1423,8 @@ class TemplateTest(unittest.TestCase):
     # --- issue 16, item 1: the migration trusts nothing it is sent -------------------
     def test_migrate_function_environment_names_its_database_and_secrets(self):
         pairs = {"DB_HOST": "DbHost", "DB_PORT": "DbPort", "DB_NAME": "DbName",
-                 "DB_MASTER_SECRET_ARN": "MasterSecretArn", "DB_APP_SECRET_ARN": "AppSecretArn"}
+                 "DB_MASTER_SECRET_ARN": "MasterSecretArn", "DB_APP_SECRET_ARN": "AppSecretArn",
+                 "DB_CONTROL_SECRET_ARN": "ControlSecretArn"}
         checked = 0
         for overrides, s in ALL_STACKS:
             if "MigrateFunction" not in s.resources:
@@ -1425,16 +1474,25 @@ class TemplateTest(unittest.TestCase):
         self.assertEqual(nat.props("AdminToHttpsExistingNetwork")["CidrIp"], "0.0.0.0/0")
 
     def test_migration_is_refused_without_its_s3_prefix_list_and_ranges(self):
-        self.assertIn("describe-managed-prefix-lists", RAW["Rules"]["MigrationNeedsS3PrefixList"]
+        self.assertIn("describe-managed-prefix-lists", RAW["Rules"]["S3PrefixListIsRequired"]
                       ["Assertions"][0]["AssertDescription"])
         self.assertIn("describe-managed-prefix-lists", RAW["Parameters"]["S3PrefixListId"]["Description"])
         for profile, extra in PROFILES:
             with self.subTest(profile=profile):
                 bare = Stack(EXPANDED, extra, base={})
-                self.assertEqual(bare.rules_hold(), ["MigrationNeedsS3PrefixList"])
-                # No migration, no S3 egress and no prefix list needed.
-                self.assertEqual(Stack(EXPANDED, with_profile(extra, EXISTING_DATABASE), base={}).rules_hold(), [])
-                self.assertNotIn("AdminToS3", Stack(EXPANDED, with_profile(extra, EXISTING_DATABASE)).resources)
+                self.assertEqual(bare.rules_hold(), ["S3PrefixListIsRequired"])
+                # No migration: the control plane still writes to S3 in the
+                # created network, through the prefix list ...
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, EXISTING_DATABASE), base={}).rules_hold(),
+                                 ["S3PrefixListIsRequired"])
+                no_migration = Stack(EXPANDED, with_profile(extra, EXISTING_DATABASE))
+                self.assertNotIn("AdminToS3", no_migration.resources)
+                self.assertEqual(no_migration.props("ControlToS3")["DestinationPrefixListId"],
+                                 REQUIRED["S3PrefixListId"])
+                # ... and in an existing network it goes where the API function
+                # goes (the deployer's routes): no prefix list needed.
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {**EXISTING_NETWORK, **EXISTING_DATABASE}),
+                                       base={}).rules_hold(), [])
                 no_cidr = {k: v for k, v in EXISTING_MASTER.items() if k != "DbAdminCidr"}
                 self.assertEqual(Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **no_cidr})).rules_hold(),
                                  ["MigrationOfExistingDatabaseNeedsCidr"])
