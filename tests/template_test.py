@@ -1545,6 +1545,413 @@ class TemplateTest(unittest.TestCase):
         self.assertEqual(len(grouped), len(set(grouped)))
 
 
+# --- issue 19: the tenant lifecycle control plane ------------------------------
+CONTROL_ROUTES = {("post", "/tenants"), ("get", "/tenants/{tenant_id}"), ("patch", "/tenants/{tenant_id}"),
+                  ("post", "/tenants/{tenant_id}/export"), ("delete", "/tenants/{tenant_id}")}
+CONTROL_ENV = {"DB_SECRET_ARN", "DB_SECRET_ROLE_ARN", "DB_HOST", "DB_PORT", "DB_NAME", "DB_SSLMODE",
+               "USER_POOL_ID", "EXPORT_BUCKET", "EXPORT_KEY_ID", "RECEIPT_KEY_ID"}
+ROOT_PRINCIPAL = {"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
+# Using a key: none of these may be delegated to the account's IAM policies
+# beyond what each key's policy says (operators decrypt exports, and get the
+# receipt key's public key or have KMS verify).
+KEY_USE = {"kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:GenerateDataKey",
+           "kms:GenerateDataKeyWithoutPlaintext", "kms:GenerateDataKeyPair", "kms:Sign", "kms:Verify",
+           "kms:GetPublicKey", "kms:GenerateMac", "kms:VerifyMac", "kms:CreateGrant"}
+ENV_JSON = os.path.join(ROOT, "events", "env.json")
+
+
+def kms_handler_permissions():
+    """What CloudFormation's handlers call on an AWS::KMS::Key (its registry
+    schema, as cfn-lint ships it), but CreateKey, which names no key."""
+    from cfnlint.schema.manager import PROVIDER_SCHEMA_MANAGER
+    schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema("us-east-1", "AWS::KMS::Key").schema
+    return {p for h in ("create", "read", "update", "delete") for p in schema["handlers"][h]["permissions"]
+            if p != "kms:CreateKey"}
+
+
+def bucket_denies(policy, action, key, principal_arn, secure=True):
+    """The Sids of the bucket policy's Deny statements that match a request
+    for `action` on object `key` (None: the bucket) by `principal_arn`."""
+    bucket = "arn:aws:s3:::tenant-users-exportbucket-1a2b3c"
+    target = bucket if key is None else f"{bucket}/{key}"
+    sids = []
+    for st in policy["Statement"]:
+        assert st["Effect"] == "Deny" and st["Principal"] == "*", st
+        if not any(fnmatch.fnmatchcase(action, a) for a in as_list(st["Action"])):
+            continue
+        resources = []
+        for r in as_list(st["Resource"]):
+            if r == {"Fn::GetAtt": ["ExportBucket", "Arn"]}:
+                resources.append(bucket)
+            else:
+                text = r["Fn::Sub"]
+                assert text.startswith("${ExportBucket.Arn}"), r
+                resources.append(bucket + text[len("${ExportBucket.Arn}"):])
+        if not any(fnmatch.fnmatchcase(target, r) for r in resources):
+            continue
+        request = {"aws:PrincipalArn": principal_arn, "aws:SecureTransport": "true" if secure else "false"}
+        holds = True
+        for op, keys in st.get("Condition", {}).items():
+            for k, patterns in keys.items():
+                if op == "Bool":
+                    holds &= request[k] == patterns
+                else:
+                    holds &= condition_holds(op, k, concrete(patterns), request)
+        if holds:
+            sids.append(st["Sid"])
+    return sids
+
+
+class ControlPlaneTest(unittest.TestCase):
+    def test_control_api_has_iam_authorization_on_every_route_and_nothing_else(self):
+        for overrides, s in ALL_STACKS:
+            with self.subTest(overrides=sorted(overrides)):
+                body = s.props("ControlApi")["Body"]
+                # SigV4 of an IAM principal: API Gateway's IAM authorization.
+                self.assertEqual(body["components"]["securitySchemes"], {"AWS_IAM": {
+                    "type": "apiKey", "name": "Authorization", "in": "header",
+                    "x-amazon-apigateway-authtype": "awsSigv4"}})
+                routes = set()
+                for path, methods in body["paths"].items():
+                    for method, op in methods.items():
+                        routes.add((method, path))
+                        self.assertEqual(op["security"], [{"AWS_IAM": []}], f"{method} {path}")
+                        uri = op["x-amazon-apigateway-integration"]["uri"]["Fn::Sub"]
+                        self.assertIn("${ControlFunction.Arn}", uri)
+                # The five routes, no $default, no ANY, no proxy path.
+                self.assertEqual(routes, CONTROL_ROUTES)
+                # The users API stays JWT-only: IAM is not a way in there.
+                self.assertNotIn("AWS_IAM", json.dumps(s.props("Api")["Body"]))
+                # The users API routes none of them, and no JWT reaches them.
+                self.assertFalse(set(s.props("Api")["Body"]["paths"]) & {p for _, p in CONTROL_ROUTES})
+                self.assertNotIn("TokenAuthorizer", json.dumps(body))
+                # API Gateway may invoke the control function from the control API only.
+                perms = [s.props(n) for n in s.of_type("AWS::Lambda::Permission")
+                         if s.props(n)["FunctionName"] == {"Ref": "ControlFunction"}]
+                self.assertEqual(len(perms), 5)
+                for p in perms:
+                    self.assertEqual(p["SourceArn"]["Fn::Sub"][1]["__ApiId__"], {"Ref": "ControlApi"})
+                # Its access log names the calling IAM principal.
+                self.assertIn("$context.identity.userArn",
+                              s.props("ControlApiApiGatewayDefaultStage")["AccessLogSettings"]["Format"])
+
+    def test_control_function_is_built_like_the_others_in_the_vpc_with_its_own_group_and_logs(self):
+        raw = RAW["Resources"]["ControlFunction"]
+        self.assertEqual(raw["Metadata"]["BuildMethod"], RAW["Resources"]["MigrateFunction"]["Metadata"]["BuildMethod"])
+        self.assertEqual(raw["Metadata"]["BuildProperties"], {"Binary": "control"})
+        self.assertEqual(raw["Properties"]["CodeUri"], RAW["Resources"]["MigrateFunction"]["Properties"]["CodeUri"])
+        for overrides, s in ALL_STACKS:
+            fn = s.props("ControlFunction")
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual((fn["Runtime"], fn["Architectures"], fn["Handler"]),
+                                 ("provided.al2023", ["arm64"], "bootstrap"))
+                self.assertEqual(fn["Role"], {"Fn::GetAtt": ["ControlFunctionRole", "Arn"]})
+                self.assertLess(fn["Timeout"], 30)  # API Gateway's integration limit
+                vpc = fn["VpcConfig"]
+                self.assertEqual(vpc["SubnetIds"], s.props("TenantUsersFunction")["VpcConfig"]["SubnetIds"])
+                self.assertIn("ControlSecurityGroup", json.dumps(vpc["SecurityGroupIds"]))
+                self.assertNotIn("FunctionSecurityGroup", json.dumps(vpc["SecurityGroupIds"]))
+                self.assertEqual(fn["LoggingConfig"]["LogGroup"], {"Ref": "ControlLogs"})
+                self.assertEqual(fn["LoggingConfig"]["ApplicationLogLevel"], s.params["LogLevel"])
+                self.assertEqual(s.props("ControlLogs")["RetentionInDays"], 365)
+
+    def test_control_environment_is_the_apis_database_with_its_own_secret_and_the_lifecycle_resources(self):
+        for overrides, s in ALL_STACKS:
+            env, api = s.env("ControlFunction"), s.env("TenantUsersFunction")
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual(set(env), CONTROL_ENV)
+                # The same database, port, name and TLS as the API, through the same proxy ...
+                for key in ("DB_HOST", "DB_PORT", "DB_NAME", "DB_SSLMODE"):
+                    self.assertEqual(env[key], api[key], key)
+                self.assertEqual(env["DB_SSLMODE"], "verify-full")
+                # ... as the control role, read through its own reader role.
+                created = s.conditions["CreateDatabase"]
+                self.assertEqual(env["DB_SECRET_ARN"], {"Ref": "ControlDbSecret"} if created
+                                 else EXISTING_DATABASE["ControlDbSecretArn"])
+                self.assertNotEqual(env["DB_SECRET_ARN"], api["DB_SECRET_ARN"])
+                self.assertEqual(env["DB_SECRET_ROLE_ARN"], {"Fn::GetAtt": ["ControlSecretReaderRole", "Arn"]})
+                pool = {"Ref": "UserPool"} if s.conditions["CreateIdp"] else ""
+                self.assertEqual(env["USER_POOL_ID"], pool)
+                self.assertEqual(api["USER_POOL_ID"], pool)
+                self.assertEqual(env["EXPORT_BUCKET"], {"Ref": "ExportBucket"})
+                self.assertEqual(env["EXPORT_KEY_ID"], {"Fn::GetAtt": ["ExportKey", "Arn"]})
+                self.assertEqual(env["RECEIPT_KEY_ID"], {"Fn::GetAtt": ["ReceiptKey", "Arn"]})
+
+    def test_env_json_sets_exactly_each_functions_variables(self):
+        """`sam local invoke --env-vars` hands a function only what the
+        template declares, and a declared variable env.json leaves out keeps
+        its deployment value; so each block names the same set."""
+        with open(ENV_JSON) as f:
+            fixture = json.load(f)
+        for function in ("TenantUsersFunction", "ControlFunction"):
+            declared = set(RAW["Resources"][function]["Properties"]["Environment"]["Variables"])
+            self.assertEqual(set(fixture[function]), declared, function)
+        self.assertEqual(set(fixture["ControlFunction"]), CONTROL_ENV)
+
+    def test_control_role_may_do_exactly_its_work_on_its_own_resources(self):
+        checked = set()
+        for overrides, s in ALL_STACKS:
+            mine = [st for owner, st in s.statements() if owner == "ControlFunctionRole"]
+            expected = [
+                {"Effect": "Allow", "Action": "sts:AssumeRole",
+                 "Resource": {"Fn::GetAtt": ["ControlSecretReaderRole", "Arn"]}},
+                {"Effect": "Allow", "Action": "s3:PutObject",
+                 "Resource": [{"Fn::Sub": "${ExportBucket.Arn}/exports/*"},
+                              {"Fn::Sub": "${ExportBucket.Arn}/receipts/*"}]},
+                {"Effect": "Allow", "Action": "kms:GenerateDataKey", "Resource": {"Fn::GetAtt": ["ExportKey", "Arn"]},
+                 "Condition": {"StringEquals": {"kms:ViaService": {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"}}}},
+                {"Effect": "Allow", "Action": "kms:Sign", "Resource": {"Fn::GetAtt": ["ReceiptKey", "Arn"]}},
+                {"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                 "Resource": {"Fn::GetAtt": ["ControlLogs", "Arn"]}},
+            ]
+            if s.conditions["CreateIdp"]:
+                expected.append({"Effect": "Allow", "Action": IDENTITY_ACTIONS,
+                                 "Resource": {"Fn::GetAtt": ["UserPool", "Arn"]}})
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual(sorted(map(json.dumps, mine)), sorted(map(json.dumps, expected)))
+                for st in mine:
+                    for action in as_list(st["Action"]):
+                        self.assertNotIn("*", action)
+                    for resource in as_list(st["Resource"]):
+                        text = json.dumps(resource)
+                        # The only patterns: the two prefixes of the one bucket.
+                        if "*" in text:
+                            self.assertRegex(text, r'\$\{ExportBucket\.Arn\}/(exports|receipts)/\*')
+                # VPC networking only from AWS's ENI policy (no logs:* on *,
+                # unlike AWSLambdaVPCAccessExecutionRole).
+                role = s.props("ControlFunctionRole")
+                self.assertEqual(role["ManagedPolicyArns"], [{"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaENIManagementAccess"}])
+                self.assertNotIn("Policies", role)
+                (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+                self.assertEqual(trust["Principal"], {"Service": "lambda.amazonaws.com"})
+                # Its reader trusts only it and reads only the control secret.
+                (trust,) = s.props("ControlSecretReaderRole")["AssumeRolePolicyDocument"]["Statement"]
+                self.assertEqual(trust["Principal"], {"AWS": {"Fn::GetAtt": ["ControlFunctionRole", "Arn"]}})
+                reader = [st for owner, st in s.statements() if owner == "ControlSecretReaderRole"]
+                self.assertEqual(reader[0]["Action"], "secretsmanager:GetSecretValue")
+                self.assertEqual(reader[0]["Resource"], s.env("ControlFunction")["DB_SECRET_ARN"])
+                self.assertEqual([st["Action"] for st in reader[1:]],
+                                 ["kms:Decrypt"] if s.conditions["ExistingDatabaseWithKmsKey"] else [])
+                # Nothing else runs as these roles, and no other policy adds to them.
+                for role_name, user in (("ControlFunctionRole", "ControlFunction"),):
+                    users = {n for n, r in s.resources.items()
+                             if r["Type"] == "AWS::Lambda::Function" and mentions(r, role_name)}
+                    self.assertEqual(users, {user})
+                policies = {n for n in s.of_type("AWS::IAM::Policy") if mentions(s.props(n)["Roles"], "ControlFunctionRole")}
+                self.assertEqual(policies, {"ControlFunctionPolicy"})
+            checked.add(s.conditions["CreateIdp"])
+        self.assertEqual(checked, {True, False})
+
+    def test_api_role_keeps_identities_in_the_created_pool_only(self):
+        for overrides, s in ALL_STACKS:
+            cognito = [(o, st) for o, st in s.statements()
+                       if any(a.startswith("cognito-idp:") for a in as_list(st["Action"]))]
+            with self.subTest(overrides=sorted(overrides)):
+                if not s.conditions["CreateIdp"]:
+                    self.assertEqual(cognito, [])
+                    continue
+                self.assertEqual(sorted(o for o, _ in cognito), ["ControlFunctionRole", "ExecutionRole"])
+                for _, st in cognito:
+                    self.assertEqual((st["Action"], st["Resource"]), (IDENTITY_ACTIONS, {"Fn::GetAtt": ["UserPool", "Arn"]}))
+                # The reader role, which the API's execution role assumes, gains nothing.
+                self.assertFalse([st for o, st in s.statements() if o == "SecretReaderRole"
+                                  and not as_list(st["Action"])[0].startswith(("secretsmanager:", "kms:Decrypt"))])
+
+    def test_tenant_admin_group_is_on_the_created_pool(self):
+        for overrides, s in ALL_STACKS:
+            with self.subTest(overrides=sorted(overrides)):
+                if s.conditions["CreateIdp"]:
+                    self.assertEqual(s.props("TenantAdminGroup"), {**s.props("TenantAdminGroup"),
+                                                                    "UserPoolId": {"Ref": "UserPool"},
+                                                                    "GroupName": "tenant-admin"})
+                    self.assertNotIn("RoleArn", s.props("TenantAdminGroup"))
+                else:
+                    self.assertNotIn("TenantAdminGroup", s.resources)
+
+    def test_export_key_is_symmetric_rotated_and_used_only_through_s3_by_the_control_role(self):
+        cfn = kms_handler_permissions()
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                key = s.resources["ExportKey"]
+                self.assertEqual((key["DeletionPolicy"], key["UpdateReplacePolicy"]), ("Retain", "Retain"))
+                p = key["Properties"]
+                self.assertEqual((p["KeySpec"], p["KeyUsage"], p["EnableKeyRotation"]),
+                                 ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", True))
+                admin, use = p["KeyPolicy"]["Statement"]
+                self.assertEqual((admin["Principal"], admin["Resource"]), (ROOT_PRINCIPAL, "*"))
+                self.assertLessEqual(cfn, set(admin["Action"]), "CloudFormation must still manage the key")
+                self.assertEqual(set(admin["Action"]) & KEY_USE, {"kms:Decrypt"})
+                self.assertFalse([a for a in admin["Action"] if "*" in a])
+                self.assertEqual(use["Principal"], {"AWS": {"Fn::GetAtt": ["ControlFunctionRole", "Arn"]}})
+                self.assertEqual(use["Action"], "kms:GenerateDataKey")
+                self.assertEqual(use["Condition"], {"StringEquals": {"kms:ViaService": {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"}}})
+
+    def test_receipt_key_signs_ecdsa_p256_for_the_control_role_only_and_anyone_allowed_verifies(self):
+        cfn = kms_handler_permissions() - {"kms:EnableKeyRotation", "kms:DisableKeyRotation", "kms:GetKeyRotationStatus"}
+        for overrides, s in ALL_STACKS:
+            with self.subTest(overrides=sorted(overrides)):
+                key = s.resources["ReceiptKey"]
+                self.assertEqual((key["DeletionPolicy"], key["UpdateReplacePolicy"]), ("Retain", "Retain"))
+                p = key["Properties"]
+                self.assertEqual((p["KeySpec"], p["KeyUsage"]), ("ECC_NIST_P256", "SIGN_VERIFY"))
+                self.assertNotIn("EnableKeyRotation", p)
+                statements = p["KeyPolicy"]["Statement"]
+                signers = [st for st in statements if "kms:Sign" in as_list(st["Action"])]
+                self.assertEqual(signers, [{
+                    "Sid": "OnlyTheControlFunctionSigns", "Effect": "Allow",
+                    "Principal": {"AWS": {"Fn::GetAtt": ["ControlFunctionRole", "Arn"]}},
+                    "Action": "kms:Sign", "Resource": "*",
+                    "Condition": {"StringEquals": {"kms:SigningAlgorithm": "ECDSA_SHA_256"}}}])
+                (admin,) = [st for st in statements if st is not signers[0]]
+                self.assertEqual(admin["Principal"], ROOT_PRINCIPAL)
+                self.assertLessEqual(cfn, set(admin["Action"]))
+                self.assertEqual(set(admin["Action"]) & KEY_USE, {"kms:GetPublicKey", "kms:Verify"})
+                self.assertFalse([a for a in admin["Action"] if "*" in a])
+        out = RAW["Outputs"]["ReceiptKeyArn"]
+        self.assertEqual(out["Value"], {"Fn::GetAtt": ["ReceiptKey", "Arn"]})
+        self.assertIn("get-public-key", out["Description"])
+
+    def test_export_bucket_is_private_encrypted_versioned_and_keeps_receipts(self):
+        for overrides, s in ALL_STACKS:
+            with self.subTest(overrides=sorted(overrides)):
+                bucket = s.resources["ExportBucket"]
+                self.assertEqual((bucket["DeletionPolicy"], bucket["UpdateReplacePolicy"]), ("Retain", "Retain"))
+                b = bucket["Properties"]
+                (enc,) = b["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+                self.assertEqual(enc, {"ServerSideEncryptionByDefault": {
+                    "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": {"Fn::GetAtt": ["ExportKey", "Arn"]}},
+                    "BucketKeyEnabled": True})
+                self.assertEqual(b["PublicAccessBlockConfiguration"], {k: True for k in (
+                    "BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")})
+                self.assertEqual(b["VersioningConfiguration"], {"Status": "Enabled"})
+                self.assertEqual(b["OwnershipControls"], {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]})
+                # Only exports expire; receipts never do.
+                expiring = [r for r in b["LifecycleConfiguration"]["Rules"]
+                            if "ExpirationInDays" in r or "NoncurrentVersionExpiration" in r]
+                self.assertEqual([r["Prefix"] for r in expiring], ["exports/"])
+                self.assertEqual(expiring[0]["ExpirationInDays"], 30)
+                # Object Lock is not used (README and the template say why).
+                self.assertNotIn("ObjectLockEnabled", b)
+                policy = s.props("ExportBucketPolicy")
+                self.assertEqual(policy["Bucket"], {"Ref": "ExportBucket"})
+                doc = policy["PolicyDocument"]
+                control = stack_role("ControlFunctionRole")
+                operator = role_arn("operator")
+                root = f"arn:aws:iam::{ACCOUNT}:root"
+                # TLS only, for everyone, on the bucket and every object.
+                for key in (None, "exports/acme/1/users.jsonl", "receipts/acme/r.json"):
+                    for who in (control, operator, root):
+                        self.assertEqual(bucket_denies(doc, "s3:GetObject", key, who, secure=False), ["TlsOnly"])
+                # A receipt or any of its versions: nobody deletes it but the account root.
+                for action in ("s3:DeleteObject", "s3:DeleteObjectVersion"):
+                    for who in (control, operator, stack_role("ExecutionRole")):
+                        self.assertEqual(bucket_denies(doc, action, "receipts/acme/r.json", who), ["ReceiptsAreKept"])
+                    self.assertEqual(bucket_denies(doc, action, "receipts/acme/r.json", root), [])
+                    # Exports may go (an operator, after handing them over; the lifecycle rule).
+                    self.assertEqual(bucket_denies(doc, action, "exports/acme/1/users.jsonl", operator), [])
+                self.assertEqual(bucket_denies(doc, "s3:PutObject", "receipts/acme/r.json", control), [])
+
+    def test_endpoints_for_the_new_calls_in_the_created_network(self):
+        seen = set()
+        for overrides, s in ALL_STACKS:
+            created = s.conditions["CreateNetwork"]
+            cognito = created and s.conditions["CreateIdp"] and s.conditions["InlineJwks"]
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual("KmsEndpoint" in s.resources, created)
+                self.assertEqual("CognitoEndpoint" in s.resources, cognito)
+                for name in ("KmsEndpoint", "CognitoEndpoint"):
+                    if name in s.resources:
+                        ep = s.props(name)
+                        self.assertEqual((ep["VpcEndpointType"], ep["PrivateDnsEnabled"]), ("Interface", True))
+                        self.assertEqual(ep["SecurityGroupIds"], [{"Ref": "EndpointSecurityGroup"}])
+                        self.assertEqual(ep["SubnetIds"], s.props("SecretsManagerEndpoint")["SubnetIds"])
+                if created:
+                    # S3 through the gateway endpoint: the control group's S3 rule is its prefix list.
+                    self.assertEqual(s.props("ControlToS3")["DestinationPrefixListId"], REQUIRED["S3PrefixListId"])
+                    # Cognito with nat: the NAT gateway, which the API function already reaches.
+                    self.assertEqual("ControlToCognitoNat" in s.resources,
+                                     s.conditions["CreateIdp"] and not s.conditions["InlineJwks"])
+                    if "ControlToCognitoNat" in s.resources:
+                        self.assertIn("NatGateway", s.resources)
+                        self.assertIn("FunctionToJwks", s.resources)
+                # Whatever the mode, a function that fetches the JWKS URL from
+                # inside the VPC never shares it with a Cognito endpoint's DNS.
+                if "JWT_JWKS_URL" in s.env("TenantUsersFunction"):
+                    self.assertNotIn("CognitoEndpoint", s.resources)
+            seen.add(cognito)
+        self.assertEqual(seen, {True, False})
+
+    def test_control_secret_is_made_and_guarded_like_the_app_secret(self):
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                gen = s.props("ControlDbSecret")["GenerateSecretString"]
+                app = s.props("AppSecret")["GenerateSecretString"]
+                text, values = gen["SecretStringTemplate"]["Fn::Sub"]
+                self.assertEqual(text, app["SecretStringTemplate"]["Fn::Sub"][0].replace("${AppDbUser}", "${ControlDbUser}"))
+                self.assertEqual(values, app["SecretStringTemplate"]["Fn::Sub"][1])
+                for key in ("GenerateStringKey", "PasswordLength", "ExcludeCharacters"):
+                    self.assertEqual(gen[key], app[key], key)
+                self.assertNotIn("KmsKeyId", s.props("ControlDbSecret"))
+                rot = s.resources["ControlSecretRotation"]
+                self.assertIn("SchemaResource", rot["DependsOn"])
+                hosted = rot["Properties"]["HostedRotationLambda"]
+                app_hosted = s.props("AppSecretRotation")["HostedRotationLambda"]
+                self.assertEqual(hosted["RotationLambdaName"], {"Fn::Sub": "${AWS::StackName}-control-rotation"})
+                self.assertEqual({k: v for k, v in hosted.items() if k != "RotationLambdaName"},
+                                 {k: v for k, v in app_hosted.items() if k != "RotationLambdaName"})
+                self.assertEqual(rot["Properties"]["RotationRules"], s.props("AppSecretRotation")["RotationRules"])
+                # The same policy, naming the control plane's reader and rotation function.
+                policy = json.dumps(s.props("ControlSecretPolicy"))
+                expected = (json.dumps(s.props("AppSecretPolicy")).replace("AppSecret", "ControlDbSecret")
+                            .replace("SecretReaderRole", "ControlSecretReaderRole")
+                            .replace("-rotation", "-control-rotation"))
+                self.assertEqual(policy, expected)
+                # Identity side: exactly these roles may read it.
+                readers = sorted({owner for owner, st in s.statements()
+                                  if "secretsmanager:GetSecretValue" in as_list(st["Action"])
+                                  and {"Ref": "ControlDbSecret"} in as_list(st["Resource"])})
+                self.assertEqual(readers, ["ControlSecretReaderRole", "MigrateRole", "ProxyRole"])
+                # The migration's environment names the role and its secret.
+                env = s.env("MigrateFunction")
+                self.assertEqual(env["CONTROL_DB_USER"], "tenant_control")
+                self.assertEqual(env["DB_CONTROL_SECRET_ARN"], {"Ref": "ControlDbSecret"})
+
+    def test_neither_function_reads_the_others_database_secret(self):
+        api = [caller(stack_role(r), session=f"{STACK_NAME}-api") for r in ("SecretReaderRole", "ExecutionRole")]
+        control = [caller(stack_role(r), session=f"{STACK_NAME}-control")
+                   for r in ("ControlSecretReaderRole", "ControlFunctionRole")]
+        app_rotation = caller(ROTATION_ROLE, session=ROTATION_FUNCTION, vpc=CREATED_VPC)
+        control_rotation = caller(role_arn(f"{STACK_NAME}-ControlSecretRotat-SecretsManagerRDSPostg-1A2B3C"),
+                                  session=f"{STACK_NAME}-control-rotation", vpc=CREATED_VPC)
+        checked = 0
+        for overrides, s in ALL_STACKS:
+            if "ControlSecretPolicy" not in s.resources:
+                continue
+            app_policy = s.props("AppSecretPolicy")["ResourcePolicy"]
+            control_policy = s.props("ControlSecretPolicy")["ResourcePolicy"]
+            with self.subTest(overrides=sorted(overrides)):
+                for action in SECRET_ACTIONS:
+                    for request in control + [control_rotation]:
+                        self.assertTrue(denied_by(app_policy, action, request), (action, request))
+                    for request in api + [app_rotation]:
+                        self.assertTrue(denied_by(control_policy, action, request), (action, request))
+                self.assertEqual(denied_by(control_policy, "secretsmanager:GetSecretValue",
+                                           caller(stack_role("ControlSecretReaderRole"), session="x", vpc=CREATED_VPC)), [])
+                vpc = CREATED_VPC if s.conditions["CreateNetwork"] else None
+                rotation = caller(control_rotation["aws:PrincipalArn"], session=f"{STACK_NAME}-control-rotation", vpc=vpc)
+                for action in SECRET_VALUE_READ + SECRET_VALUE_WRITE:
+                    self.assertEqual(denied_by(control_policy, action, rotation), [], action)
+                checked += 1
+        self.assertGreater(checked, 0)
+
+    def test_outputs_name_the_control_api_and_the_lifecycle_resources(self):
+        outputs = RAW["Outputs"]
+        self.assertEqual(outputs["ControlApiUrl"]["Value"],
+                         {"Fn::Sub": "https://${ControlApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}"})
+        for name in ("ControlApiArn", "ExportBucketName", "ExportKeyArn", "ReceiptKeyArn", "ControlSecretArn"):
+            self.assertIn(name, outputs)
+
+
 # --- the metering dashboard, held to the EMF record the code writes -------------
 TELEMETRY = os.path.join(ROOT, "src", "telemetry.rs")
 README = os.path.join(ROOT, "README.md")
