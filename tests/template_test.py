@@ -1944,6 +1944,30 @@ class ControlPlaneTest(unittest.TestCase):
                 checked += 1
         self.assertGreater(checked, 0)
 
+    def test_control_openapi_documents_exactly_the_control_routes_signed_with_sigv4(self):
+        with open(os.path.join(ROOT, "control-openapi.yaml")) as f:
+            spec = yaml_parse(f.read())
+        self.assertEqual(spec["openapi"], "3.1.0")
+        documented = {(m, p) for p, ops in spec["paths"].items() for m in ops if m != "parameters"}
+        self.assertEqual(documented, CONTROL_ROUTES)
+        routed = {(e["Properties"]["Method"].lower(), e["Properties"]["Path"])
+                  for e in RAW["Resources"]["ControlFunction"]["Properties"]["Events"].values()}
+        self.assertEqual(routed, CONTROL_ROUTES)
+        scheme = spec["components"]["securitySchemes"]["sigv4"]
+        self.assertEqual((scheme["type"], scheme["in"], scheme["name"]), ("apiKey", "header", "Authorization"))
+        self.assertEqual(spec["security"], [{"sigv4": []}])
+        for path, ops in spec["paths"].items():
+            for method, op in ops.items():
+                if method == "parameters":
+                    continue
+                self.assertNotIn("security", op, f"{method} {path} overrides the SigV4 requirement")
+                # Refused by API Gateway without a signature; 503 when a dependency is down.
+                self.assertLessEqual({"401", "403", "503"}, set(op["responses"]), f"{method} {path}")
+        # The users API takes no IAM signature and routes no tenant lifecycle.
+        with open(os.path.join(ROOT, "openapi.yaml")) as f:
+            users = yaml_parse(f.read())
+        self.assertFalse({p for _, p in CONTROL_ROUTES} & set(users["paths"]))
+
     def test_outputs_name_the_control_api_and_the_lifecycle_resources(self):
         outputs = RAW["Outputs"]
         self.assertEqual(outputs["ControlApiUrl"]["Value"],
