@@ -1968,6 +1968,17 @@ class ControlPlaneTest(unittest.TestCase):
             users = yaml_parse(f.read())
         self.assertFalse({p for _, p in CONTROL_ROUTES} & set(users["paths"]))
 
+    def test_control_role_name_must_differ_from_the_app_roles(self):
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {"ControlDbUser": "tenant_app"})).rules_hold(),
+                                 ["ControlRoleIsNotTheAppRole"])
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {"ControlDbUser": "ops", "AppDbUser": "ops"}))
+                                 .rules_hold(), ["ControlRoleIsNotTheAppRole"])
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {"ControlDbUser": "ops"})).rules_hold(), [])
+        self.assertEqual(RAW["Parameters"]["ControlDbUser"]["AllowedPattern"],
+                         RAW["Parameters"]["AppDbUser"]["AllowedPattern"])
+
     def test_outputs_name_the_control_api_and_the_lifecycle_resources(self):
         outputs = RAW["Outputs"]
         self.assertEqual(outputs["ControlApiUrl"]["Value"],
