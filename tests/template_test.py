@@ -1937,6 +1937,11 @@ class ControlPlaneTest(unittest.TestCase):
                         self.assertTrue(denied_by(control_policy, action, request), (action, request))
                 self.assertEqual(denied_by(control_policy, "secretsmanager:GetSecretValue",
                                            caller(stack_role("ControlSecretReaderRole"), session="x", vpc=CREATED_VPC)), [])
+                # The control function's own role goes through its reader, as the API's does.
+                for action in SECRET_ACTIONS:
+                    self.assertTrue(denied_by(control_policy, action, caller(
+                        stack_role("ControlFunctionRole"), session=f"{STACK_NAME}-ControlFunction-AbCd",
+                        vpc=CREATED_VPC)), action)
                 vpc = CREATED_VPC if s.conditions["CreateNetwork"] else None
                 rotation = caller(control_rotation["aws:PrincipalArn"], session=f"{STACK_NAME}-control-rotation", vpc=vpc)
                 for action in SECRET_VALUE_READ + SECRET_VALUE_WRITE:
