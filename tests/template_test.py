@@ -55,6 +55,9 @@ EXISTING_NETWORK = {
 EXISTING_DATABASE = {
     "DbSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:app-AbCdEf",
     "DbProxyEndpoint": "proxy.proxy-xyz.us-east-1.rds.amazonaws.com",
+    # The control plane's role, registered with the same proxy (rule
+    # ExistingDatabaseNamesControlSecret).
+    "ControlDbSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:control-GhIjKl",
 }
 EXISTING_MASTER = {
     "DbMasterSecretArn": "arn:aws:secretsmanager:us-east-1:123456789012:secret:rds!cluster-1-AbCdEf",
@@ -366,6 +369,10 @@ def handler_permissions(resource_type, *handlers):
 
 RAW, EXPANDED = expand()
 
+# What either function may do with the identities of the created pool.
+IDENTITY_ACTIONS = [f"cognito-idp:{a}" for a in (
+    "AdminCreateUser", "AdminAddUserToGroup", "AdminDisableUser", "AdminDeleteUser", "ListUsers")]
+
 # Every independent choice a deployer has, in all combinations: each
 # bring-your-own part, the JWKS mode (auto, inline with or without a
 # document, nat) and the profile.
@@ -428,7 +435,7 @@ class TemplateTest(unittest.TestCase):
                          {json.dumps({"Fn::Select": [i, {"Fn::GetAZs": ""}]}) for i in (0, 1)})
         endpoints = {s.props(n)["ServiceName"]["Fn::Sub"]: s.props(n)
                      for n in s.of_type("AWS::EC2::VPCEndpoint")}
-        for service in ("secretsmanager", "sts"):
+        for service in ("secretsmanager", "sts", "kms"):
             ep = endpoints[f"com.amazonaws.${{AWS::Region}}.{service}"]
             self.assertEqual(ep["VpcEndpointType"], "Interface")
             self.assertIs(ep["PrivateDnsEnabled"], True)
@@ -436,7 +443,8 @@ class TemplateTest(unittest.TestCase):
         s3 = endpoints["com.amazonaws.${AWS::Region}.s3"]
         self.assertEqual(s3["VpcEndpointType"], "Gateway")
         self.assertEqual(s3["RouteTableIds"], [{"Ref": "PrivateRouteTable"}])
-        # No Cognito endpoint: its private DNS would capture the JWKS host.
+        # No Cognito endpoint with nat (prod's auto): its private DNS would
+        # capture the JWKS host the API function fetches through the NAT.
         self.assertFalse(any("cognito" in k for k in endpoints))
         self.assertIs(s.props("Vpc")["EnableDnsHostnames"], True)
 
@@ -463,10 +471,12 @@ class TemplateTest(unittest.TestCase):
                 p = s.props("DbProxy")
                 self.assertIs(p["RequireTLS"], True)
                 self.assertEqual(p["EngineFamily"], "POSTGRESQL")
-                (auth,) = p["Auth"]
-                self.assertEqual(auth["ClientPasswordAuthType"], "POSTGRES_SCRAM_SHA_256")
-                self.assertEqual(auth["SecretArn"], {"Ref": "AppSecret"})
-                self.assertEqual(auth["IAMAuth"], "DISABLED")
+                # The API's role and the control plane's, both by SCRAM.
+                self.assertEqual([a["SecretArn"] for a in p["Auth"]], [{"Ref": "AppSecret"}, {"Ref": "ControlDbSecret"}])
+                for auth in p["Auth"]:
+                    self.assertEqual(auth["AuthScheme"], "SECRETS")
+                    self.assertEqual(auth["ClientPasswordAuthType"], "POSTGRES_SCRAM_SHA_256")
+                    self.assertEqual(auth["IAMAuth"], "DISABLED")
                 self.assertEqual(ref_name(p["RoleArn"]), "ProxyRole")
                 # Two AZs either way: RDS Proxy needs subnets in two.
                 self.assertEqual(p["VpcSubnetIds"], [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}])
@@ -590,18 +600,27 @@ class TemplateTest(unittest.TestCase):
                     ("in", "EndpointSecurityGroup", "AdminSecurityGroup", 443, 443),
                     # S3 (the ResponseURL) by its managed prefix list, no wider.
                     ("out", "AdminSecurityGroup", REQUIRED["S3PrefixListId"], 443, 443),
+                    # The control plane: the proxy, the endpoints, S3 (exports, receipts).
+                    ("out", "ControlSecurityGroup", "ProxySecurityGroup", 5432, 5432),
+                    ("in", "ProxySecurityGroup", "ControlSecurityGroup", 5432, 5432),
+                    ("out", "ControlSecurityGroup", "EndpointSecurityGroup", 443, 443),
+                    ("in", "EndpointSecurityGroup", "ControlSecurityGroup", 443, 443),
+                    ("out", "ControlSecurityGroup", REQUIRED["S3PrefixListId"], 443, 443),
                 }
                 if profile == "prod":
-                    # JwksMode auto is nat here: the public JWKS URL. (dev's
-                    # auto is inline: no way out to the internet at all.)
+                    # JwksMode auto is nat here: the public JWKS URL, and
+                    # Cognito's admin API through the same NAT gateway. (dev's
+                    # auto is inline: no way out to the internet at all;
+                    # Cognito through its endpoint.)
                     expected.add(("out", "FunctionSecurityGroup", "0.0.0.0/0", 443, 443))
+                    expected.add(("out", "ControlSecurityGroup", "0.0.0.0/0", 443, 443))
                 self.assertEqual(edges, expected)
                 for name in s.of_type("AWS::EC2::SecurityGroup"):
                     # The inline rule only replaces the default allow-all egress.
                     self.assertEqual([e["CidrIp"] for e in s.props(name)["SecurityGroupEgress"]], ["127.0.0.1/32"])
                     self.assertNotIn("SecurityGroupIngress", s.props(name))
                 for name in ("FunctionToHttpsExistingNetwork", "FunctionToExistingProxy", "AdminToExistingDatabase",
-                             "AdminToHttpsExistingNetwork"):
+                             "AdminToHttpsExistingNetwork", "ControlToHttpsExistingNetwork", "ControlToExistingProxy"):
                     self.assertNotIn(name, s.resources)
         for profile, extra in PROFILES:
             self.assertNotIn("FunctionToJwks", Stack(EXPANDED, with_profile(extra, INLINE)).resources)
@@ -614,11 +633,13 @@ class TemplateTest(unittest.TestCase):
         for profile, extra in PROFILES:
             with self.subTest(profile=profile):
                 net = egress(Stack(EXPANDED, with_profile(extra, {**EXISTING_NETWORK, **INLINE})))
-                self.assertIn(("FunctionSecurityGroup", "0.0.0.0/0", 443), net)
-                self.assertNotIn(("FunctionSecurityGroup", "EndpointSecurityGroup", 443), net)
+                for group in ("FunctionSecurityGroup", "ControlSecurityGroup"):
+                    self.assertIn((group, "0.0.0.0/0", 443), net)
+                    self.assertNotIn((group, "EndpointSecurityGroup", 443), net)
                 db = Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **EXISTING_MASTER, **INLINE}))
                 self.assertEqual({e for e in egress(db) if e[2] == 5432},
                                  {("FunctionSecurityGroup", "0.0.0.0/0", 5432),
+                                  ("ControlSecurityGroup", "0.0.0.0/0", 5432),
                                   ("AdminSecurityGroup", EXISTING_MASTER["DbAdminCidr"], 5432)})
                 # Without a master secret nothing runs in the admin group: it stays closed.
                 no_master = Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **INLINE}))
@@ -713,7 +734,11 @@ class TemplateTest(unittest.TestCase):
             with self.subTest(profile=profile):
                 interface = [n for n in s.of_type("AWS::EC2::VPCEndpoint")
                              if s.props(n)["VpcEndpointType"] == "Interface"]
-                self.assertEqual(sorted(interface), ["SecretsManagerEndpoint", "StsEndpoint"])
+                # Cognito's only with inline keys (dev's auto): see CognitoEndpoint.
+                expected = ["KmsEndpoint", "SecretsManagerEndpoint", "StsEndpoint"]
+                if profile == "dev":
+                    expected = ["CognitoEndpoint", *expected]
+                self.assertEqual(sorted(interface), expected)
                 for name in interface:
                     subnets = s.props(name)["SubnetIds"]
                     if profile == "dev":
@@ -725,7 +750,7 @@ class TemplateTest(unittest.TestCase):
                 both = [{"Ref": "PrivateSubnetA"}, {"Ref": "PrivateSubnetB"}]
                 self.assertEqual(s.props("DbSubnetGroup")["SubnetIds"], both)
                 self.assertEqual(s.props("DbProxy")["VpcSubnetIds"], both)
-                for fn in ("TenantUsersFunction", "MigrateFunction"):
+                for fn in ("TenantUsersFunction", "MigrateFunction", "ControlFunction"):
                     self.assertEqual(s.props(fn)["VpcConfig"]["SubnetIds"], both, fn)
                 self.assertEqual(s.props("S3Endpoint")["RouteTableIds"], [{"Ref": "PrivateRouteTable"}])
 
@@ -773,7 +798,7 @@ class TemplateTest(unittest.TestCase):
         DeletionProtection) are given explicitly."""
         byo = [EXISTING_DATABASE, {**EXISTING_DATABASE, **EXISTING_MASTER},
                {**EXISTING_DATABASE, **EXISTING_MASTER, **EXISTING_KMS}]
-        endpoints = {"SecretsManagerEndpoint", "StsEndpoint"}
+        endpoints = {"SecretsManagerEndpoint", "StsEndpoint", "KmsEndpoint", "CognitoEndpoint"}
         compared = 0
         for net, db, idp, jwks in itertools.product([{}, EXISTING_NETWORK], byo, [{}, EXISTING_IDP], [INLINE, NAT]):
             overrides = {**net, **db, **idp, **jwks, "DeletionProtection": "true"}
@@ -821,7 +846,8 @@ class TemplateTest(unittest.TestCase):
                              "DbSubnetGroup", "DbProxy", "DbProxyTargets", "DbProxyInstanceTargets",
                              "AppSecret", "AppSecretPolicy", "AppSecretRotation", "ProxyRole",
                              "ClusterSecurityGroup", "ProxySecurityGroup", "MigrateFunction", "MigrateRole",
-                             "SchemaResource", "MigrateFunctionAliaslive"):
+                             "SchemaResource", "MigrateFunctionAliaslive", "ControlDbSecret",
+                             "ControlSecretPolicy", "ControlSecretRotation", "ControlToProxy", "ProxyFromControl"):
                     self.assertNotIn(gone, s.resources)
                 self.assertFalse(s.of_type("AWS::Lambda::Version"))
                 self.assertFalse([n for n, r in s.resources.items() if r["Type"].startswith("AWS::RDS::")])
@@ -829,8 +855,20 @@ class TemplateTest(unittest.TestCase):
                 self.assertEqual(env["DB_SECRET_ARN"], EXISTING_DATABASE["DbSecretArn"])
                 self.assertEqual(env["DB_HOST"], EXISTING_DATABASE["DbProxyEndpoint"])
                 self.assertEqual(s.rules_hold(), [])
+                # The control plane still runs: as the control role, on the
+                # deployer's secret and proxy.
+                control = s.env("ControlFunction")
+                self.assertEqual(control["DB_SECRET_ARN"], EXISTING_DATABASE["ControlDbSecretArn"])
+                self.assertEqual(control["DB_HOST"], EXISTING_DATABASE["DbProxyEndpoint"])
                 self.assertEqual(Stack(EXPANDED, with_profile(extra, {"DbSecretArn": EXISTING_DATABASE["DbSecretArn"]}))
-                                 .rules_hold(), ["ExistingDatabaseIsComplete"])
+                                 .rules_hold(), ["ExistingDatabaseIsComplete", "ExistingDatabaseNamesControlSecret"])
+                no_control = {k: v for k, v in EXISTING_DATABASE.items() if k != "ControlDbSecretArn"}
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, no_control)).rules_hold(),
+                                 ["ExistingDatabaseNamesControlSecret"])
+                # And the created database has the stack's own: a given one is refused.
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {
+                    "ControlDbSecretArn": EXISTING_DATABASE["ControlDbSecretArn"]})).rules_hold(),
+                    ["ControlSecretOnlyWithExistingDatabase"])
 
     def test_existing_database_with_master_secret_still_migrates(self):
         for profile, extra in PROFILES:
@@ -844,7 +882,9 @@ class TemplateTest(unittest.TestCase):
                 self.assertEqual(cr["DbHost"], EXISTING_MASTER["DbAdminHost"])
                 (st,) = [st for owner, st in s.statements() if owner == "MigrateRole"]
                 self.assertEqual(st["Resource"],
-                                 [EXISTING_MASTER["DbMasterSecretArn"], EXISTING_DATABASE["DbSecretArn"]])
+                                 [EXISTING_MASTER["DbMasterSecretArn"], EXISTING_DATABASE["DbSecretArn"],
+                                  EXISTING_DATABASE["ControlDbSecretArn"]])
+                self.assertEqual(cr["ControlSecretArn"], EXISTING_DATABASE["ControlDbSecretArn"])
                 no_host = Stack(EXPANDED, with_profile(
                     extra, {**EXISTING_DATABASE, "DbMasterSecretArn": EXISTING_MASTER["DbMasterSecretArn"]}))
                 self.assertEqual(no_host.props("SchemaResource")["DbHost"], EXISTING_DATABASE["DbProxyEndpoint"])
@@ -1066,8 +1106,13 @@ class TemplateTest(unittest.TestCase):
     def test_execution_role_may_only_assume_the_reader_which_trusts_only_it(self):
         for _, s in ALL_STACKS:
             mine = [st for owner, st in s.statements() if owner == "ExecutionRole"]
-            self.assertEqual(mine, [{"Effect": "Allow", "Action": "sts:AssumeRole",
-                                     "Resource": {"Fn::GetAtt": ["SecretReaderRole", "Arn"]}}])
+            expected = [{"Effect": "Allow", "Action": "sts:AssumeRole",
+                         "Resource": {"Fn::GetAtt": ["SecretReaderRole", "Arn"]}}]
+            # With the created pool, the identities of tenant users, in that pool only.
+            if s.conditions["CreateIdp"]:
+                expected.append({"Effect": "Allow", "Action": IDENTITY_ACTIONS,
+                                 "Resource": {"Fn::GetAtt": ["UserPool", "Arn"]}})
+            self.assertEqual(sorted(map(json.dumps, mine)), sorted(map(json.dumps, expected)))
             managed = s.props("ExecutionRole")["ManagedPolicyArns"]
             self.assertEqual(managed, [{"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaVPCAccessExecutionRole"}])
             (trust,) = s.props("SecretReaderRole")["AssumeRolePolicyDocument"]["Statement"]
@@ -1082,7 +1127,7 @@ class TemplateTest(unittest.TestCase):
             with self.subTest(profile=profile):
                 s = Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **EXISTING_MASTER, **EXISTING_KMS}))
                 kms = [(o, st) for o, st in s.statements() if st["Action"] == "kms:Decrypt"]
-                self.assertEqual(sorted(o for o, _ in kms), ["MigrateRole", "SecretReaderRole"])
+                self.assertEqual(sorted(o for o, _ in kms), ["ControlSecretReaderRole", "MigrateRole", "SecretReaderRole"])
                 for _, st in kms:
                     self.assertEqual(st["Resource"], EXISTING_KMS["DbSecretKmsKeyArn"])
                     self.assertEqual(st["Condition"]["StringEquals"]["kms:ViaService"],
@@ -1157,7 +1202,7 @@ class TemplateTest(unittest.TestCase):
                 self.assertNotIn("AppSecret", s.resources)
                 owners = {owner for owner, st in s.statements()
                           if any(a.startswith("secretsmanager:") for a in as_list(st["Action"]))}
-                self.assertLessEqual(owners, {"SecretReaderRole", "MigrateRole"}, overrides)
+                self.assertLessEqual(owners, {"SecretReaderRole", "ControlSecretReaderRole", "MigrateRole"}, overrides)
                 continue
             policy = s.props("AppSecretPolicy")["ResourcePolicy"]
             for request in [execution, *probes]:
@@ -1274,8 +1319,9 @@ class TemplateTest(unittest.TestCase):
                 cr = s.resources["SchemaResource"]
                 self.assertEqual(cr["Type"], "Custom::TenantUsersSchema")
                 props = cr["Properties"]
-                self.assertEqual(set(props), {"ServiceToken", "MasterSecretArn", "AppSecretArn", "DbHost",
-                                              "DbPort", "DbName", "SchemaVersion", "Tenants"})
+                self.assertEqual(set(props), {"ServiceToken", "MasterSecretArn", "AppSecretArn", "ControlSecretArn",
+                                              "DbHost", "DbPort", "DbName", "SchemaVersion", "Tenants"})
+                self.assertEqual(props["ControlSecretArn"], {"Ref": "ControlDbSecret"})
                 self.assertEqual(props["ServiceToken"], {"Ref": "MigrateFunctionAliaslive"})
                 self.assertEqual(s.props("MigrateFunctionAliaslive")["FunctionName"], {"Ref": "MigrateFunction"})
                 self.assertEqual(props["MasterSecretArn"], master_secret(profile))
@@ -1293,7 +1339,8 @@ class TemplateTest(unittest.TestCase):
                 self.assertGreaterEqual(fn["Timeout"], 120)
                 (st,) = [st for owner, st in s.statements() if owner == "MigrateRole"]
                 self.assertEqual(st["Action"], "secretsmanager:GetSecretValue")
-                self.assertEqual(st["Resource"], [props["MasterSecretArn"], {"Ref": "AppSecret"}])
+                self.assertEqual(st["Resource"], [props["MasterSecretArn"], {"Ref": "AppSecret"},
+                                                  {"Ref": "ControlDbSecret"}])
 
     def test_tenants_parameter_reaches_the_schema_resource(self):
         """Until a control plane onboards tenants, the migration registers
@@ -1351,7 +1398,8 @@ class TemplateTest(unittest.TestCase):
         functions = {name: res for name, res in RAW["Resources"].items()
                      if res["Type"] == "AWS::Serverless::Function" and "InlineCode" not in res["Properties"]}
         binaries = {name: res["Metadata"]["BuildProperties"]["Binary"] for name, res in functions.items()}
-        self.assertEqual(binaries, {"TenantUsersFunction": "api", "MigrateFunction": "migrate"})
+        self.assertEqual(binaries, {"TenantUsersFunction": "api", "MigrateFunction": "migrate",
+                                    "ControlFunction": "control"})
         for name, res in functions.items():
             self.assertEqual(res["Metadata"]["BuildMethod"], "rust-cargolambda", name)
             self.assertNotIn("Binary", res["Metadata"], name)
@@ -1375,7 +1423,8 @@ class TemplateTest(unittest.TestCase):
     # --- issue 16, item 1: the migration trusts nothing it is sent -------------------
     def test_migrate_function_environment_names_its_database_and_secrets(self):
         pairs = {"DB_HOST": "DbHost", "DB_PORT": "DbPort", "DB_NAME": "DbName",
-                 "DB_MASTER_SECRET_ARN": "MasterSecretArn", "DB_APP_SECRET_ARN": "AppSecretArn"}
+                 "DB_MASTER_SECRET_ARN": "MasterSecretArn", "DB_APP_SECRET_ARN": "AppSecretArn",
+                 "DB_CONTROL_SECRET_ARN": "ControlSecretArn"}
         checked = 0
         for overrides, s in ALL_STACKS:
             if "MigrateFunction" not in s.resources:
@@ -1425,16 +1474,25 @@ class TemplateTest(unittest.TestCase):
         self.assertEqual(nat.props("AdminToHttpsExistingNetwork")["CidrIp"], "0.0.0.0/0")
 
     def test_migration_is_refused_without_its_s3_prefix_list_and_ranges(self):
-        self.assertIn("describe-managed-prefix-lists", RAW["Rules"]["MigrationNeedsS3PrefixList"]
+        self.assertIn("describe-managed-prefix-lists", RAW["Rules"]["S3PrefixListIsRequired"]
                       ["Assertions"][0]["AssertDescription"])
         self.assertIn("describe-managed-prefix-lists", RAW["Parameters"]["S3PrefixListId"]["Description"])
         for profile, extra in PROFILES:
             with self.subTest(profile=profile):
                 bare = Stack(EXPANDED, extra, base={})
-                self.assertEqual(bare.rules_hold(), ["MigrationNeedsS3PrefixList"])
-                # No migration, no S3 egress and no prefix list needed.
-                self.assertEqual(Stack(EXPANDED, with_profile(extra, EXISTING_DATABASE), base={}).rules_hold(), [])
-                self.assertNotIn("AdminToS3", Stack(EXPANDED, with_profile(extra, EXISTING_DATABASE)).resources)
+                self.assertEqual(bare.rules_hold(), ["S3PrefixListIsRequired"])
+                # No migration: the control plane still writes to S3 in the
+                # created network, through the prefix list ...
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, EXISTING_DATABASE), base={}).rules_hold(),
+                                 ["S3PrefixListIsRequired"])
+                no_migration = Stack(EXPANDED, with_profile(extra, EXISTING_DATABASE))
+                self.assertNotIn("AdminToS3", no_migration.resources)
+                self.assertEqual(no_migration.props("ControlToS3")["DestinationPrefixListId"],
+                                 REQUIRED["S3PrefixListId"])
+                # ... and in an existing network it goes where the API function
+                # goes (the deployer's routes): no prefix list needed.
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {**EXISTING_NETWORK, **EXISTING_DATABASE}),
+                                       base={}).rules_hold(), [])
                 no_cidr = {k: v for k, v in EXISTING_MASTER.items() if k != "DbAdminCidr"}
                 self.assertEqual(Stack(EXPANDED, with_profile(extra, {**EXISTING_DATABASE, **no_cidr})).rules_hold(),
                                  ["MigrationOfExistingDatabaseNeedsCidr"])
@@ -1485,6 +1543,453 @@ class TemplateTest(unittest.TestCase):
                    for p in g["Parameters"]]
         self.assertEqual(sorted(grouped), sorted(RAW["Parameters"]))
         self.assertEqual(len(grouped), len(set(grouped)))
+
+
+# --- issue 19: the tenant lifecycle control plane ------------------------------
+CONTROL_ROUTES = {("post", "/tenants"), ("get", "/tenants/{tenant_id}"), ("patch", "/tenants/{tenant_id}"),
+                  ("post", "/tenants/{tenant_id}/export"), ("delete", "/tenants/{tenant_id}")}
+CONTROL_ENV = {"DB_SECRET_ARN", "DB_SECRET_ROLE_ARN", "DB_HOST", "DB_PORT", "DB_NAME", "DB_SSLMODE",
+               "USER_POOL_ID", "EXPORT_BUCKET", "EXPORT_KEY_ID", "RECEIPT_KEY_ID"}
+ROOT_PRINCIPAL = {"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
+# Using a key: none of these may be delegated to the account's IAM policies
+# beyond what each key's policy says (operators decrypt exports, and get the
+# receipt key's public key or have KMS verify).
+KEY_USE = {"kms:Encrypt", "kms:Decrypt", "kms:ReEncryptFrom", "kms:ReEncryptTo", "kms:GenerateDataKey",
+           "kms:GenerateDataKeyWithoutPlaintext", "kms:GenerateDataKeyPair", "kms:Sign", "kms:Verify",
+           "kms:GetPublicKey", "kms:GenerateMac", "kms:VerifyMac", "kms:CreateGrant"}
+ENV_JSON = os.path.join(ROOT, "events", "env.json")
+
+
+def kms_handler_permissions():
+    """What CloudFormation's handlers call on an AWS::KMS::Key (its registry
+    schema, as cfn-lint ships it), but CreateKey, which names no key."""
+    from cfnlint.schema.manager import PROVIDER_SCHEMA_MANAGER
+    schema = PROVIDER_SCHEMA_MANAGER.get_resource_schema("us-east-1", "AWS::KMS::Key").schema
+    return {p for h in ("create", "read", "update", "delete") for p in schema["handlers"][h]["permissions"]
+            if p != "kms:CreateKey"}
+
+
+def bucket_denies(policy, action, key, principal_arn, secure=True):
+    """The Sids of the bucket policy's Deny statements that match a request
+    for `action` on object `key` (None: the bucket) by `principal_arn`."""
+    bucket = "arn:aws:s3:::tenant-users-exportbucket-1a2b3c"
+    target = bucket if key is None else f"{bucket}/{key}"
+    sids = []
+    for st in policy["Statement"]:
+        assert st["Effect"] == "Deny" and st["Principal"] == "*", st
+        if not any(fnmatch.fnmatchcase(action, a) for a in as_list(st["Action"])):
+            continue
+        resources = []
+        for r in as_list(st["Resource"]):
+            if r == {"Fn::GetAtt": ["ExportBucket", "Arn"]}:
+                resources.append(bucket)
+            else:
+                text = r["Fn::Sub"]
+                assert text.startswith("${ExportBucket.Arn}"), r
+                resources.append(bucket + text[len("${ExportBucket.Arn}"):])
+        if not any(fnmatch.fnmatchcase(target, r) for r in resources):
+            continue
+        request = {"aws:PrincipalArn": principal_arn, "aws:SecureTransport": "true" if secure else "false"}
+        holds = True
+        for op, keys in st.get("Condition", {}).items():
+            for k, patterns in keys.items():
+                if op == "Bool":
+                    holds &= request[k] == patterns
+                else:
+                    holds &= condition_holds(op, k, concrete(patterns), request)
+        if holds:
+            sids.append(st["Sid"])
+    return sids
+
+
+class ControlPlaneTest(unittest.TestCase):
+    def test_control_api_has_iam_authorization_on_every_route_and_nothing_else(self):
+        for overrides, s in ALL_STACKS:
+            with self.subTest(overrides=sorted(overrides)):
+                body = s.props("ControlApi")["Body"]
+                # SigV4 of an IAM principal: API Gateway's IAM authorization.
+                self.assertEqual(body["components"]["securitySchemes"], {"AWS_IAM": {
+                    "type": "apiKey", "name": "Authorization", "in": "header",
+                    "x-amazon-apigateway-authtype": "awsSigv4"}})
+                routes = set()
+                for path, methods in body["paths"].items():
+                    for method, op in methods.items():
+                        routes.add((method, path))
+                        self.assertEqual(op["security"], [{"AWS_IAM": []}], f"{method} {path}")
+                        uri = op["x-amazon-apigateway-integration"]["uri"]["Fn::Sub"]
+                        self.assertIn("${ControlFunction.Arn}", uri)
+                # The five routes, no $default, no ANY, no proxy path.
+                self.assertEqual(routes, CONTROL_ROUTES)
+                # The users API stays JWT-only: IAM is not a way in there.
+                self.assertNotIn("AWS_IAM", json.dumps(s.props("Api")["Body"]))
+                # The users API routes none of them, and no JWT reaches them.
+                self.assertFalse(set(s.props("Api")["Body"]["paths"]) & {p for _, p in CONTROL_ROUTES})
+                self.assertNotIn("TokenAuthorizer", json.dumps(body))
+                # API Gateway may invoke the control function from the control API only.
+                perms = [s.props(n) for n in s.of_type("AWS::Lambda::Permission")
+                         if s.props(n)["FunctionName"] == {"Ref": "ControlFunction"}]
+                self.assertEqual(len(perms), 5)
+                for p in perms:
+                    self.assertEqual(p["SourceArn"]["Fn::Sub"][1]["__ApiId__"], {"Ref": "ControlApi"})
+                # Its access log names the calling IAM principal.
+                self.assertIn("$context.identity.userArn",
+                              s.props("ControlApiApiGatewayDefaultStage")["AccessLogSettings"]["Format"])
+
+    def test_control_function_is_built_like_the_others_in_the_vpc_with_its_own_group_and_logs(self):
+        raw = RAW["Resources"]["ControlFunction"]
+        self.assertEqual(raw["Metadata"]["BuildMethod"], RAW["Resources"]["MigrateFunction"]["Metadata"]["BuildMethod"])
+        self.assertEqual(raw["Metadata"]["BuildProperties"], {"Binary": "control"})
+        self.assertEqual(raw["Properties"]["CodeUri"], RAW["Resources"]["MigrateFunction"]["Properties"]["CodeUri"])
+        for overrides, s in ALL_STACKS:
+            fn = s.props("ControlFunction")
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual((fn["Runtime"], fn["Architectures"], fn["Handler"]),
+                                 ("provided.al2023", ["arm64"], "bootstrap"))
+                self.assertEqual(fn["Role"], {"Fn::GetAtt": ["ControlFunctionRole", "Arn"]})
+                self.assertLess(fn["Timeout"], 30)  # API Gateway's integration limit
+                vpc = fn["VpcConfig"]
+                self.assertEqual(vpc["SubnetIds"], s.props("TenantUsersFunction")["VpcConfig"]["SubnetIds"])
+                self.assertIn("ControlSecurityGroup", json.dumps(vpc["SecurityGroupIds"]))
+                self.assertNotIn("FunctionSecurityGroup", json.dumps(vpc["SecurityGroupIds"]))
+                self.assertEqual(fn["LoggingConfig"]["LogGroup"], {"Ref": "ControlLogs"})
+                self.assertEqual(fn["LoggingConfig"]["ApplicationLogLevel"], s.params["LogLevel"])
+                self.assertEqual(s.props("ControlLogs")["RetentionInDays"], 365)
+
+    def test_control_environment_is_the_apis_database_with_its_own_secret_and_the_lifecycle_resources(self):
+        for overrides, s in ALL_STACKS:
+            env, api = s.env("ControlFunction"), s.env("TenantUsersFunction")
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual(set(env), CONTROL_ENV)
+                # The same database, port, name and TLS as the API, through the same proxy ...
+                for key in ("DB_HOST", "DB_PORT", "DB_NAME", "DB_SSLMODE"):
+                    self.assertEqual(env[key], api[key], key)
+                self.assertEqual(env["DB_SSLMODE"], "verify-full")
+                # ... as the control role, read through its own reader role.
+                created = s.conditions["CreateDatabase"]
+                self.assertEqual(env["DB_SECRET_ARN"], {"Ref": "ControlDbSecret"} if created
+                                 else EXISTING_DATABASE["ControlDbSecretArn"])
+                self.assertNotEqual(env["DB_SECRET_ARN"], api["DB_SECRET_ARN"])
+                self.assertEqual(env["DB_SECRET_ROLE_ARN"], {"Fn::GetAtt": ["ControlSecretReaderRole", "Arn"]})
+                pool = {"Ref": "UserPool"} if s.conditions["CreateIdp"] else ""
+                self.assertEqual(env["USER_POOL_ID"], pool)
+                self.assertEqual(api["USER_POOL_ID"], pool)
+                self.assertEqual(env["EXPORT_BUCKET"], {"Ref": "ExportBucket"})
+                self.assertEqual(env["EXPORT_KEY_ID"], {"Fn::GetAtt": ["ExportKey", "Arn"]})
+                self.assertEqual(env["RECEIPT_KEY_ID"], {"Fn::GetAtt": ["ReceiptKey", "Arn"]})
+
+    def test_env_json_sets_exactly_each_functions_variables(self):
+        """`sam local invoke --env-vars` hands a function only what the
+        template declares, and a declared variable env.json leaves out keeps
+        its deployment value; so each block names the same set."""
+        with open(ENV_JSON) as f:
+            fixture = json.load(f)
+        for function in ("TenantUsersFunction", "ControlFunction"):
+            declared = set(RAW["Resources"][function]["Properties"]["Environment"]["Variables"])
+            self.assertEqual(set(fixture[function]), declared, function)
+        self.assertEqual(set(fixture["ControlFunction"]), CONTROL_ENV)
+
+    def test_control_role_may_do_exactly_its_work_on_its_own_resources(self):
+        checked = set()
+        for overrides, s in ALL_STACKS:
+            mine = [st for owner, st in s.statements() if owner == "ControlFunctionRole"]
+            expected = [
+                {"Effect": "Allow", "Action": "sts:AssumeRole",
+                 "Resource": {"Fn::GetAtt": ["ControlSecretReaderRole", "Arn"]}},
+                {"Effect": "Allow", "Action": "s3:PutObject",
+                 "Resource": [{"Fn::Sub": "${ExportBucket.Arn}/exports/*"},
+                              {"Fn::Sub": "${ExportBucket.Arn}/receipts/*"}]},
+                {"Effect": "Allow", "Action": "kms:GenerateDataKey", "Resource": {"Fn::GetAtt": ["ExportKey", "Arn"]},
+                 "Condition": {"StringEquals": {"kms:ViaService": {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"}}}},
+                {"Effect": "Allow", "Action": "kms:Sign", "Resource": {"Fn::GetAtt": ["ReceiptKey", "Arn"]}},
+                {"Effect": "Allow", "Action": ["logs:CreateLogStream", "logs:PutLogEvents"],
+                 "Resource": {"Fn::GetAtt": ["ControlLogs", "Arn"]}},
+            ]
+            if s.conditions["CreateIdp"]:
+                expected.append({"Effect": "Allow", "Action": IDENTITY_ACTIONS,
+                                 "Resource": {"Fn::GetAtt": ["UserPool", "Arn"]}})
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual(sorted(map(json.dumps, mine)), sorted(map(json.dumps, expected)))
+                for st in mine:
+                    for action in as_list(st["Action"]):
+                        self.assertNotIn("*", action)
+                    for resource in as_list(st["Resource"]):
+                        text = json.dumps(resource)
+                        # The only patterns: the two prefixes of the one bucket.
+                        if "*" in text:
+                            self.assertRegex(text, r'\$\{ExportBucket\.Arn\}/(exports|receipts)/\*')
+                # VPC networking only from AWS's ENI policy (no logs:* on *,
+                # unlike AWSLambdaVPCAccessExecutionRole).
+                role = s.props("ControlFunctionRole")
+                self.assertEqual(role["ManagedPolicyArns"], [{"Fn::Sub": "arn:${AWS::Partition}:iam::aws:policy/service-role/AWSLambdaENIManagementAccess"}])
+                self.assertNotIn("Policies", role)
+                (trust,) = role["AssumeRolePolicyDocument"]["Statement"]
+                self.assertEqual(trust["Principal"], {"Service": "lambda.amazonaws.com"})
+                # Its reader trusts only it and reads only the control secret.
+                (trust,) = s.props("ControlSecretReaderRole")["AssumeRolePolicyDocument"]["Statement"]
+                self.assertEqual(trust["Principal"], {"AWS": {"Fn::GetAtt": ["ControlFunctionRole", "Arn"]}})
+                reader = [st for owner, st in s.statements() if owner == "ControlSecretReaderRole"]
+                self.assertEqual(reader[0]["Action"], "secretsmanager:GetSecretValue")
+                self.assertEqual(reader[0]["Resource"], s.env("ControlFunction")["DB_SECRET_ARN"])
+                self.assertEqual([st["Action"] for st in reader[1:]],
+                                 ["kms:Decrypt"] if s.conditions["ExistingDatabaseWithKmsKey"] else [])
+                # Nothing else runs as these roles, and no other policy adds to them.
+                for role_name, user in (("ControlFunctionRole", "ControlFunction"),):
+                    users = {n for n, r in s.resources.items()
+                             if r["Type"] == "AWS::Lambda::Function" and mentions(r, role_name)}
+                    self.assertEqual(users, {user})
+                policies = {n for n in s.of_type("AWS::IAM::Policy") if mentions(s.props(n)["Roles"], "ControlFunctionRole")}
+                self.assertEqual(policies, {"ControlFunctionPolicy"})
+            checked.add(s.conditions["CreateIdp"])
+        self.assertEqual(checked, {True, False})
+
+    def test_api_role_keeps_identities_in_the_created_pool_only(self):
+        for overrides, s in ALL_STACKS:
+            cognito = [(o, st) for o, st in s.statements()
+                       if any(a.startswith("cognito-idp:") for a in as_list(st["Action"]))]
+            with self.subTest(overrides=sorted(overrides)):
+                if not s.conditions["CreateIdp"]:
+                    self.assertEqual(cognito, [])
+                    continue
+                self.assertEqual(sorted(o for o, _ in cognito), ["ControlFunctionRole", "ExecutionRole"])
+                for _, st in cognito:
+                    self.assertEqual((st["Action"], st["Resource"]), (IDENTITY_ACTIONS, {"Fn::GetAtt": ["UserPool", "Arn"]}))
+                # The reader role, which the API's execution role assumes, gains nothing.
+                self.assertFalse([st for o, st in s.statements() if o == "SecretReaderRole"
+                                  and not as_list(st["Action"])[0].startswith(("secretsmanager:", "kms:Decrypt"))])
+
+    def test_tenant_admin_group_is_on_the_created_pool(self):
+        for overrides, s in ALL_STACKS:
+            with self.subTest(overrides=sorted(overrides)):
+                if s.conditions["CreateIdp"]:
+                    self.assertEqual(s.props("TenantAdminGroup"), {**s.props("TenantAdminGroup"),
+                                                                    "UserPoolId": {"Ref": "UserPool"},
+                                                                    "GroupName": "tenant-admin"})
+                    self.assertNotIn("RoleArn", s.props("TenantAdminGroup"))
+                else:
+                    self.assertNotIn("TenantAdminGroup", s.resources)
+
+    def test_export_key_is_symmetric_rotated_and_used_only_through_s3_by_the_control_role(self):
+        cfn = kms_handler_permissions()
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                key = s.resources["ExportKey"]
+                self.assertEqual((key["DeletionPolicy"], key["UpdateReplacePolicy"]), ("Retain", "Retain"))
+                p = key["Properties"]
+                self.assertEqual((p["KeySpec"], p["KeyUsage"], p["EnableKeyRotation"]),
+                                 ("SYMMETRIC_DEFAULT", "ENCRYPT_DECRYPT", True))
+                admin, use = p["KeyPolicy"]["Statement"]
+                self.assertEqual((admin["Principal"], admin["Resource"]), (ROOT_PRINCIPAL, "*"))
+                self.assertLessEqual(cfn, set(admin["Action"]), "CloudFormation must still manage the key")
+                self.assertEqual(set(admin["Action"]) & KEY_USE, {"kms:Decrypt"})
+                self.assertFalse([a for a in admin["Action"] if "*" in a])
+                self.assertEqual(use["Principal"], {"AWS": {"Fn::GetAtt": ["ControlFunctionRole", "Arn"]}})
+                self.assertEqual(use["Action"], "kms:GenerateDataKey")
+                self.assertEqual(use["Condition"], {"StringEquals": {"kms:ViaService": {"Fn::Sub": "s3.${AWS::Region}.amazonaws.com"}}})
+
+    def test_receipt_key_signs_ecdsa_p256_for_the_control_role_only_and_anyone_allowed_verifies(self):
+        cfn = kms_handler_permissions() - {"kms:EnableKeyRotation", "kms:DisableKeyRotation", "kms:GetKeyRotationStatus"}
+        for overrides, s in ALL_STACKS:
+            with self.subTest(overrides=sorted(overrides)):
+                key = s.resources["ReceiptKey"]
+                self.assertEqual((key["DeletionPolicy"], key["UpdateReplacePolicy"]), ("Retain", "Retain"))
+                p = key["Properties"]
+                self.assertEqual((p["KeySpec"], p["KeyUsage"]), ("ECC_NIST_P256", "SIGN_VERIFY"))
+                self.assertNotIn("EnableKeyRotation", p)
+                statements = p["KeyPolicy"]["Statement"]
+                signers = [st for st in statements if "kms:Sign" in as_list(st["Action"])]
+                self.assertEqual(signers, [{
+                    "Sid": "OnlyTheControlFunctionSigns", "Effect": "Allow",
+                    "Principal": {"AWS": {"Fn::GetAtt": ["ControlFunctionRole", "Arn"]}},
+                    "Action": "kms:Sign", "Resource": "*",
+                    "Condition": {"StringEquals": {"kms:SigningAlgorithm": "ECDSA_SHA_256"}}}])
+                (admin,) = [st for st in statements if st is not signers[0]]
+                self.assertEqual(admin["Principal"], ROOT_PRINCIPAL)
+                self.assertLessEqual(cfn, set(admin["Action"]))
+                self.assertEqual(set(admin["Action"]) & KEY_USE, {"kms:GetPublicKey", "kms:Verify"})
+                self.assertFalse([a for a in admin["Action"] if "*" in a])
+        out = RAW["Outputs"]["ReceiptKeyArn"]
+        self.assertEqual(out["Value"], {"Fn::GetAtt": ["ReceiptKey", "Arn"]})
+        self.assertIn("get-public-key", out["Description"])
+
+    def test_export_bucket_is_private_encrypted_versioned_and_keeps_receipts(self):
+        for overrides, s in ALL_STACKS:
+            with self.subTest(overrides=sorted(overrides)):
+                bucket = s.resources["ExportBucket"]
+                self.assertEqual((bucket["DeletionPolicy"], bucket["UpdateReplacePolicy"]), ("Retain", "Retain"))
+                b = bucket["Properties"]
+                (enc,) = b["BucketEncryption"]["ServerSideEncryptionConfiguration"]
+                self.assertEqual(enc, {"ServerSideEncryptionByDefault": {
+                    "SSEAlgorithm": "aws:kms", "KMSMasterKeyID": {"Fn::GetAtt": ["ExportKey", "Arn"]}},
+                    "BucketKeyEnabled": True})
+                self.assertEqual(b["PublicAccessBlockConfiguration"], {k: True for k in (
+                    "BlockPublicAcls", "BlockPublicPolicy", "IgnorePublicAcls", "RestrictPublicBuckets")})
+                self.assertEqual(b["VersioningConfiguration"], {"Status": "Enabled"})
+                self.assertEqual(b["OwnershipControls"], {"Rules": [{"ObjectOwnership": "BucketOwnerEnforced"}]})
+                # Only exports expire; receipts never do.
+                expiring = [r for r in b["LifecycleConfiguration"]["Rules"]
+                            if "ExpirationInDays" in r or "NoncurrentVersionExpiration" in r]
+                self.assertEqual([r["Prefix"] for r in expiring], ["exports/"])
+                self.assertEqual(expiring[0]["ExpirationInDays"], 30)
+                # Object Lock is not used (README and the template say why).
+                self.assertNotIn("ObjectLockEnabled", b)
+                policy = s.props("ExportBucketPolicy")
+                self.assertEqual(policy["Bucket"], {"Ref": "ExportBucket"})
+                doc = policy["PolicyDocument"]
+                control = stack_role("ControlFunctionRole")
+                operator = role_arn("operator")
+                root = f"arn:aws:iam::{ACCOUNT}:root"
+                # TLS only, for everyone, on the bucket and every object.
+                for key in (None, "exports/acme/1/users.jsonl", "receipts/acme/r.json"):
+                    for who in (control, operator, root):
+                        self.assertEqual(bucket_denies(doc, "s3:GetObject", key, who, secure=False), ["TlsOnly"])
+                # A receipt or any of its versions: nobody deletes it but the account root.
+                for action in ("s3:DeleteObject", "s3:DeleteObjectVersion"):
+                    for who in (control, operator, stack_role("ExecutionRole")):
+                        self.assertEqual(bucket_denies(doc, action, "receipts/acme/r.json", who), ["ReceiptsAreKept"])
+                    self.assertEqual(bucket_denies(doc, action, "receipts/acme/r.json", root), [])
+                    # Exports may go (an operator, after handing them over; the lifecycle rule).
+                    self.assertEqual(bucket_denies(doc, action, "exports/acme/1/users.jsonl", operator), [])
+                self.assertEqual(bucket_denies(doc, "s3:PutObject", "receipts/acme/r.json", control), [])
+
+    def test_endpoints_for_the_new_calls_in_the_created_network(self):
+        seen = set()
+        for overrides, s in ALL_STACKS:
+            created = s.conditions["CreateNetwork"]
+            cognito = created and s.conditions["CreateIdp"] and s.conditions["InlineJwks"]
+            with self.subTest(overrides=sorted(overrides)):
+                self.assertEqual("KmsEndpoint" in s.resources, created)
+                self.assertEqual("CognitoEndpoint" in s.resources, cognito)
+                for name in ("KmsEndpoint", "CognitoEndpoint"):
+                    if name in s.resources:
+                        ep = s.props(name)
+                        self.assertEqual((ep["VpcEndpointType"], ep["PrivateDnsEnabled"]), ("Interface", True))
+                        self.assertEqual(ep["SecurityGroupIds"], [{"Ref": "EndpointSecurityGroup"}])
+                        self.assertEqual(ep["SubnetIds"], s.props("SecretsManagerEndpoint")["SubnetIds"])
+                if created:
+                    # S3 through the gateway endpoint: the control group's S3 rule is its prefix list.
+                    self.assertEqual(s.props("ControlToS3")["DestinationPrefixListId"], REQUIRED["S3PrefixListId"])
+                    # Cognito with nat: the NAT gateway, which the API function already reaches.
+                    self.assertEqual("ControlToCognitoNat" in s.resources,
+                                     s.conditions["CreateIdp"] and not s.conditions["InlineJwks"])
+                    if "ControlToCognitoNat" in s.resources:
+                        self.assertIn("NatGateway", s.resources)
+                        self.assertIn("FunctionToJwks", s.resources)
+                # Whatever the mode, a function that fetches the JWKS URL from
+                # inside the VPC never shares it with a Cognito endpoint's DNS.
+                if "JWT_JWKS_URL" in s.env("TenantUsersFunction"):
+                    self.assertNotIn("CognitoEndpoint", s.resources)
+            seen.add(cognito)
+        self.assertEqual(seen, {True, False})
+
+    def test_control_secret_is_made_and_guarded_like_the_app_secret(self):
+        for profile, s in DEFAULTS.items():
+            with self.subTest(profile=profile):
+                gen = s.props("ControlDbSecret")["GenerateSecretString"]
+                app = s.props("AppSecret")["GenerateSecretString"]
+                text, values = gen["SecretStringTemplate"]["Fn::Sub"]
+                self.assertEqual(text, app["SecretStringTemplate"]["Fn::Sub"][0].replace("${AppDbUser}", "${ControlDbUser}"))
+                self.assertEqual(values, app["SecretStringTemplate"]["Fn::Sub"][1])
+                for key in ("GenerateStringKey", "PasswordLength", "ExcludeCharacters"):
+                    self.assertEqual(gen[key], app[key], key)
+                self.assertNotIn("KmsKeyId", s.props("ControlDbSecret"))
+                rot = s.resources["ControlSecretRotation"]
+                self.assertIn("SchemaResource", rot["DependsOn"])
+                hosted = rot["Properties"]["HostedRotationLambda"]
+                app_hosted = s.props("AppSecretRotation")["HostedRotationLambda"]
+                self.assertEqual(hosted["RotationLambdaName"], {"Fn::Sub": "${AWS::StackName}-control-rotation"})
+                self.assertEqual({k: v for k, v in hosted.items() if k != "RotationLambdaName"},
+                                 {k: v for k, v in app_hosted.items() if k != "RotationLambdaName"})
+                self.assertEqual(rot["Properties"]["RotationRules"], s.props("AppSecretRotation")["RotationRules"])
+                # The same policy, naming the control plane's reader and rotation function.
+                policy = json.dumps(s.props("ControlSecretPolicy"))
+                expected = (json.dumps(s.props("AppSecretPolicy")).replace("AppSecret", "ControlDbSecret")
+                            .replace("SecretReaderRole", "ControlSecretReaderRole")
+                            .replace("-rotation", "-control-rotation"))
+                self.assertEqual(policy, expected)
+                # Identity side: exactly these roles may read it.
+                readers = sorted({owner for owner, st in s.statements()
+                                  if "secretsmanager:GetSecretValue" in as_list(st["Action"])
+                                  and {"Ref": "ControlDbSecret"} in as_list(st["Resource"])})
+                self.assertEqual(readers, ["ControlSecretReaderRole", "MigrateRole", "ProxyRole"])
+                # The migration's environment names the role and its secret.
+                env = s.env("MigrateFunction")
+                self.assertEqual(env["CONTROL_DB_USER"], "tenant_control")
+                self.assertEqual(env["DB_CONTROL_SECRET_ARN"], {"Ref": "ControlDbSecret"})
+
+    def test_neither_function_reads_the_others_database_secret(self):
+        api = [caller(stack_role(r), session=f"{STACK_NAME}-api") for r in ("SecretReaderRole", "ExecutionRole")]
+        control = [caller(stack_role(r), session=f"{STACK_NAME}-control")
+                   for r in ("ControlSecretReaderRole", "ControlFunctionRole")]
+        app_rotation = caller(ROTATION_ROLE, session=ROTATION_FUNCTION, vpc=CREATED_VPC)
+        control_rotation = caller(role_arn(f"{STACK_NAME}-ControlSecretRotat-SecretsManagerRDSPostg-1A2B3C"),
+                                  session=f"{STACK_NAME}-control-rotation", vpc=CREATED_VPC)
+        checked = 0
+        for overrides, s in ALL_STACKS:
+            if "ControlSecretPolicy" not in s.resources:
+                continue
+            app_policy = s.props("AppSecretPolicy")["ResourcePolicy"]
+            control_policy = s.props("ControlSecretPolicy")["ResourcePolicy"]
+            with self.subTest(overrides=sorted(overrides)):
+                for action in SECRET_ACTIONS:
+                    for request in control + [control_rotation]:
+                        self.assertTrue(denied_by(app_policy, action, request), (action, request))
+                    for request in api + [app_rotation]:
+                        self.assertTrue(denied_by(control_policy, action, request), (action, request))
+                self.assertEqual(denied_by(control_policy, "secretsmanager:GetSecretValue",
+                                           caller(stack_role("ControlSecretReaderRole"), session="x", vpc=CREATED_VPC)), [])
+                # The control function's own role goes through its reader, as the API's does.
+                for action in SECRET_ACTIONS:
+                    self.assertTrue(denied_by(control_policy, action, caller(
+                        stack_role("ControlFunctionRole"), session=f"{STACK_NAME}-ControlFunction-AbCd",
+                        vpc=CREATED_VPC)), action)
+                vpc = CREATED_VPC if s.conditions["CreateNetwork"] else None
+                rotation = caller(control_rotation["aws:PrincipalArn"], session=f"{STACK_NAME}-control-rotation", vpc=vpc)
+                for action in SECRET_VALUE_READ + SECRET_VALUE_WRITE:
+                    self.assertEqual(denied_by(control_policy, action, rotation), [], action)
+                checked += 1
+        self.assertGreater(checked, 0)
+
+    def test_control_openapi_documents_exactly_the_control_routes_signed_with_sigv4(self):
+        with open(os.path.join(ROOT, "control-openapi.yaml")) as f:
+            spec = yaml_parse(f.read())
+        self.assertEqual(spec["openapi"], "3.1.0")
+        documented = {(m, p) for p, ops in spec["paths"].items() for m in ops if m != "parameters"}
+        self.assertEqual(documented, CONTROL_ROUTES)
+        routed = {(e["Properties"]["Method"].lower(), e["Properties"]["Path"])
+                  for e in RAW["Resources"]["ControlFunction"]["Properties"]["Events"].values()}
+        self.assertEqual(routed, CONTROL_ROUTES)
+        scheme = spec["components"]["securitySchemes"]["sigv4"]
+        self.assertEqual((scheme["type"], scheme["in"], scheme["name"]), ("apiKey", "header", "Authorization"))
+        self.assertEqual(spec["security"], [{"sigv4": []}])
+        for path, ops in spec["paths"].items():
+            for method, op in ops.items():
+                if method == "parameters":
+                    continue
+                self.assertNotIn("security", op, f"{method} {path} overrides the SigV4 requirement")
+                # Refused by API Gateway without a signature; 503 when a dependency is down.
+                self.assertLessEqual({"401", "403", "503"}, set(op["responses"]), f"{method} {path}")
+        # The users API takes no IAM signature and routes no tenant lifecycle.
+        with open(os.path.join(ROOT, "openapi.yaml")) as f:
+            users = yaml_parse(f.read())
+        self.assertFalse({p for _, p in CONTROL_ROUTES} & set(users["paths"]))
+
+    def test_control_role_name_must_differ_from_the_app_roles(self):
+        for profile, extra in PROFILES:
+            with self.subTest(profile=profile):
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {"ControlDbUser": "tenant_app"})).rules_hold(),
+                                 ["ControlRoleIsNotTheAppRole"])
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {"ControlDbUser": "ops", "AppDbUser": "ops"}))
+                                 .rules_hold(), ["ControlRoleIsNotTheAppRole"])
+                self.assertEqual(Stack(EXPANDED, with_profile(extra, {"ControlDbUser": "ops"})).rules_hold(), [])
+        self.assertEqual(RAW["Parameters"]["ControlDbUser"]["AllowedPattern"],
+                         RAW["Parameters"]["AppDbUser"]["AllowedPattern"])
+
+    def test_outputs_name_the_control_api_and_the_lifecycle_resources(self):
+        outputs = RAW["Outputs"]
+        self.assertEqual(outputs["ControlApiUrl"]["Value"],
+                         {"Fn::Sub": "https://${ControlApi}.execute-api.${AWS::Region}.${AWS::URLSuffix}"})
+        for name in ("ControlApiArn", "ExportBucketName", "ExportKeyArn", "ReceiptKeyArn", "ControlSecretArn"):
+            self.assertIn(name, outputs)
 
 
 # --- the metering dashboard, held to the EMF record the code writes -------------
