@@ -97,7 +97,7 @@ bench-lambda: $(VENV)/.installed
 
 # One binary per Lambda function: the users API, and the schema custom
 # resource (crates/migrate).
-FUNCTIONS := api migrate
+FUNCTIONS := api migrate control
 
 # cargo lambda adds panic=abort unless Cargo.toml's [profile.release] sets
 # panic; check-bootstrap.sh refuses an aborting (or test-panic) bootstrap.

@@ -115,14 +115,14 @@ async fn a_correct_deployment_passes_every_rule() {
         .unwrap();
     assert!(report.iter().all(|c| c.passed), "{report:#?}");
     let rules = tenant_users::audit::RULES.len();
-    assert_eq!(rules, 27);
+    assert_eq!(rules, 28);
     let per_table = report
         .iter()
         .filter(|c| c.subject == "table public.users")
         .count();
     assert_eq!(
         report.len(),
-        27 + 2 * per_table,
+        28 + 2 * per_table,
         "role and database rules once, table rules once for each of users, tenants and tenant_rate"
     );
     for table in ["tenants", "tenant_rate"] {
@@ -186,6 +186,7 @@ async fn a_superuser_is_refused() {
                     "role-owns-nothing",
                     "role-no-create",
                     "role-reads-only-tenant-tables",
+                    "trail-out-of-reach-or-append-only",
                     "table-not-owned",
                 ],
                 "{found:#?}"
@@ -238,6 +239,8 @@ async fn membership_in_a_privileged_role_is_refused() {
             "[role-no-privileged-membership] role {app} (found: member of pg_read_all_data)",
             // refinery's history table: what pg_read_all_data opens first.
             "[role-reads-only-tenant-tables] table public.refinery_schema_history (found: no tenant_id, not marked shared, and the role may use it)",
+            // and the operator trail, which the app role may never read.
+            "[trail-out-of-reach-or-append-only] table control.operator_trail (found: the role may use the trail)",
         ],
         "REVOKE pg_read_all_data FROM {app}",
     )
@@ -847,7 +850,7 @@ async fn the_audit_command_reports_and_fails_on_a_broken_deployment() {
     assert!(ok, "{report}");
     assert!(
         report.contains("PASS  [role-no-bypassrls] role ")
-            && report.contains("49 checks, 0 failed"),
+            && report.contains("50 checks, 0 failed"),
         "{report}"
     );
 
@@ -861,7 +864,7 @@ async fn the_audit_command_reports_and_fails_on_a_broken_deployment() {
         )),
         "{report}"
     );
-    assert!(report.contains("49 checks, 1 failed"), "{report}");
+    assert!(report.contains("50 checks, 1 failed"), "{report}");
 }
 
 #[tokio::test]

@@ -149,18 +149,24 @@ async fn responses_use_documented_statuses() {
     }
 }
 
-/// The (method, path) pairs `template.yaml` routes to a function through
-/// API Gateway (`HttpApi` events, on any function).
+/// The (method, path) pairs `template.yaml` routes to the API function
+/// through API Gateway (its `HttpApi` events).
 fn template_routes() -> BTreeSet<(String, String)> {
+    function_routes("TenantUsersFunction")
+}
+
+/// The (method, path) pairs `template.yaml` routes to `function`.
+fn function_routes(function: &str) -> BTreeSet<(String, String)> {
     use serde_norway::Value as Yaml;
     let text =
         std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/template.yaml")).unwrap();
     let template: Yaml = serde_norway::from_str(&text).expect("template.yaml is YAML");
     let mut routes = BTreeSet::new();
-    let resources = template["Resources"].as_mapping().expect("Resources");
-    for (_, resource) in resources {
+    let resource = &template["Resources"][function];
+    assert!(resource.is_mapping(), "template.yaml has no {function}");
+    {
         let Some(events) = resource["Properties"]["Events"].as_mapping() else {
-            continue;
+            return routes;
         };
         for (_, event) in events {
             if event["Type"].as_str() != Some("HttpApi") {
@@ -219,5 +225,32 @@ fn a_route_the_template_lacks_is_named() {
         [
             "GET /projects is served by the router but API Gateway would answer 404: add an HttpApi event to template.yaml"
         ]
+    );
+}
+
+#[test]
+fn the_template_routes_exactly_the_control_planes_operations() {
+    let control: BTreeSet<(String, String)> = tenant_users_control::routes::ROUTES
+        .iter()
+        .map(|(m, p)| (m.to_string(), p.to_string()))
+        .collect();
+    assert_eq!(function_routes("ControlFunction"), control);
+    let spec: serde_norway::Value = serde_norway::from_str(
+        &std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/control-openapi.yaml"))
+            .unwrap(),
+    )
+    .unwrap();
+    let mut documented = BTreeSet::new();
+    for (path, item) in spec["paths"].as_mapping().expect("paths") {
+        for (method, _) in item.as_mapping().unwrap() {
+            let method = method.as_str().unwrap();
+            if ["get", "post", "patch", "put", "delete"].contains(&method) {
+                documented.insert((method.to_uppercase(), path.as_str().unwrap().to_owned()));
+            }
+        }
+    }
+    assert_eq!(
+        documented, control,
+        "control-openapi.yaml documents every route"
     );
 }
