@@ -13,3 +13,9 @@ INSERT INTO tenants (tenant_id, tier, status) VALUES
     ('globex',  'standard', 'active'),
     ('initech', 'standard', 'suspended')
 ON CONFLICT (tenant_id) DO UPDATE SET tier = EXCLUDED.tier, status = EXCLUDED.status;
+
+-- The control plane's fixtures (events/control/) re-tier vandelay, a tenant
+-- no API fixture uses.
+INSERT INTO tenants (tenant_id, name, tier, status) VALUES
+    ('vandelay', 'Vandelay Industries', 'standard', 'active')
+ON CONFLICT (tenant_id) DO NOTHING;

@@ -4,7 +4,8 @@
 # function (`api`) each of events/*.json, checking each status against
 # events/manifest.json; the schema function (`migrate`) each of
 # events/migrate/*.json, checking the error it answers against
-# events/migrate/manifest.json.
+# events/migrate/manifest.json; and the control plane (`control`) each of
+# events/control/*.json against events/control/manifest.json.
 #
 # Needs TEST_DATABASE_ADMIN_URL and ALLOW_TEST_FIXTURES=1 (make test provides
 # both) and cargo-lambda.
@@ -32,7 +33,8 @@ for k, v in json.load(open("events/env.json"))["TenantUsersFunction"].items():
     if k.startswith("JWT_"): print(f"{k}={v}")')
 env "${token_env[@]}" DATABASE_URL="$TESTDB_APP_URL" RUST_LOG=warn \
   cargo lambda watch --quiet --invoke-address 127.0.0.1 --invoke-port "$port" >"$log" 2>&1 &
-testdb_cleanups+=("kill $! 2>/dev/null; wait $! 2>/dev/null")
+watch_pid=$!
+testdb_cleanups+=("kill $watch_pid 2>/dev/null; wait $watch_pid 2>/dev/null")
 wait_for_port "$port"
 
 passed=0
@@ -78,6 +80,43 @@ for f, s in json.load(open("events/migrate/manifest.json")).items(): print(f + "
 if [ "$failed" -ne 0 ]; then
   echo "--- cargo lambda watch log ---" >&2
   cat "$log" >&2
+fi
+
+# The control plane (its own bootstrap, its own database role): every
+# fixture of events/control/, through a watch of its own (the function's
+# DATABASE_URL is the control role's), after the API's fixtures (one of
+# them re-tiers a tenant none of the API's use).
+kill "$watch_pid" 2>/dev/null; wait "$watch_pid" 2>/dev/null || true
+cport=$(free_port)
+clog=$(mktemp)
+testdb_cleanups+=("rm -f $clog")
+DATABASE_URL="$TESTDB_CONTROL_URL" RUST_LOG=warn \
+  cargo lambda watch --quiet --invoke-address 127.0.0.1 --invoke-port "$cport" >"$clog" 2>&1 &
+cwatch=$!
+testdb_cleanups+=("kill $cwatch 2>/dev/null; wait $cwatch 2>/dev/null")
+wait_for_port "$cport"
+cfailed=0
+limit=900
+while IFS=' ' read -r file expected; do
+  out=$(timeout "$limit" cargo lambda invoke control --invoke-address 127.0.0.1 --invoke-port "$cport" \
+    --data-file "events/control/$file" --output-format json 2>&1) || true
+  limit=60
+  got=$(printf '%s' "$out" | python3 -c 'import json,sys
+try: print(json.load(sys.stdin)["statusCode"])
+except Exception: print("no-response")')
+  if [ "$got" = "$expected" ]; then
+    passed=$((passed + 1))
+  else
+    failed=$((failed + 1))
+    cfailed=$((cfailed + 1))
+    echo "FAIL control/$file: expected $expected, got $got: $out" >&2
+    [ "$got" = no-response ] && break
+  fi
+done < <(python3 -c 'import json
+for f, s in json.load(open("events/control/manifest.json")).items(): print(f, s)')
+if [ "$cfailed" -ne 0 ]; then
+  echo "--- cargo lambda watch log (control) ---" >&2
+  cat "$clog" >&2
 fi
 echo "lambda fixtures: $passed passed, $failed failed"
 [ "$failed" -eq 0 ]

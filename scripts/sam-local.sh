@@ -3,7 +3,8 @@
 # bootstrap that `sam build` packages, in a Lambda-shaped arm64 container
 # (under qemu on an amd64 host) with SAM's runtime emulator, against a
 # throwaway PostgreSQL that the container reaches over the docker bridge.
-# Each status is checked against events/manifest.json, and the body where the
+# Each status is checked against events/manifest.json (the control plane's
+# against events/control/manifest.json), and the body where the
 # fixture's point is tenant isolation. Ends with one line
 # "sam local fixtures: N passed, M failed". Fixture file names as arguments
 # run only those (default: every fixture of events/manifest.json).
@@ -103,10 +104,11 @@ trap 'testdb_cleanup; cluster_stop' EXIT
 testdb_create
 psql "$TESTDB_ADMIN_URL" -Xq -f events/seed.sql >/dev/null
 container_db_url=${TESTDB_APP_URL/@127.0.0.1:/@host.docker.internal:}
+container_control_url=${TESTDB_CONTROL_URL/@127.0.0.1:/@host.docker.internal:}
 
 # events/env.json with the database the container reaches and the one switch
 # that admits the fixture secret; generated here, never committed.
-scripts/sam-env.sh "$container_db_url" >"$work/env.json"
+scripts/sam-env.sh "$container_db_url" "$container_control_url" >"$work/env.json"
 
 start=$SECONDS
 [ -n "${SAM_LOCAL_SKIP_BUILD:-}" ] || sam build --beta-features >"$work/build.log" 2>&1 \
@@ -200,6 +202,19 @@ if [ $# -eq 0 ]; then
     record "migrate/$file" "$why"
   done < <(python3 -c 'import json
 for f, s in json.load(open("events/migrate/manifest.json")).items(): print(f + "\t" + s)')
+
+  # The control plane (its own bootstrap, its own database role): each of
+  # events/control/ with the status its manifest names.
+  while IFS=' ' read -r file expected; do
+    invoke ControlFunction "events/control/$file" --env-vars "$work/env.json"
+    got=$(printf '%s' "$out" | python3 -c 'import json,sys
+try: print(json.loads(sys.stdin.read().strip().splitlines()[-1])["statusCode"])
+except Exception: print("no-response")')
+    why=""
+    [ "$got" = "$expected" ] || why="expected $expected, got $got"
+    record "control/$file ($got)" "$why"
+  done < <(python3 -c 'import json
+for f, s in json.load(open("events/control/manifest.json")).items(): print(f, s)')
 fi
 
 # After every other-tenant request, globex's row is as seeded.

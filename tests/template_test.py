@@ -1549,7 +1549,9 @@ class TemplateTest(unittest.TestCase):
 CONTROL_ROUTES = {("post", "/tenants"), ("get", "/tenants/{tenant_id}"), ("patch", "/tenants/{tenant_id}"),
                   ("post", "/tenants/{tenant_id}/export"), ("delete", "/tenants/{tenant_id}")}
 CONTROL_ENV = {"DB_SECRET_ARN", "DB_SECRET_ROLE_ARN", "DB_HOST", "DB_PORT", "DB_NAME", "DB_SSLMODE",
-               "USER_POOL_ID", "EXPORT_BUCKET", "EXPORT_KEY_ID", "RECEIPT_KEY_ID"}
+               "USER_POOL_ID", "EXPORT_BUCKET", "EXPORT_KEY_ID", "RECEIPT_KEY_ID",
+               # the fixtures' own (sam local invoke), empty when deployed
+               "DATABASE_URL", "RUST_LOG"}
 ROOT_PRINCIPAL = {"AWS": {"Fn::Sub": "arn:${AWS::Partition}:iam::${AWS::AccountId}:root"}}
 # Using a key: none of these may be delegated to the account's IAM policies
 # beyond what each key's policy says (operators decrypt exports, and get the
@@ -1676,6 +1678,7 @@ class ControlPlaneTest(unittest.TestCase):
                 self.assertEqual(env["EXPORT_BUCKET"], {"Ref": "ExportBucket"})
                 self.assertEqual(env["EXPORT_KEY_ID"], {"Fn::GetAtt": ["ExportKey", "Arn"]})
                 self.assertEqual(env["RECEIPT_KEY_ID"], {"Fn::GetAtt": ["ReceiptKey", "Arn"]})
+                self.assertEqual((env["DATABASE_URL"], env["RUST_LOG"]), ("", ""))
 
     def test_env_json_sets_exactly_each_functions_variables(self):
         """`sam local invoke --env-vars` hands a function only what the

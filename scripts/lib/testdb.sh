@@ -8,6 +8,7 @@ testdb_suffix="$$_$RANDOM"
 TESTDB_NAME="tu_script_$testdb_suffix"
 TESTDB_ROLE="tu_script_app_$testdb_suffix"
 TESTDB_PASSWORD="pw-$testdb_suffix"
+TESTDB_CONTROL_ROLE="tu_script_ctl_$testdb_suffix"
 testdb_cleanups=()
 
 free_port() {
@@ -34,16 +35,21 @@ testdb_cleanup() {
   for ((i = ${#testdb_cleanups[@]} - 1; i >= 0; i--)); do eval "${testdb_cleanups[$i]}" || true; done
   psql "$TEST_DATABASE_ADMIN_URL" -Xqc "DROP DATABASE IF EXISTS $TESTDB_NAME WITH (FORCE)" >/dev/null 2>&1 || true
   psql "$TEST_DATABASE_ADMIN_URL" -Xqc "DROP ROLE IF EXISTS $TESTDB_ROLE" >/dev/null 2>&1 || true
+  psql "$TEST_DATABASE_ADMIN_URL" -Xqc "DROP ROLE IF EXISTS $TESTDB_CONTROL_ROLE" >/dev/null 2>&1 || true
 }
 trap testdb_cleanup EXIT
 
-# Creates and migrates the database; sets TESTDB_ADMIN_URL and TESTDB_APP_URL.
+# Creates and migrates the database, with the application role and the
+# control plane's; sets TESTDB_ADMIN_URL, TESTDB_APP_URL and
+# TESTDB_CONTROL_URL.
 testdb_create() {
   TESTDB_ADMIN_URL=$(url_with "$TEST_DATABASE_ADMIN_URL" "$TESTDB_NAME")
   TESTDB_APP_URL=$(url_with "$TESTDB_ADMIN_URL" "" "$TESTDB_ROLE:$TESTDB_PASSWORD")
+  TESTDB_CONTROL_URL=$(url_with "$TESTDB_ADMIN_URL" "" "$TESTDB_CONTROL_ROLE:$TESTDB_PASSWORD")
   psql "$TEST_DATABASE_ADMIN_URL" -Xqc "CREATE DATABASE $TESTDB_NAME" >/dev/null
   cargo build --quiet --locked --bins
   DATABASE_ADMIN_URL="$TESTDB_ADMIN_URL" APP_DB_USER="$TESTDB_ROLE" APP_DB_PASSWORD="$TESTDB_PASSWORD" \
+    CONTROL_DB_USER="$TESTDB_CONTROL_ROLE" CONTROL_DB_PASSWORD="$TESTDB_PASSWORD" \
     DB_SSLMODE=disable target/debug/migrate migrate >/dev/null
 }
 

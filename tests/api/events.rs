@@ -69,6 +69,116 @@ async fn every_fixture_gives_its_status_through_the_lambda_adapter() {
     }
 }
 
+#[tokio::test]
+async fn every_control_fixture_gives_its_status_through_the_lambda_adapter() {
+    let dir = events_dir().join("control");
+    let db = TestDb::create().await;
+    db.admin().await.batch_execute(SEED).await.unwrap();
+    let control_role = format!("{}_control", db.app_user);
+    let role = |name: &str, password: &str| tenant_users_migrate::AppRole {
+        name: name.to_owned(),
+        password: Some(password.to_owned()),
+    };
+    tenant_users_migrate::ensure_control_role(
+        &db.admin_config(),
+        &tenant_users::db::config::TlsConfig::DISABLED,
+        &role(&control_role, "control-pw"),
+        &role(&db.app_user, &db.app_password),
+    )
+    .await
+    .unwrap();
+    let mut pg = db.admin_config();
+    pg.user(&control_role).password("control-pw");
+    let mut db_config = tenant_users::db::config::DbConfig::plain(pg);
+    db_config.audit_profile = tenant_users::audit::Profile::Control;
+    // As env.json leaves it: no pool, no bucket, no signing key.
+    let control = tenant_users_control::Control::build(tenant_users_control::Config {
+        db: db_config,
+        aws: Default::default(),
+        user_pool_id: None,
+        bucket: None,
+        receipt_key_id: None,
+    })
+    .await;
+    let router = tenant_users_control::routes::router(control);
+
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let cases = manifest.as_object().unwrap();
+    let on_disk = std::fs::read_dir(&dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".json") && n != "manifest.json")
+        .count();
+    assert_eq!(on_disk, cases.len(), "every fixture is in the manifest");
+    for (file, expected) in cases {
+        let raw = std::fs::read_to_string(dir.join(file)).unwrap();
+        let payload: LambdaRequest =
+            serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let mut adapter = lambda_http::Adapter::from(router.clone());
+        let response = adapter
+            .call(LambdaEvent::new(payload, Context::default()))
+            .await
+            .unwrap();
+        let response = serde_json::to_value(&response).unwrap();
+        assert_eq!(response["statusCode"], *expected, "{file}: {response}");
+        let content_type = response["headers"]["content-type"]
+            .as_str()
+            .unwrap_or_default();
+        if expected.as_u64().unwrap() >= 400 {
+            assert_eq!(content_type, "application/problem+json", "{file}");
+        } else {
+            assert_eq!(content_type, "application/json", "{file}");
+        }
+    }
+    // The fixtures' effects, as the owner sees them: hooli onboarded with
+    // its first admin, vandelay re-tiered and (no signing key) not
+    // offboarded, and the trail holds the two actions.
+    let admin = db.admin().await;
+    let tiers: Vec<(String, String, String)> = admin
+        .query(
+            "SELECT tenant_id, tier, status FROM tenants WHERE tenant_id IN ('hooli', 'vandelay') ORDER BY 1",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        tiers,
+        [
+            ("hooli".into(), "standard".into(), "active".into()),
+            ("vandelay".into(), "premium".into(), "active".into())
+        ]
+    );
+    let trail: Vec<(String, String, String)> = admin
+        .query(
+            "SELECT action, tenant, request_id FROM control.operator_trail ORDER BY at",
+            &[],
+        )
+        .await
+        .unwrap()
+        .iter()
+        .map(|r| (r.get(0), r.get(1), r.get(2)))
+        .collect();
+    assert_eq!(
+        trail,
+        [
+            (
+                "onboard".into(),
+                "hooli".into(),
+                "fixture-control-onboard".into()
+            ),
+            (
+                "update".into(),
+                "vandelay".into(),
+                "fixture-control-retier-tenant".into()
+            )
+        ]
+    );
+}
+
 fn read(path: &str) -> String {
     let full = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(path);
     std::fs::read_to_string(&full).unwrap_or_else(|e| panic!("{}: {e}", full.display()))

@@ -10,8 +10,11 @@ use tenant_users::{app::App, app::Config, http};
 
 mod dev;
 
-const USAGE: &str = "usage: tenant-users [serve | dev | token --tenant ID [--ttl SECONDS]]
+const USAGE: &str =
+    "usage: tenant-users [serve | serve-control | dev | token --tenant ID [--ttl SECONDS]]
   serve          serve the API on 127.0.0.1:$PORT (default 3000)
+  serve-control  serve the control plane on 127.0.0.1:$PORT (default 3001), every
+                 request acting as operator local:$USER (in AWS, IAM decides who)
   dev            migrate, seed demo tenants, print tokens, serve (see make dev)
   token          print an HS256 token for a tenant, signed with JWT_HS256_SECRET
   (migrate and audit are the `migrate` binary's: cargo run -p tenant-users-migrate -- migrate)";
@@ -21,6 +24,7 @@ fn main() -> ExitCode {
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     match args[..] {
         ["serve"] => entry::run(Threads::Many, serve),
+        ["serve-control"] => entry::run(Threads::Many, serve_control),
         ["dev"] => entry::run(Threads::Many, dev::run),
         ["token", ref rest @ ..] => entry::run(Threads::One, || async { token(rest) }),
         ["-h" | "--help" | "help"] => {
@@ -43,6 +47,55 @@ async fn serve() -> Result<(), BoxError> {
     };
     let app = App::build(Config::from_env()?).await;
     http::serve(app, SocketAddr::from(([127, 0, 0, 1], port))).await?;
+    Ok(())
+}
+
+/// The control plane's router on loopback. In AWS its API Gateway lets
+/// only IAM-signed requests through and names the principal; here, whoever
+/// can reach this machine's loopback is the operator, named
+/// `local:$USER` in the operator trail.
+async fn serve_control() -> Result<(), BoxError> {
+    use lambda_http::aws_lambda_events::apigw::{
+        ApiGatewayRequestAuthorizer, ApiGatewayRequestAuthorizerIamDescription,
+        ApiGatewayV2httpRequestContext,
+    };
+    let port: u16 = match std::env::var("PORT") {
+        Ok(p) => p
+            .parse()
+            .map_err(|_| format!("PORT must be a port number, got {p:?}"))?,
+        Err(_) => 3001,
+    };
+    let operator = format!(
+        "local:{}",
+        std::env::var("USER").unwrap_or_else(|_| "operator".into())
+    );
+    let control =
+        tenant_users_control::Control::build(tenant_users_control::Config::from_env()?).await;
+    let router = tenant_users_control::routes::router(control).layer(axum::middleware::from_fn(
+        move |mut request: axum::extract::Request, next: axum::middleware::Next| {
+            let mut iam = ApiGatewayRequestAuthorizerIamDescription::default();
+            iam.user_arn = Some(operator.clone());
+            let mut authorizer = ApiGatewayRequestAuthorizer::default();
+            authorizer.iam = Some(iam);
+            let mut context = ApiGatewayV2httpRequestContext::default();
+            context.authorizer = Some(authorizer);
+            context.request_id = Some(uuid::Uuid::new_v4().to_string());
+            request
+                .extensions_mut()
+                .insert(lambda_http::request::RequestContext::ApiGatewayV2(context));
+            next.run(request)
+        },
+    ));
+    let addr = SocketAddr::from(([127, 0, 0, 1], port));
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .map_err(|e| format!("cannot listen on {addr}: {e} (is the port taken? set PORT)"))?;
+    eprintln!("control plane on http://{addr} (operator local:$USER)");
+    axum::serve(listener, router)
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
     Ok(())
 }
 
