@@ -54,7 +54,7 @@ moto_port=$(free_port)
 moto_server -H 127.0.0.1 -p "$moto_port" >/dev/null 2>&1 &
 testdb_cleanups+=("kill $! 2>/dev/null; wait $! 2>/dev/null")
 wait_for_port "$moto_port"
-export AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" AWS_REGION=us-east-1 \
+export AWS_ENDPOINT_URL="http://127.0.0.1:$moto_port" AWS_REGION=us-east-1 AWS_DEFAULT_REGION=us-east-1 \
   AWS_ACCESS_KEY_ID=schemathesis AWS_SECRET_ACCESS_KEY=schemathesis
 aws_setup=$(python3 - <<'PY'
 import boto3
@@ -69,15 +69,21 @@ cport=$(free_port)
 clog=$(mktemp)
 testdb_cleanups+=("rm -f $clog")
 # shellcheck disable=SC2086 # the three assignments from aws_setup
-env $aws_setup DATABASE_URL="$TESTDB_CONTROL_URL" PORT="$cport" RUST_LOG=warn \
+operator_key="schemathesis-$(python3 -c 'import secrets; print(secrets.token_hex(16))')"
+env $aws_setup DATABASE_URL="$TESTDB_CONTROL_URL" PORT="$cport" RUST_LOG=warn CONTROL_OPERATOR_KEY="$operator_key" \
   target/debug/tenant-users serve-control >"$clog" 2>&1 &
 testdb_cleanups+=("kill $! 2>/dev/null; wait $! 2>/dev/null")
 wait_for_port "$cport"
 cstatus=0
 cout="$report/control.txt"
+# use_after_free is left out on purpose: an offboarded tenant's registry
+# row is its tombstone, which GET keeps showing (status offboarded); every
+# other use of it is 409 (the fixtures and tests/api/control.rs check both).
 schemathesis run control-openapi.yaml \
   --url "http://127.0.0.1:$cport" \
+  --header "Authorization: Operator $operator_key" \
   --checks all \
+  --exclude-checks use_after_free \
   --max-examples "${SCHEMATHESIS_MAX_EXAMPLES:-40}" \
   --seed "${SCHEMATHESIS_SEED:-20261126}" \
   --workers 1 \

@@ -29,6 +29,7 @@ const OPERATOR: &str = "arn:aws:sts::123456789012:assumed-role/operators/alice";
 
 /// The control plane on a test database, with its bucket and keys on moto.
 struct ControlPlane {
+    config: Config,
     app: TestApp,
     router: axum::Router,
     s3: aws_sdk_s3::Client,
@@ -127,15 +128,16 @@ impl ControlPlane {
         pg.user(&control_role).password("control-pw");
         let mut db = DbConfig::plain(pg);
         db.audit_profile = tenant_users::audit::Profile::Control;
-        let control = Control::build(Config {
+        let config = Config {
             db,
             aws,
             user_pool_id: None,
             bucket: Some((bucket.clone(), export_key.clone())),
             receipt_key_id: Some(receipt_key.clone()),
-        })
-        .await;
+        };
+        let control = Control::build(config.clone()).await;
         ControlPlane {
+            config,
             router: routes::router(control),
             app,
             s3,
@@ -654,4 +656,28 @@ async fn the_trail_is_out_of_the_app_roles_reach_and_append_only_for_the_control
             "{profile:?}: {findings:?}"
         );
     }
+}
+
+#[tokio::test]
+async fn an_offboarding_whose_receipt_cannot_be_signed_deletes_nothing_and_is_recorded() {
+    let mut cp = ControlPlane::start().await;
+    let mut config = cp.config.clone();
+    // A key that does not exist: KMS refuses to sign.
+    config.receipt_key_id =
+        Some("arn:aws:kms:us-east-1:123456789012:key/00000000-0000-0000-0000-000000000000".into());
+    cp.router = routes::router(Control::build(config).await);
+    cp.app.create_user("acme", "kept@acme.test", "Kept").await;
+    let before = cp.rows_of("acme").await;
+    let r = cp.operator(Method::DELETE, "/tenants/acme", None).await;
+    let detail = r.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(detail.contains("nothing was deleted"), "{detail}");
+    assert_eq!(cp.rows_of("acme").await, before);
+    let token = cp.app.token("acme");
+    assert_eq!(cp.app.get("/users", &token).await.status, StatusCode::OK);
+    let trail = cp.trail("acme").await;
+    assert_eq!(trail.len(), 1, "{trail:?}");
+    assert_eq!(
+        (trail[0].1.as_str(), trail[0].2.as_str()),
+        ("offboard", "failed")
+    );
 }

@@ -160,9 +160,60 @@ async fn record(
         .map_err(DbError::classify)
 }
 
+/// A trail row in a transaction of its own: an action that failed (and
+/// changed nothing) or was compensated. Best effort: a trail that cannot be
+/// written is logged, and the answer is the failure's.
+async fn record_alone(
+    control: &Control,
+    operator: &Operator,
+    action: &str,
+    tenant: &TenantId,
+    outcome: &str,
+    detail: Value,
+) {
+    let result = async {
+        let client = &*control.db.connection().await?;
+        in_tenant(client, tenant, READ_WRITE, async {
+            record(client, operator, action, tenant, outcome, detail).await
+        })
+        .await
+    }
+    .await;
+    if let Err(error) = result {
+        tracing::error!(
+            error = %error_chain(&error),
+            action,
+            %tenant,
+            outcome,
+            "the operator trail could not record an action"
+        );
+    }
+}
+
+/// The tenant a path names; one that is not even a valid id names no
+/// tenant (404, as an unknown one).
 fn tenant_path(path: Result<Path<String>, PathRejection>) -> Result<TenantId, ApiError> {
-    let Path(raw) = path.map_err(|_| ApiError::not_found("no such tenant"))?;
-    TenantId::parse(&raw).map_err(|e| ApiError::invalid(invalid(format!("tenant_id: {e}"))))
+    let Path(raw) = path.map_err(|_| no_such_tenant())?;
+    TenantId::parse(&raw).map_err(|_| no_such_tenant())
+}
+
+/// 422 unless `tier` is one of the registry's tiers (the foreign key would
+/// refuse it too, with a problem meant for tenant users).
+async fn known_tier(client: &Client, tier: &str) -> Result<Result<(), InvalidInput>, DbError> {
+    let known: Vec<String> = client
+        .query("SELECT tier FROM public.tenant_tiers ORDER BY tier", &[])
+        .await?
+        .iter()
+        .map(|r| r.get(0))
+        .collect();
+    Ok(if known.iter().any(|t| t == tier) {
+        Ok(())
+    } else {
+        Err(invalid(format!(
+            "unknown tier {tier}; the registry's tiers: {}",
+            known.join(", ")
+        )))
+    })
 }
 
 fn no_such_tenant() -> ApiError {
@@ -179,7 +230,7 @@ fn offboarded() -> ApiError {
 
 fn field<'a>(body: &'a Map<String, Value>, name: &str) -> Result<Option<&'a str>, InvalidInput> {
     match body.get(name) {
-        None | Some(Value::Null) => Ok(None),
+        None => Ok(None),
         Some(Value::String(s)) => Ok(Some(s)),
         Some(_) => Err(invalid(format!("{name} must be a string"))),
     }
@@ -232,6 +283,9 @@ async fn onboard(
     let client = &*control.db.connection().await.map_err(db_problem)?;
     let (tenant, operator) = (&tenant, &operator);
     let (name, tier, admin_email) = (&name, &tier, &admin_email);
+    in_tenant(client, tenant, SNAPSHOT, known_tier(client, tier))
+        .await
+        .map_err(db_problem)??;
     let (created, tenant_row) = in_tenant(client, tenant, READ_WRITE, async move {
         if let Some(existing) = load(client, tenant).await? {
             let has_admin = client
@@ -336,6 +390,11 @@ async fn update(
     let client = &*control.db.connection().await.map_err(db_problem)?;
     let (tenant, operator) = (&tenant, &operator);
     let (status, tier, name) = (&status, &tier, &name);
+    if let Some(tier) = tier {
+        in_tenant(client, tenant, SNAPSHOT, known_tier(client, tier))
+            .await
+            .map_err(db_problem)??;
+    }
     let row = in_tenant(client, tenant, READ_WRITE, async move {
         let Some(before) = load(client, tenant).await? else {
             return Ok(None);
@@ -395,6 +454,7 @@ pub struct Manifest {
 
 #[derive(Debug, Serialize, Deserialize)]
 pub struct Exported {
+    pub export_id: String,
     pub bucket: String,
     pub manifest_key: String,
     pub manifest: Manifest,
@@ -494,6 +554,7 @@ async fn export_tenant(
     .await
     .map_err(db_problem)?;
     Ok(Exported {
+        export_id: manifest.export_id.clone(),
         bucket: bucket.name.clone(),
         manifest_key,
         manifest,
@@ -623,6 +684,19 @@ async fn offboard(
     })
     .await;
     drop(connection);
+    if let Err(error) = &signed {
+        // Nothing was deleted (the transaction rolled back); the attempt
+        // is recorded on its own.
+        record_alone(
+            &control,
+            &operator,
+            "offboard",
+            &tenant,
+            "failed",
+            json!({"reason": error.to_string()}),
+        )
+        .await;
+    }
     let (bytes, signature) = match signed {
         Ok(signed) => signed,
         Err(Offboard::Db(e)) => return Err(db_problem(e)),

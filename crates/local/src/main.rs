@@ -13,8 +13,10 @@ mod dev;
 const USAGE: &str =
     "usage: tenant-users [serve | serve-control | dev | token --tenant ID [--ttl SECONDS]]
   serve          serve the API on 127.0.0.1:$PORT (default 3000)
-  serve-control  serve the control plane on 127.0.0.1:$PORT (default 3001), every
-                 request acting as operator local:$USER (in AWS, IAM decides who)
+  serve-control  serve the control plane on 127.0.0.1:$PORT (default 3001): a request
+                 with `Authorization: Operator $CONTROL_OPERATOR_KEY` acts as
+                 operator local:$USER (in AWS, API Gateway's IAM authorization
+                 decides who)
   dev            migrate, seed demo tenants, print tokens, serve (see make dev)
   token          print an HS256 token for a tenant, signed with JWT_HS256_SECRET
   (migrate and audit are the `migrate` binary's: cargo run -p tenant-users-migrate -- migrate)";
@@ -69,10 +71,27 @@ async fn serve_control() -> Result<(), BoxError> {
         "local:{}",
         std::env::var("USER").unwrap_or_else(|_| "operator".into())
     );
+    // The stand-in for a SigV4 signature: `Authorization: Operator <key>`.
+    let key = std::env::var("CONTROL_OPERATOR_KEY")
+        .ok()
+        .filter(|k| k.len() >= 16)
+        .ok_or("CONTROL_OPERATOR_KEY is required (16 characters or more): requests act as the operator only with `Authorization: Operator <key>`")?;
+    let expected = format!("Operator {key}");
     let control =
         tenant_users_control::Control::build(tenant_users_control::Config::from_env()?).await;
     let router = tenant_users_control::routes::router(control).layer(axum::middleware::from_fn(
         move |mut request: axum::extract::Request, next: axum::middleware::Next| {
+            // As API Gateway with IAM authorization lets through only a
+            // validly signed request: without the key the request reaches
+            // the control plane with no principal (401 without credentials,
+            // 403 with any others).
+            let signed = request
+                .headers()
+                .get(axum::http::header::AUTHORIZATION)
+                .is_some_and(|v| v.as_bytes() == expected.as_bytes());
+            if !signed {
+                return next.run(request);
+            }
             let mut iam = ApiGatewayRequestAuthorizerIamDescription::default();
             iam.user_arn = Some(operator.clone());
             let mut authorizer = ApiGatewayRequestAuthorizer::default();
