@@ -29,7 +29,7 @@ use aws_types::region::Region;
 use aws_types::request_id::RequestId;
 use serde_json::Value;
 
-use self::config::SecretConfig;
+use self::config::{AwsConfig, SecretConfig};
 
 #[derive(Debug, thiserror::Error)]
 pub enum SecretError {
@@ -77,32 +77,7 @@ pub struct SecretSource {
 impl SecretSource {
     /// Builds the clients; makes no call yet.
     pub async fn new(config: SecretConfig) -> Self {
-        let http = http_client();
-        let timeouts = TimeoutConfig::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .operation_attempt_timeout(Duration::from_secs(3))
-            .operation_timeout(Duration::from_secs(8))
-            .build();
-        let aws = &config.aws;
-        let mut loader = aws_config::defaults(BehaviorVersion::latest())
-            .http_client(http)
-            .timeout_config(timeouts);
-        if let Some(region) = &aws.region {
-            loader = loader.region(Region::new(region.clone()));
-        }
-        if let Some(url) = &aws.endpoint_url {
-            loader = loader.endpoint_url(url.clone());
-        }
-        if let (Some(id), Some(secret)) = (&aws.access_key_id, &aws.secret_access_key) {
-            loader = loader.credentials_provider(Credentials::new(
-                id.clone(),
-                secret.clone(),
-                aws.session_token.clone(),
-                None,
-                "environment",
-            ));
-        }
-        let base = loader.load().await;
+        let base = sdk_config(&config.aws).await;
         let mut sm = aws_sdk_secretsmanager::config::Builder::from(&base);
         if let Some(role) = &config.role_arn {
             let provider = AssumeRoleProvider::builder(role.clone())
@@ -151,6 +126,37 @@ impl SecretSource {
     pub fn refresh_interval(&self) -> Duration {
         self.config.refresh_interval
     }
+}
+
+/// The AWS SDK's configuration for `aws` (region, endpoint, keys), on our
+/// HTTP client and with timeouts fit for a request path: the one every AWS
+/// client of the function starts from (Secrets Manager here, the user pool
+/// in [`crate::identity`]). Loading it makes no network call.
+pub async fn sdk_config(aws: &AwsConfig) -> aws_types::SdkConfig {
+    let timeouts = TimeoutConfig::builder()
+        .connect_timeout(Duration::from_secs(2))
+        .operation_attempt_timeout(Duration::from_secs(3))
+        .operation_timeout(Duration::from_secs(8))
+        .build();
+    let mut loader = aws_config::defaults(BehaviorVersion::latest())
+        .http_client(http_client())
+        .timeout_config(timeouts);
+    if let Some(region) = &aws.region {
+        loader = loader.region(Region::new(region.clone()));
+    }
+    if let Some(url) = &aws.endpoint_url {
+        loader = loader.endpoint_url(url.clone());
+    }
+    if let (Some(id), Some(secret)) = (&aws.access_key_id, &aws.secret_access_key) {
+        loader = loader.credentials_provider(Credentials::new(
+            id.clone(),
+            secret.clone(),
+            aws.session_token.clone(),
+            None,
+            "environment",
+        ));
+    }
+    loader.load().await
 }
 
 /// The HTTP client for AWS calls: rustls with ring, which cross-compiles
