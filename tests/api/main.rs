@@ -19,6 +19,7 @@ mod openapi;
 mod proxy;
 mod registry;
 mod resource_kit;
+mod roles;
 mod rotation;
 mod round_trips;
 mod routes;

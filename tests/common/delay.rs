@@ -23,6 +23,50 @@ pub async fn counting_relay(target: u16) -> (u16, Arc<AtomicUsize>) {
     (relay(target, Duration::ZERO, count.clone()).await, count)
 }
 
+/// A relay to `target` that can be cut: while cut, every connection
+/// through it is closed, new ones as soon as they are accepted (a network
+/// path to a dependency that fails, and heals when restored).
+pub async fn switchable_relay(target: u16) -> (u16, Switch) {
+    let (up, watch) = tokio::sync::watch::channel(true);
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            if !*watch.borrow() {
+                drop(inbound);
+                continue;
+            }
+            let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                continue;
+            };
+            let mut watch = watch.clone();
+            tokio::spawn(async move {
+                let (mut ri, mut wi) = inbound.into_split();
+                let (mut ro, mut wo) = outbound.into_split();
+                tokio::select! {
+                    _ = tokio::io::copy(&mut ri, &mut wo) => {}
+                    _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                    _ = watch.wait_for(|up| !*up) => {}
+                }
+            });
+        }
+    });
+    (port, Switch(up))
+}
+
+/// Cuts and restores a [`switchable_relay`].
+pub struct Switch(tokio::sync::watch::Sender<bool>);
+
+impl Switch {
+    pub fn cut(&self) {
+        self.0.send_replace(false);
+    }
+
+    pub fn restore(&self) {
+        self.0.send_replace(true);
+    }
+}
+
 async fn relay(target: u16, delay: Duration, accepted: Arc<AtomicUsize>) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
