@@ -51,7 +51,9 @@ impl IdentityConfig {
             && pool_id.split_once('_').is_some_and(|(region, id)| {
                 !region.is_empty()
                     && !id.is_empty()
-                    && region.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                    && region
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-')
                     && id.bytes().all(|b| b.is_ascii_alphanumeric())
             });
         if !valid {

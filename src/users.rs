@@ -232,9 +232,8 @@ pub const RESTORE: &str = "INSERT INTO users (tenant_id, user_id, email, name, c
      VALUES ($1, $2, $3, $4, $5, $6)";
 
 /// Every statement this module runs, for tests that check their shape.
-pub const ALL_STATEMENTS: [&str; 7] = [
-    LIST_FIRST, LIST_AFTER, GET, INSERT, UPDATE, DELETE, RESTORE,
-];
+pub const ALL_STATEMENTS: [&str; 7] =
+    [LIST_FIRST, LIST_AFTER, GET, INSERT, UPDATE, DELETE, RESTORE];
 
 fn user(row: &Row) -> User {
     User {

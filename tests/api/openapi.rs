@@ -102,7 +102,9 @@ async fn every_write_documents_and_answers_the_admin_role() {
         let path = template.replace("{user_id}", &id);
         let body = (method != Method::DELETE && method != Method::GET)
             .then(|| json!({"email": "b@acme.test", "name": "B"}));
-        let r = app.request(method.clone(), &path, Some(&member), body).await;
+        let r = app
+            .request(method.clone(), &path, Some(&member), body)
+            .await;
         if method == Method::GET {
             assert!(!described.contains("admin-required"), "{method} {template}");
             assert_eq!(r.status, StatusCode::OK, "{method} {path}");
@@ -112,7 +114,11 @@ async fn every_write_documents_and_answers_the_admin_role() {
                 "{method} {template} documents the admin role in its 403"
             );
             r.assert_problem(StatusCode::FORBIDDEN);
-            assert_eq!(r.json()["type"], "/problems/admin-required", "{method} {path}");
+            assert_eq!(
+                r.json()["type"],
+                "/problems/admin-required",
+                "{method} {path}"
+            );
         }
     }
 }

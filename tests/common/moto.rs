@@ -367,7 +367,8 @@ impl UserPool {
     /// one, with a permanent password.
     pub async fn add(&self, username: &str, tenant: &str, admin: bool) {
         use aws_sdk_cognitoidentityprovider::types::{AttributeType, MessageActionType};
-        let attribute = |n: &str, v: &str| AttributeType::builder().name(n).value(v).build().unwrap();
+        let attribute =
+            |n: &str, v: &str| AttributeType::builder().name(n).value(v).build().unwrap();
         self.cognito
             .admin_create_user()
             .user_pool_id(&self.id)
@@ -456,13 +457,21 @@ impl UserPool {
                     attributes: user
                         .user_attributes()
                         .iter()
-                        .map(|a| (a.name().to_owned(), a.value().unwrap_or_default().to_owned()))
+                        .map(|a| {
+                            (
+                                a.name().to_owned(),
+                                a.value().unwrap_or_default().to_owned(),
+                            )
+                        })
                         .collect(),
                     enabled: user.enabled(),
                     groups,
                 })
             }
-            Err(e) if e.as_service_error().is_some_and(|e| e.is_user_not_found_exception()) => {
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_user_not_found_exception()) =>
+            {
                 None
             }
             Err(e) => panic!("admin get user: {e:?}"),

@@ -10,7 +10,8 @@ use tenant_users::{app::App, app::Config, http};
 
 mod dev;
 
-const USAGE: &str = "usage: tenant-users [serve | dev | token --tenant ID [--group NAME]... [--ttl SECONDS]]
+const USAGE: &str =
+    "usage: tenant-users [serve | dev | token --tenant ID [--group NAME]... [--ttl SECONDS]]
   serve          serve the API on 127.0.0.1:$PORT (default 3000)
   dev            migrate, seed demo tenants, print tokens (tenant admins), serve (see make dev)
   token          print an HS256 token for a tenant, signed with JWT_HS256_SECRET;
