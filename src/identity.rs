@@ -225,6 +225,8 @@ impl Identities {
                 .client
                 .list_users()
                 .user_pool_id(&self.pool_id)
+                // Cognito's largest page.
+                .limit(60)
                 .set_pagination_token(page.take())
                 .send()
                 .await

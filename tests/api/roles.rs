@@ -442,3 +442,69 @@ async fn a_groups_claim_that_is_not_an_array_of_strings_is_401() {
         assert_problem_type(&r, StatusCode::FORBIDDEN, "admin-required");
     }
 }
+
+/// The library the control plane uses: onboarding's admin joins the group,
+/// and offboarding removes every identity of one tenant (past ListUsers'
+/// page of 60) and no other.
+#[tokio::test]
+async fn the_control_plane_creates_admins_and_removes_exactly_one_tenants_identities() {
+    use tenant_users::identity::{Identities, IdentityError, Removal};
+    use tenant_users::secret::config::AwsConfig;
+    use tenant_users::tenant::TenantId;
+
+    let moto = Moto::start().await;
+    let pool = moto.user_pool().await;
+    let sdk = tenant_users::secret::sdk_config(&AwsConfig {
+        region: Some("us-east-1".into()),
+        endpoint_url: Some(moto.endpoint.clone()),
+        access_key_id: Some(moto.function_key.0.clone()),
+        secret_access_key: Some(moto.function_key.1.clone()),
+        session_token: None,
+    })
+    .await;
+    let identities = Identities::new(&sdk, pool.id.clone());
+    let (acme, globex) = (
+        TenantId::parse("acme").unwrap(),
+        TenantId::parse("globex").unwrap(),
+    );
+
+    identities
+        .create(&acme, "Boss@Acme.test", true)
+        .await
+        .unwrap();
+    let boss = pool.identity("boss@acme.test").await.expect("created");
+    assert_eq!(boss.groups, vec![tenant_users::tenant::ADMIN_GROUP]);
+    assert_eq!(boss.tenant(), Some("acme"));
+    assert!(matches!(
+        identities.create(&globex, "boss@acme.TEST", false).await,
+        Err(IdentityError::Exists)
+    ));
+    // Removing is for the identity's own tenant only, and idempotent.
+    assert_eq!(
+        identities.remove(&globex, "boss@acme.test").await.unwrap(),
+        Removal::Absent
+    );
+    assert!(pool.identity("boss@acme.test").await.is_some());
+
+    for i in 0..64 {
+        identities
+            .create(&acme, &format!("u{i}@acme.test"), false)
+            .await
+            .unwrap();
+    }
+    identities
+        .create(&globex, "g@globex.test", false)
+        .await
+        .unwrap();
+    assert_eq!(identities.remove_tenant(&acme).await.unwrap(), 65);
+    assert_eq!(pool.usernames().await, vec!["g@globex.test"]);
+    assert_eq!(identities.remove_tenant(&acme).await.unwrap(), 0);
+    assert_eq!(
+        identities.remove(&globex, "g@globex.test").await.unwrap(),
+        Removal::Removed
+    );
+    assert_eq!(
+        identities.remove(&globex, "g@globex.test").await.unwrap(),
+        Removal::Absent
+    );
+}
