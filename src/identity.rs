@@ -14,6 +14,12 @@
 //! no call, so a cold start pays nothing for it. Without `USER_POOL_ID` the
 //! API keeps no identities (local development).
 //!
+//! A failed call (the pool unreachable or refusing, after the SDK's own
+//! retries) closes a back-off gate ([`crate::gate`], as for the database
+//! credentials: 1 s doubling up to [`MAX_BACKOFF`], jittered): until it
+//! reopens every call fails at once, without a request to the pool, so an
+//! outage costs the pool a handful of calls, not one per write.
+//!
 //! Nothing here ever touches another tenant's identity: [`Identities::remove`]
 //! reads the identity's tenant first and leaves one of another tenant
 //! alone, and a taken username is reported as [`IdentityError::Exists`]
@@ -24,10 +30,15 @@ use aws_sdk_cognitoidentityprovider::error::SdkError;
 use aws_sdk_cognitoidentityprovider::types::{AttributeType, DeliveryMediumType};
 use aws_smithy_runtime_api::client::orchestrator::HttpResponse;
 
+use crate::clock::Clock;
 use crate::config::ConfigError;
+use crate::gate::CredentialGate;
 use crate::secret::config::AwsConfig;
 use crate::secret::describe_sdk_error;
 use crate::tenant::{ADMIN_GROUP, TenantId};
+
+/// Longest back-off after failed calls to the pool.
+pub const MAX_BACKOFF: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// The user attribute that holds an identity's tenant (the token's tenant
 /// claim, `TENANT_CLAIM`, by default).
@@ -93,6 +104,7 @@ pub enum Removal {
 pub struct Identities {
     client: Client,
     pool_id: String,
+    gate: CredentialGate,
 }
 
 impl Identities {
@@ -102,6 +114,7 @@ impl Identities {
         Self {
             client: Client::new(sdk),
             pool_id: pool_id.into(),
+            gate: CredentialGate::new(MAX_BACKOFF, Clock::system()),
         }
     }
 
@@ -116,6 +129,36 @@ impl Identities {
         &self.pool_id
     }
 
+    /// Whether the pool may be called now: an error while the back-off
+    /// after a failure lasts. A caller about to change something that a
+    /// pool call must then follow asks first, so that it changes nothing.
+    pub fn ready(&self) -> Result<(), IdentityError> {
+        self.gate.admit().map_err(|wait| {
+            IdentityError::Unavailable(format!(
+                "backing off after failed calls; next attempt in {} ms",
+                wait.as_millis()
+            ))
+        })
+    }
+
+    /// Runs `call` through the gate: refused at once while it is closed,
+    /// closing it on a failure to reach the pool (a taken username is an
+    /// answer, not a failure).
+    async fn gated<T>(
+        &self,
+        call: impl Future<Output = Result<T, IdentityError>>,
+    ) -> Result<T, IdentityError> {
+        self.ready()?;
+        let result = call.await;
+        match &result {
+            Err(IdentityError::Unavailable(_)) => {
+                self.gate.failed();
+            }
+            _ => self.gate.succeeded(),
+        }
+        result
+    }
+
     /// The username of the identity of `email`.
     pub fn username(email: &str) -> String {
         email.to_lowercase()
@@ -126,6 +169,15 @@ impl Identities {
     /// `admin`. All or nothing: when the group cannot be joined, the new
     /// identity is removed again.
     pub async fn create(
+        &self,
+        tenant: &TenantId,
+        email: &str,
+        admin: bool,
+    ) -> Result<(), IdentityError> {
+        self.gated(self.create_ungated(tenant, email, admin)).await
+    }
+
+    async fn create_ungated(
         &self,
         tenant: &TenantId,
         email: &str,
@@ -189,6 +241,14 @@ impl Identities {
     /// an identity already gone is [`Removal::Absent`]; so is one of
     /// another tenant, which is not touched.
     pub async fn remove(&self, tenant: &TenantId, email: &str) -> Result<Removal, IdentityError> {
+        self.gated(self.remove_ungated(tenant, email)).await
+    }
+
+    async fn remove_ungated(
+        &self,
+        tenant: &TenantId,
+        email: &str,
+    ) -> Result<Removal, IdentityError> {
         let username = Self::username(email);
         let found = self
             .client
@@ -218,6 +278,10 @@ impl Identities {
     /// were removed. ListUsers cannot filter on a custom attribute, so the
     /// whole pool is read page by page and filtered here.
     pub async fn remove_tenant(&self, tenant: &TenantId) -> Result<usize, IdentityError> {
+        self.gated(self.remove_tenant_ungated(tenant)).await
+    }
+
+    async fn remove_tenant_ungated(&self, tenant: &TenantId) -> Result<usize, IdentityError> {
         let mut usernames = Vec::new();
         let mut page = None::<String>;
         loop {

@@ -407,6 +407,9 @@ pub async fn delete_with_identity(
     admin: &TenantAdmin,
     id: Uuid,
 ) -> Result<bool, ApiError> {
+    // While the pool is backing off, change nothing: the identity could
+    // not be removed anyway.
+    identities.ready().map_err(identity_error)?;
     let Some(deleted) = delete(db, admin, id).await? else {
         return Ok(false);
     };

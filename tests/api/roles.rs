@@ -58,6 +58,25 @@ impl Stack {
         env
     }
 
+    /// Sends the request again while it is 503 `identity-unavailable` (the
+    /// pool's back-off after a failure), for up to 70 s (the back-off's
+    /// longest is 30 s); returns the first other answer.
+    async fn retry_while_backing_off<F>(&self, send: impl Fn() -> F) -> crate::common::TestResponse
+    where
+        F: std::future::Future<Output = crate::common::TestResponse>,
+    {
+        let deadline = std::time::Instant::now() + std::time::Duration::from_secs(70);
+        loop {
+            let r = send().await;
+            let backing_off = r.status == StatusCode::SERVICE_UNAVAILABLE
+                && r.json()["type"] == "/problems/identity-unavailable";
+            if !backing_off || std::time::Instant::now() > deadline {
+                return r;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        }
+    }
+
     async fn sign_in(&self, username: &str) -> String {
         self.pool
             .sign_in(username)
@@ -306,8 +325,13 @@ async fn a_user_whose_identity_cannot_be_removed_is_kept_whole_and_a_retry_conve
     );
     s.sign_in(MEMBER).await;
 
-    // Once the pool answers again, the same DELETE completes both.
-    let r = s.app.delete(&format!("/users/{id}"), &admin).await;
+    let path = format!("/users/{id}");
+    // Once the pool answers again (and the back-off after the failure
+    // has passed), the same DELETE completes both; until then it is 503
+    // and changes nothing.
+    let r = s
+        .retry_while_backing_off(|| s.app.delete(&path, &admin))
+        .await;
     assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.text());
     assert!(s.pool.identity(MEMBER).await.is_none());
     assert!(s.app.all_rows().await.is_empty());
@@ -329,9 +353,52 @@ async fn an_identity_the_pool_cannot_create_leaves_no_row() {
         "no row without its identity"
     );
     assert!(s.pool.identity(MEMBER).await.is_none());
-    // And it heals: the same request now succeeds.
-    s.invite(&admin, MEMBER).await;
+    // And it heals: the same request succeeds once the back-off passes.
+    let r = s
+        .retry_while_backing_off(|| {
+            s.app
+                .post("/users", &admin, json!({"email": MEMBER, "name": "M"}))
+        })
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
     assert!(s.pool.identity(MEMBER).await.is_some());
+}
+
+#[tokio::test]
+async fn a_pool_outage_costs_the_pool_a_few_calls_not_one_per_write() {
+    let s = Stack::start().await;
+    let admin = s.sign_in(ADMIN).await;
+    let id = s.invite(&admin, MEMBER).await;
+    s.pool_path.cut();
+    let before = s.pool_path.connections();
+    let started = std::time::Instant::now();
+    for i in 0..20 {
+        let r = if i % 2 == 0 {
+            s.app
+                .post(
+                    "/users",
+                    &admin,
+                    json!({"email": format!("n{i}@acme.test"), "name": "N"}),
+                )
+                .await
+        } else {
+            s.app.delete(&format!("/users/{id}"), &admin).await
+        };
+        assert_problem_type(&r, StatusCode::SERVICE_UNAVAILABLE, "identity-unavailable");
+        assert!(r.header("retry-after").is_some());
+    }
+    let attempts = s.pool_path.connections() - before;
+    // The first write tries (the SDK's 3 attempts); the gate then answers
+    // the rest at once, while it is closed.
+    assert!(
+        (1..=6).contains(&attempts),
+        "{attempts} connections to the pool for 20 writes in {:?}",
+        started.elapsed()
+    );
+    s.pool_path.restore();
+    let rows = s.app.all_rows().await;
+    assert_eq!(rows.len(), 1, "nothing written, nothing lost: {rows:?}");
+    assert_eq!(s.pool.usernames().await, vec![ADMIN, MEMBER]);
 }
 
 #[tokio::test]

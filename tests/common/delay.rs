@@ -28,10 +28,13 @@ pub async fn counting_relay(target: u16) -> (u16, Arc<AtomicUsize>) {
 /// path to a dependency that fails, and heals when restored).
 pub async fn switchable_relay(target: u16) -> (u16, Switch) {
     let (up, watch) = tokio::sync::watch::channel(true);
+    let accepted = Arc::new(AtomicUsize::new(0));
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();
+    let count = accepted.clone();
     tokio::spawn(async move {
         while let Ok((inbound, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
             if !*watch.borrow() {
                 drop(inbound);
                 continue;
@@ -51,19 +54,27 @@ pub async fn switchable_relay(target: u16) -> (u16, Switch) {
             });
         }
     });
-    (port, Switch(up))
+    (port, Switch { up, accepted })
 }
 
-/// Cuts and restores a [`switchable_relay`].
-pub struct Switch(tokio::sync::watch::Sender<bool>);
+/// Cuts and restores a [`switchable_relay`], and counts the connections
+/// it accepted (cut or not: each is an attempt to reach the target).
+pub struct Switch {
+    up: tokio::sync::watch::Sender<bool>,
+    accepted: Arc<AtomicUsize>,
+}
 
 impl Switch {
     pub fn cut(&self) {
-        self.0.send_replace(false);
+        self.up.send_replace(false);
     }
 
     pub fn restore(&self) {
-        self.0.send_replace(true);
+        self.up.send_replace(true);
+    }
+
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
     }
 }
 
