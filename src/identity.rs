@@ -88,6 +88,9 @@ pub enum IdentityError {
     /// The pool could not be reached or refused the call.
     #[error("user pool: {0}")]
     Unavailable(String),
+    /// Not called: the back-off after failed calls lasts this much longer.
+    #[error("user pool: backing off after failed calls for {0:?}")]
+    BackingOff(std::time::Duration),
 }
 
 /// What [`Identities::remove`] found.
@@ -133,12 +136,7 @@ impl Identities {
     /// after a failure lasts. A caller about to change something that a
     /// pool call must then follow asks first, so that it changes nothing.
     pub fn ready(&self) -> Result<(), IdentityError> {
-        self.gate.admit().map_err(|wait| {
-            IdentityError::Unavailable(format!(
-                "backing off after failed calls; next attempt in {} ms",
-                wait.as_millis()
-            ))
-        })
+        self.gate.admit().map_err(IdentityError::BackingOff)
     }
 
     /// Runs `call` through the gate: refused at once while it is closed,

@@ -125,10 +125,16 @@ impl ApiError {
     /// The user pool could not be reached or refused the call; nothing of
     /// the request is left behind (the caller may retry).
     pub fn identity_unavailable() -> Self {
+        Self::identity_unavailable_for(std::time::Duration::from_secs(1))
+    }
+
+    /// As [`ApiError::identity_unavailable`], with `Retry-After` the time
+    /// until the pool is called again.
+    pub fn identity_unavailable_for(wait: std::time::Duration) -> Self {
         Self::unavailable(
             "identity-unavailable",
             "the user directory is unavailable; nothing was changed, retry shortly",
-            1,
+            retry_after_seconds(wait),
         )
     }
 

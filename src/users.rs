@@ -442,6 +442,10 @@ fn identity_error(error: IdentityError) -> ApiError {
             tracing::error!(error = %cause, "user pool unavailable");
             ApiError::identity_unavailable()
         }
+        IdentityError::BackingOff(wait) => {
+            tracing::warn!(?wait, "user pool not called: backing off after failures");
+            ApiError::identity_unavailable_for(wait)
+        }
     }
 }
 
