@@ -131,6 +131,7 @@ fn verify(c: &mut Criterion) {
             token: token_config(&|k| (k == "JWT_HS256_SECRET").then(|| common::SECRET.to_owned()))
                 .unwrap(),
             db: DbConfig::plain(pg),
+            identity: None,
             metrics: tenant_users::telemetry::Metrics::disabled(),
         })
         .await

@@ -7,6 +7,7 @@ use crate::coldstart;
 use crate::config::ConfigError;
 use crate::db::Database;
 use crate::db::config::{DbConfig, db_config};
+use crate::identity::{Identities, IdentityConfig};
 use crate::telemetry::Metrics;
 use crate::token::TokenManager;
 use crate::token::config::{TokenConfig, token_config};
@@ -17,6 +18,9 @@ use crate::token::config::{TokenConfig, token_config};
 pub struct Config {
     pub token: TokenConfig,
     pub db: DbConfig,
+    /// `USER_POOL_ID`: the pool whose identities `POST` and `DELETE
+    /// /users` keep in step with the rows; `None` keeps none (local use).
+    pub identity: Option<IdentityConfig>,
     pub metrics: Metrics,
 }
 
@@ -33,6 +37,7 @@ impl Config {
         Ok(Config {
             token,
             db: db_config(&get)?,
+            identity: IdentityConfig::from_lookup(&get)?,
             metrics: Metrics::from_lookup(get),
         })
     }
@@ -41,6 +46,7 @@ impl Config {
 pub struct App {
     pub tokens: TokenManager,
     pub db: Database,
+    pub identities: Option<Identities>,
     pub metrics: Metrics,
 }
 
@@ -48,19 +54,30 @@ impl App {
     /// Loads the token keys and, concurrently, builds the AWS clients,
     /// fetches the database secret and opens the connection (each waits
     /// on the network while the other works); no failure is fatal
-    /// (requests get 503 until it recovers).
+    /// (requests get 503 until it recovers). The user pool's client is
+    /// built too, without a call.
     pub async fn build(config: Config) -> Arc<Self> {
-        let (tokens, db) = tokio::join!(
+        let identity = config.identity;
+        let (tokens, db, identities) = tokio::join!(
             coldstart::timed("token keys", TokenManager::new(config.token)),
             coldstart::timed("database", async {
                 let db = Database::new(config.db).await;
                 db.warm().await;
                 db
-            })
+            }),
+            async {
+                match &identity {
+                    Some(config) => {
+                        Some(coldstart::timed("identities", Identities::from_config(config)).await)
+                    }
+                    None => None,
+                }
+            }
         );
         Arc::new(Self {
             tokens,
             db,
+            identities,
             metrics: config.metrics,
         })
     }

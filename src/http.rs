@@ -13,7 +13,7 @@ use axum::middleware;
 use crate::problem::ApiError;
 use crate::resource::{AppState, MAX_BODY_BYTES, Operation, Resource};
 use crate::telemetry;
-use crate::tenant::TenantContext;
+use crate::tenant::{TenantAdmin, TenantContext};
 use crate::token::AuthError;
 use crate::users;
 
@@ -96,6 +96,26 @@ impl FromRequestParts<AppState> for Caller {
         let caller = app.tokens.verify(token).await?;
         telemetry::record_tenant(caller.tenant().as_str());
         Ok(Caller(caller))
+    }
+}
+
+/// A verified caller in the tenant-admin group; any other verified caller
+/// gets 403 `/problems/admin-required` before the handler (and its body
+/// parsing, and the database) runs.
+pub struct Admin(pub TenantAdmin);
+
+impl FromRequestParts<AppState> for Admin {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(parts: &mut Parts, app: &AppState) -> Result<Self, ApiError> {
+        let Caller(caller) = Caller::from_request_parts(parts, app).await?;
+        match caller.admin() {
+            Some(admin) => Ok(Admin(admin)),
+            None => {
+                tracing::info!("write refused: the caller is not a tenant admin");
+                Err(ApiError::admin_required())
+            }
+        }
     }
 }
 

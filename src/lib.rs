@@ -22,6 +22,8 @@
 //! - [`db`]: the connection, the tenant scope, [`audit`] (the isolation
 //!   self-audit of every new connection) and [`gate`] (the back-off gate
 //!   for credentials).
+//! - [`identity`]: the tenant users' identities in the Cognito user pool,
+//!   kept in step with the `users` rows (and used by the control plane).
 //! - [`clock`]: the time the guards keep (the system's, or a test's).
 //!
 //! [`app`] wires them together.
@@ -42,6 +44,7 @@ pub mod entry;
 pub mod gate;
 pub mod http;
 pub mod https;
+pub mod identity;
 pub mod problem;
 pub mod resource;
 pub mod secret;

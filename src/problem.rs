@@ -83,6 +83,61 @@ impl ApiError {
         )
     }
 
+    /// A member (no [`crate::tenant::ADMIN_GROUP`] in the token) asked to
+    /// write: refused before anything is touched.
+    pub fn admin_required() -> Self {
+        let mut e = Self::new(
+            StatusCode::FORBIDDEN,
+            "admin-required",
+            format!(
+                "this operation needs the {} role in your tenant; members may only read",
+                crate::tenant::ADMIN_GROUP
+            ),
+        );
+        e.title = Some("Tenant admin required");
+        e
+    }
+
+    /// The email is taken in the user pool, which is shared by every
+    /// tenant: the same answer as a duplicate row, naming no tenant.
+    pub fn email_taken() -> Self {
+        let mut e = Self::new(
+            StatusCode::CONFLICT,
+            "duplicate",
+            "a user with this email already exists",
+        );
+        e.field = Some("email".into());
+        e
+    }
+
+    /// The email of a user is its sign-in name in the user pool, which
+    /// cannot be renamed.
+    pub fn email_immutable() -> Self {
+        let mut e = Self::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            "invalid-input",
+            "email cannot be changed: it is the user's sign-in name; delete the user and create it again",
+        );
+        e.field = Some("email".into());
+        e
+    }
+
+    /// The user pool could not be reached or refused the call; nothing of
+    /// the request is left behind (the caller may retry).
+    pub fn identity_unavailable() -> Self {
+        Self::identity_unavailable_for(std::time::Duration::from_secs(1))
+    }
+
+    /// As [`ApiError::identity_unavailable`], with `Retry-After` the time
+    /// until the pool is called again.
+    pub fn identity_unavailable_for(wait: std::time::Duration) -> Self {
+        Self::unavailable(
+            "identity-unavailable",
+            "the user directory is unavailable; nothing was changed, retry shortly",
+            retry_after_seconds(wait),
+        )
+    }
+
     pub fn status(&self) -> StatusCode {
         self.status
     }

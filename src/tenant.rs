@@ -1,8 +1,12 @@
-//! Who is calling: the tenant id and the subject, as proven by a verified token.
+//! Who is calling: the tenant id, the subject and the groups (roles inside
+//! the tenant), as proven by a verified token.
 //!
 //! A [`TenantId`] exists only after parsing, and a [`TenantContext`] only
 //! comes out of [`crate::token::TokenManager::verify`]: no other code can make
-//! one, so a tenant can never come from a path, query string or body.
+//! one, so a tenant can never come from a path, query string or body. A
+//! [`TenantAdmin`] exists only for a context whose token put the caller in
+//! [`ADMIN_GROUP`]: functions that write users take one, so a member's
+//! request cannot reach them.
 
 use std::fmt;
 
@@ -63,17 +67,27 @@ impl fmt::Debug for TenantId {
     }
 }
 
+/// The group (Cognito's `cognito:groups` claim) of a tenant's admins: they
+/// may create, change and delete the tenant's users; members may read.
+pub const ADMIN_GROUP: &str = "tenant-admin";
+
 /// The verified caller. Fields are private and there is no public
 /// constructor outside this crate's token module.
 #[derive(Clone, Debug)]
 pub struct TenantContext {
     tenant: TenantId,
     subject: Option<String>,
+    /// The token's `cognito:groups`, empty when it had none.
+    groups: Vec<String>,
 }
 
 impl TenantContext {
-    pub(crate) fn new(tenant: TenantId, subject: Option<String>) -> Self {
-        Self { tenant, subject }
+    pub(crate) fn new(tenant: TenantId, subject: Option<String>, groups: Vec<String>) -> Self {
+        Self {
+            tenant,
+            subject,
+            groups,
+        }
     }
 
     pub fn tenant(&self) -> &TenantId {
@@ -82,6 +96,35 @@ impl TenantContext {
 
     pub fn subject(&self) -> Option<&str> {
         self.subject.as_deref()
+    }
+
+    pub fn groups(&self) -> &[String] {
+        &self.groups
+    }
+
+    /// True iff the token put the caller in [`ADMIN_GROUP`].
+    pub fn is_admin(&self) -> bool {
+        self.groups.iter().any(|g| g == ADMIN_GROUP)
+    }
+
+    /// The caller as a tenant admin, or `None` for a member.
+    pub fn admin(&self) -> Option<TenantAdmin> {
+        self.is_admin().then(|| TenantAdmin(self.clone()))
+    }
+}
+
+/// A verified caller in [`ADMIN_GROUP`]: made only by
+/// [`TenantContext::admin`].
+#[derive(Clone, Debug)]
+pub struct TenantAdmin(TenantContext);
+
+impl TenantAdmin {
+    pub fn context(&self) -> &TenantContext {
+        &self.0
+    }
+
+    pub fn tenant(&self) -> &TenantId {
+        self.0.tenant()
     }
 }
 
@@ -117,6 +160,24 @@ mod tests {
                 Err(TenantIdError::InvalidCharacter),
                 "{bad:?}"
             );
+        }
+    }
+
+    #[test]
+    fn only_the_admin_group_makes_an_admin() {
+        let tenant = TenantId::parse("acme").unwrap();
+        let with = |groups: &[&str]| {
+            TenantContext::new(
+                tenant.clone(),
+                None,
+                groups.iter().map(|g| g.to_string()).collect(),
+            )
+        };
+        assert!(with(&[ADMIN_GROUP]).is_admin());
+        assert!(with(&["readers", ADMIN_GROUP]).admin().is_some());
+        for member in [&[][..], &["readers"], &["Tenant-Admin"], &["tenant-admin "]] {
+            assert!(!with(member).is_admin(), "{member:?}");
+            assert!(with(member).admin().is_none(), "{member:?}");
         }
     }
 

@@ -5,6 +5,14 @@
 //! every resource to it), and runs only through [`Database::run`], which
 //! binds `$1` from the verified token. Database errors (this email is
 //! taken) are mapped by constraint in `problem.rs`, not here.
+//!
+//! Writes need a tenant admin ([`TenantAdmin`], from the [`Admin`]
+//! extractor: a member gets 403 before anything runs). With a user pool
+//! configured ([`crate::identity`]), `POST` and `DELETE` keep the user's
+//! identity in step with its row: the identity is created first and
+//! removed again if the row cannot be written; the row is deleted first
+//! (one round trip, returning what the identity's removal needs) and
+//! written back, as it was, if the identity cannot be removed.
 
 use axum::Json;
 use axum::extract::rejection::PathRejection;
@@ -19,13 +27,14 @@ use tokio_postgres::types::Type;
 use uuid::Uuid;
 
 use crate::db::{Database, DbError, TenantQuery};
-use crate::http::Caller;
+use crate::http::{Admin, Caller};
+use crate::identity::{Identities, IdentityError};
 use crate::problem::ApiError;
 use crate::resource::{
     self, AppState, Cursor, InvalidInput, JsonObject, Operation, Page, PageRequest, Resource,
     invalid, not_found, path_id,
 };
-use crate::tenant::TenantContext;
+use crate::tenant::{TenantAdmin, TenantContext};
 
 const MAX_EMAIL_LEN: usize = 254;
 const MAX_NAME_LEN: usize = 200;
@@ -214,11 +223,17 @@ pub const UPDATE: &str = concat!(
     "WHERE tenant_id = $1 AND user_id = $2 RETURNING ",
     user_columns!()
 );
-pub const DELETE: &str =
-    "DELETE FROM users WHERE tenant_id = $1 AND user_id = $2 RETURNING user_id";
+/// Returns the whole row, so that it can be written back as it was when
+/// the user's identity cannot be removed.
+pub const DELETE: &str = "DELETE FROM users WHERE tenant_id = $1 AND user_id = $2 \
+     RETURNING user_id, email, name, created_at, updated_at";
+/// Writes a deleted row back, as it was (same id and timestamps).
+pub const RESTORE: &str = "INSERT INTO users (tenant_id, user_id, email, name, created_at, updated_at) \
+     VALUES ($1, $2, $3, $4, $5, $6)";
 
 /// Every statement this module runs, for tests that check their shape.
-pub const ALL_STATEMENTS: [&str; 6] = [LIST_FIRST, LIST_AFTER, GET, INSERT, UPDATE, DELETE];
+pub const ALL_STATEMENTS: [&str; 7] =
+    [LIST_FIRST, LIST_AFTER, GET, INSERT, UPDATE, DELETE, RESTORE];
 
 fn user(row: &Row) -> User {
     User {
@@ -262,11 +277,11 @@ pub async fn get(db: &Database, caller: &TenantContext, id: Uuid) -> Result<Opti
     Ok(rows.first().map(user))
 }
 
-pub async fn create(db: &Database, caller: &TenantContext, new: &NewUser) -> Result<User, DbError> {
+pub async fn create(db: &Database, admin: &TenantAdmin, new: &NewUser) -> Result<User, DbError> {
     let (email, name) = (new.email.as_ref(), new.name.as_ref());
     let rows = db
         .run(
-            caller,
+            admin.context(),
             TenantQuery::new(INSERT)
                 .bind(&email, Type::TEXT)
                 .bind(&name, Type::TEXT),
@@ -279,7 +294,7 @@ pub async fn create(db: &Database, caller: &TenantContext, new: &NewUser) -> Res
 
 pub async fn update(
     db: &Database,
-    caller: &TenantContext,
+    admin: &TenantAdmin,
     id: Uuid,
     patch: &UserPatch,
 ) -> Result<Option<User>, DbError> {
@@ -287,7 +302,7 @@ pub async fn update(
     let name = patch.name.as_ref().map(AsRef::as_ref);
     let rows = db
         .run(
-            caller,
+            admin.context(),
             TenantQuery::new(UPDATE)
                 .bind(&id, Type::UUID)
                 .bind(&email, Type::TEXT)
@@ -297,14 +312,141 @@ pub async fn update(
     Ok(rows.first().map(user))
 }
 
+/// A deleted row, as it was.
+#[derive(Debug)]
+pub struct Deleted {
+    pub user_id: Uuid,
+    pub email: String,
+    pub name: String,
+    pub created_at: std::time::SystemTime,
+    pub updated_at: std::time::SystemTime,
+}
+
 /// Not retried after a lost connection, unlike the reads: the DELETE may
 /// have committed, and a retry would then answer 404 for a delete that
 /// happened. The caller gets 503 and can look.
-pub async fn delete(db: &Database, caller: &TenantContext, id: Uuid) -> Result<bool, DbError> {
+pub async fn delete(
+    db: &Database,
+    admin: &TenantAdmin,
+    id: Uuid,
+) -> Result<Option<Deleted>, DbError> {
     let rows = db
-        .run(caller, TenantQuery::new(DELETE).bind(&id, Type::UUID))
+        .run(
+            admin.context(),
+            TenantQuery::new(DELETE).bind(&id, Type::UUID),
+        )
         .await?;
-    Ok(!rows.is_empty())
+    Ok(rows.first().map(|row| Deleted {
+        user_id: row.get(0),
+        email: row.get(1),
+        name: row.get(2),
+        created_at: row.get(3),
+        updated_at: row.get(4),
+    }))
+}
+
+/// Writes `deleted` back as it was (not retried, as [`delete`]).
+pub async fn restore(db: &Database, admin: &TenantAdmin, deleted: &Deleted) -> Result<(), DbError> {
+    db.run(
+        admin.context(),
+        TenantQuery::new(RESTORE)
+            .bind(&deleted.user_id, Type::UUID)
+            .bind(&deleted.email, Type::TEXT)
+            .bind(&deleted.name, Type::TEXT)
+            .bind(&deleted.created_at, Type::TIMESTAMPTZ)
+            .bind(&deleted.updated_at, Type::TIMESTAMPTZ),
+    )
+    .await?;
+    Ok(())
+}
+
+/// Creates the user's identity, then its row; when the row cannot be
+/// written (taken, refused, the database away), the identity is removed
+/// again, so neither is left without the other. A row that did commit
+/// although the answer was lost keeps no identity: a user who cannot sign
+/// in, never an identity without a row.
+pub async fn create_with_identity(
+    db: &Database,
+    identities: &Identities,
+    admin: &TenantAdmin,
+    new: &NewUser,
+) -> Result<User, ApiError> {
+    let tenant = admin.tenant();
+    identities
+        .create(tenant, new.email.as_ref(), false)
+        .await
+        .map_err(identity_error)?;
+    match create(db, admin, new).await {
+        Ok(user) => Ok(user),
+        Err(error) => {
+            if let Err(undo) = identities.remove(tenant, new.email.as_ref()).await {
+                // Left as it is, this identity could sign in to a tenant
+                // that has no row for it: say so as loudly as we can.
+                tracing::error!(
+                    inconsistent = true,
+                    %tenant,
+                    email = new.email.as_ref(),
+                    error = %undo,
+                    "INCONSISTENT: identity created, its row not written, and the identity could not be removed"
+                );
+            }
+            Err(error.into())
+        }
+    }
+}
+
+/// Deletes the row, then removes its identity; when the identity cannot
+/// be removed (after the SDK's retries), the row is written back as it
+/// was and the caller gets 503, so a retry of the same DELETE converges.
+/// Only if that write fails too is a row missing while its (disabled, if
+/// that step got through) identity remains: logged as an inconsistency
+/// with what an operator needs to finish the removal.
+pub async fn delete_with_identity(
+    db: &Database,
+    identities: &Identities,
+    admin: &TenantAdmin,
+    id: Uuid,
+) -> Result<bool, ApiError> {
+    // While the pool is backing off, change nothing: the identity could
+    // not be removed anyway.
+    identities.ready().map_err(identity_error)?;
+    let Some(deleted) = delete(db, admin, id).await? else {
+        return Ok(false);
+    };
+    let tenant = admin.tenant();
+    let Err(error) = identities.remove(tenant, &deleted.email).await else {
+        return Ok(true);
+    };
+    tracing::warn!(%tenant, user_id = %deleted.user_id, %error, "identity not removed: writing the row back");
+    match restore(db, admin, &deleted).await {
+        Ok(()) => Err(ApiError::identity_unavailable()),
+        Err(restore_error) => {
+            tracing::error!(
+                inconsistent = true,
+                %tenant,
+                user_id = %deleted.user_id,
+                email = deleted.email,
+                error = %error,
+                restore_error = %crate::db::error_chain(&restore_error),
+                "INCONSISTENT: row deleted, its identity could not be removed, and the row could not be written back"
+            );
+            Err(ApiError::identity_unavailable())
+        }
+    }
+}
+
+fn identity_error(error: IdentityError) -> ApiError {
+    match error {
+        IdentityError::Exists => ApiError::email_taken(),
+        IdentityError::Unavailable(cause) => {
+            tracing::error!(error = %cause, "user pool unavailable");
+            ApiError::identity_unavailable()
+        }
+        IdentityError::BackingOff(wait) => {
+            tracing::warn!(?wait, "user pool not called: backing off after failures");
+            ApiError::identity_unavailable_for(wait)
+        }
+    }
 }
 
 // Routes: parse, call the functions above for the verified caller, answer.
@@ -330,12 +472,15 @@ async fn get_user(
 }
 
 async fn create_user(
-    Caller(caller): Caller,
+    Admin(admin): Admin,
     State(app): State<AppState>,
     JsonObject(body): JsonObject,
 ) -> Result<Response, ApiError> {
     let new = NewUser::from_json(body)?;
-    let user = create(&app.db, &caller, &new).await?;
+    let user = match &app.identities {
+        Some(identities) => create_with_identity(&app.db, identities, &admin, &new).await?,
+        None => create(&app.db, &admin, &new).await?,
+    };
     let location = format!("/users/{}", user.user_id);
     Ok((
         StatusCode::CREATED,
@@ -346,26 +491,34 @@ async fn create_user(
 }
 
 async fn update_user(
-    Caller(caller): Caller,
+    Admin(admin): Admin,
     State(app): State<AppState>,
     id: Result<Path<String>, PathRejection>,
     JsonObject(body): JsonObject,
 ) -> Result<Response, ApiError> {
     let id = path_id(id, "user_id")?;
     let patch = UserPatch::from_json(body)?;
-    match update(&app.db, &caller, id, &patch).await? {
+    // The email is the identity's username, which the pool cannot rename.
+    if app.identities.is_some() && patch.email.is_some() {
+        return Err(ApiError::email_immutable());
+    }
+    match update(&app.db, &admin, id, &patch).await? {
         Some(user) => Ok(Json(user).into_response()),
         None => Err(not_found("user")),
     }
 }
 
 async fn delete_user(
-    Caller(caller): Caller,
+    Admin(admin): Admin,
     State(app): State<AppState>,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = path_id(id, "user_id")?;
-    if delete(&app.db, &caller, id).await? {
+    let deleted = match &app.identities {
+        Some(identities) => delete_with_identity(&app.db, identities, &admin, id).await?,
+        None => delete(&app.db, &admin, id).await?.is_some(),
+    };
+    if deleted {
         Ok(StatusCode::NO_CONTENT.into_response())
     } else {
         Err(not_found("user"))

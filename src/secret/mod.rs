@@ -128,9 +128,10 @@ impl SecretSource {
     }
 }
 
-/// The AWS SDK's shared configuration for `aws`: our HTTP client, short
-/// timeouts, and the region, endpoint and credentials `aws` names (else the
-/// SDK's defaults). Makes no call.
+/// The AWS SDK's configuration for `aws` (region, endpoint, keys), on our
+/// HTTP client and with timeouts fit for a request path: the one every AWS
+/// client of the function starts from (Secrets Manager here, the user pool
+/// in [`crate::identity`]). Loading it makes no network call.
 pub async fn sdk_config(aws: &AwsConfig) -> aws_types::SdkConfig {
     let timeouts = TimeoutConfig::builder()
         .connect_timeout(Duration::from_secs(2))

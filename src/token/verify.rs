@@ -288,7 +288,25 @@ impl TokenManager {
             Some(Value::String(sub)) => Some(sub),
             _ => None,
         };
-        Ok(TenantContext::new(tenant, subject))
+        Ok(TenantContext::new(tenant, subject, groups(&mut claims)?))
+    }
+}
+
+/// `cognito:groups`: absent is no group; anything but an array of strings
+/// is a malformed token (refused, as any other malformed claim).
+fn groups(claims: &mut Map<String, Value>) -> Result<Vec<String>, AuthError> {
+    const CLAIM: &str = "cognito:groups";
+    let wrong = || AuthError::Invalid(format!("token claim {CLAIM:?} must be an array of strings"));
+    match claims.remove(CLAIM) {
+        None => Ok(Vec::new()),
+        Some(Value::Array(items)) => items
+            .into_iter()
+            .map(|item| match item {
+                Value::String(group) => Ok(group),
+                _ => Err(wrong()),
+            })
+            .collect(),
+        Some(_) => Err(wrong()),
     }
 }
 

@@ -79,6 +79,7 @@ async fn an_unreachable_database_is_503_with_retry_after() {
         })
         .unwrap(),
         db: tenant_users::db::config::DbConfig::plain(pg),
+        identity: None,
         metrics: tenant_users::telemetry::Metrics::disabled(),
     };
     app.app = tenant_users::app::App::build(config).await;
@@ -353,6 +354,7 @@ async fn make_dev_connects_the_app_role_with_the_admin_tls_settings() {
         tenant_users::app::Config {
             token,
             db: db_config,
+            identity: None,
             metrics: tenant_users::telemetry::Metrics::disabled(),
         }
     };

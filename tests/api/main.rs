@@ -20,6 +20,7 @@ mod openapi;
 mod proxy;
 mod registry;
 mod resource_kit;
+mod roles;
 mod rotation;
 mod round_trips;
 mod routes;

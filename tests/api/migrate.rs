@@ -324,6 +324,7 @@ async fn router_as(config: tokio_postgres::Config) -> axum::Router {
     let app = tenant_users::app::App::build(Config {
         token: token_config(&get).unwrap(),
         db: DbConfig::plain(config),
+        identity: None,
         metrics: tenant_users::telemetry::Metrics::disabled(),
     })
     .await;

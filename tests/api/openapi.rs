@@ -84,6 +84,45 @@ fn every_operation_documents_auth_and_problem_errors() {
     }
 }
 
+/// Every write the router serves documents the admin role's 403, and a
+/// member gets exactly that; reads document only the tenant's refusal.
+#[tokio::test]
+async fn every_write_documents_and_answers_the_admin_role() {
+    let spec = spec();
+    let app = TestApp::spawn().await;
+    let id = app.create_user("acme", "ada@acme.test", "Ada").await;
+    let member = app.member_token("acme");
+    for (method, template) in tenant_users::http::route_table() {
+        let op = &spec["paths"][template][method.as_str().to_lowercase()];
+        let forbidden = op["responses"]["403"]["$ref"].as_str().unwrap();
+        let name = forbidden.rsplit('/').next().unwrap();
+        let described = spec["components"]["responses"][name]["description"]
+            .as_str()
+            .unwrap();
+        let path = template.replace("{user_id}", &id);
+        let body = (method != Method::DELETE && method != Method::GET)
+            .then(|| json!({"email": "b@acme.test", "name": "B"}));
+        let r = app
+            .request(method.clone(), &path, Some(&member), body)
+            .await;
+        if method == Method::GET {
+            assert!(!described.contains("admin-required"), "{method} {template}");
+            assert_eq!(r.status, StatusCode::OK, "{method} {path}");
+        } else {
+            assert!(
+                described.contains("/problems/admin-required"),
+                "{method} {template} documents the admin role in its 403"
+            );
+            r.assert_problem(StatusCode::FORBIDDEN);
+            assert_eq!(
+                r.json()["type"],
+                "/problems/admin-required",
+                "{method} {path}"
+            );
+        }
+    }
+}
+
 /// The basic cases of each operation give a documented status.
 #[tokio::test]
 async fn responses_use_documented_statuses() {

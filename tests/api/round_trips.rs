@@ -79,16 +79,46 @@ async fn median_latency(app: &TestApp, seeder: &TestApp, route: &Route) -> Durat
 
 #[tokio::test]
 async fn every_route_costs_one_database_round_trip() {
+    measure(Vec::new()).await;
+}
+
+/// With the user pool kept (moto's), the writes also call the pool, but
+/// the database part stays one round trip: the identity's calls come
+/// before or after it, never between its statements.
+#[tokio::test]
+async fn every_route_costs_one_database_round_trip_with_the_user_pool_kept() {
+    let moto = crate::common::moto::Moto::start().await;
+    let pool = moto.user_pool().await;
+    let env = vec![
+        ("USER_POOL_ID".into(), pool.id.clone()),
+        ("AWS_ENDPOINT_URL".into(), moto.endpoint.clone()),
+        ("AWS_REGION".into(), "us-east-1".into()),
+        ("AWS_ACCESS_KEY_ID".into(), moto.function_key.0.clone()),
+        ("AWS_SECRET_ACCESS_KEY".into(), moto.function_key.1.clone()),
+    ];
+    measure(env).await;
+    assert!(
+        pool.usernames().await.len() >= SAMPLES,
+        "the writes kept identities"
+    );
+}
+
+/// Each route's median latency directly and through the delaying relay,
+/// for apps configured with `env` besides their database.
+async fn measure(env: Vec<(String, String)>) {
     let db = Arc::new(TestDb::create().await);
     let port = db.base.get_ports().first().copied().unwrap_or(5432);
     let relay = delay_proxy(port, DELAY).await;
     let direct_url = db.app_url();
     let delayed_url = direct_url.replace(&format!(":{port}/"), &format!(":{relay}/"));
     assert_ne!(direct_url, delayed_url);
-    let direct =
-        TestApp::from_env_shared(db.clone(), vec![("DATABASE_URL".into(), direct_url)]).await;
-    let delayed =
-        TestApp::from_env_shared(db.clone(), vec![("DATABASE_URL".into(), delayed_url)]).await;
+    let with = |url: String| {
+        let mut vars = env.clone();
+        vars.push(("DATABASE_URL".into(), url));
+        vars
+    };
+    let direct = TestApp::from_env_shared(db.clone(), with(direct_url)).await;
+    let delayed = TestApp::from_env_shared(db.clone(), with(delayed_url)).await;
 
     let round_trip = DELAY * 2;
     let mut report = Vec::new();

@@ -23,6 +23,61 @@ pub async fn counting_relay(target: u16) -> (u16, Arc<AtomicUsize>) {
     (relay(target, Duration::ZERO, count.clone()).await, count)
 }
 
+/// A relay to `target` that can be cut: while cut, every connection
+/// through it is closed, new ones as soon as they are accepted (a network
+/// path to a dependency that fails, and heals when restored).
+pub async fn switchable_relay(target: u16) -> (u16, Switch) {
+    let (up, watch) = tokio::sync::watch::channel(true);
+    let accepted = Arc::new(AtomicUsize::new(0));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let count = accepted.clone();
+    tokio::spawn(async move {
+        while let Ok((inbound, _)) = listener.accept().await {
+            count.fetch_add(1, Ordering::SeqCst);
+            if !*watch.borrow() {
+                drop(inbound);
+                continue;
+            }
+            let Ok(outbound) = tokio::net::TcpStream::connect(("127.0.0.1", target)).await else {
+                continue;
+            };
+            let mut watch = watch.clone();
+            tokio::spawn(async move {
+                let (mut ri, mut wi) = inbound.into_split();
+                let (mut ro, mut wo) = outbound.into_split();
+                tokio::select! {
+                    _ = tokio::io::copy(&mut ri, &mut wo) => {}
+                    _ = tokio::io::copy(&mut ro, &mut wi) => {}
+                    _ = watch.wait_for(|up| !*up) => {}
+                }
+            });
+        }
+    });
+    (port, Switch { up, accepted })
+}
+
+/// Cuts and restores a [`switchable_relay`], and counts the connections
+/// it accepted (cut or not: each is an attempt to reach the target).
+pub struct Switch {
+    up: tokio::sync::watch::Sender<bool>,
+    accepted: Arc<AtomicUsize>,
+}
+
+impl Switch {
+    pub fn cut(&self) {
+        self.up.send_replace(false);
+    }
+
+    pub fn restore(&self) {
+        self.up.send_replace(true);
+    }
+
+    pub fn connections(&self) -> usize {
+        self.accepted.load(Ordering::SeqCst)
+    }
+}
+
 async fn relay(target: u16, delay: Duration, accepted: Arc<AtomicUsize>) -> u16 {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = listener.local_addr().unwrap().port();

@@ -311,6 +311,8 @@ impl TestApp {
         let config = Config {
             token,
             db: db_config,
+            identity: tenant_users::identity::IdentityConfig::from_lookup(&get)
+                .expect("identity config"),
             metrics: Metrics::to_writer("TenantUsersTest", Box::new(emf.clone())),
         };
         let app = App::build(config).await;
@@ -362,9 +364,14 @@ impl TestApp {
         }
     }
 
-    /// A valid HS256 token for `tenant`.
+    /// A valid HS256 token for a tenant admin of `tenant` (who may write).
     pub fn token(&self, tenant: &str) -> String {
         sign_hs256(&claims_for(tenant))
+    }
+
+    /// A valid HS256 token for a member of `tenant`: no group, reads only.
+    pub fn member_token(&self, tenant: &str) -> String {
+        sign_hs256(&member_claims_for(tenant))
     }
 
     pub async fn send(&self, request: Request<Body>) -> TestResponse {
@@ -553,8 +560,16 @@ pub fn now() -> u64 {
         .as_secs()
 }
 
-/// Standard claims for a tenant, valid for an hour.
+/// Standard claims for a tenant admin (`cognito:groups` holds
+/// `tenant-admin`, so the suite exercises writes), valid for an hour.
 pub fn claims_for(tenant: &str) -> Value {
+    let mut claims = member_claims_for(tenant);
+    claims["cognito:groups"] = json!([tenant_users::tenant::ADMIN_GROUP]);
+    claims
+}
+
+/// Standard claims for a member of a tenant (no group), valid for an hour.
+pub fn member_claims_for(tenant: &str) -> Value {
     json!({"sub": format!("user@{tenant}"), "custom:tenant_id": tenant, "iat": now(), "exp": now() + 3600})
 }
 

@@ -6,7 +6,16 @@
 //! - user `function` (stands for the Lambda execution role) may only
 //!   `sts:AssumeRole` the role `secret-reader`;
 //! - role `secret-reader` may only `secretsmanager:GetSecretValue`;
-//! - user `admin` may do anything (the test's own hand, for secrets).
+//! - user `admin` may do anything (the test's own hand, for secrets);
+//! - user `function` may also make the user pool calls of
+//!   `tenant_users::identity` (AdminCreateUser, AdminAddUserToGroup,
+//!   AdminGetUser, AdminDisableUser, AdminDeleteUser, ListUsers). moto
+//!   matches an IAM statement's resource only against `*`, so the policy
+//!   names no pool here; template.yaml's names the one pool.
+//!
+//! moto also serves the Cognito user pools ([`Moto::user_pool`]): admin
+//! calls, sign-in issuing RS256 ID tokens with `custom:` attributes and
+//! `cognito:groups`, and each pool's JWKS.
 
 use std::net::TcpListener;
 use std::process::{Child, Command, Stdio};
@@ -17,7 +26,18 @@ use aws_sdk_secretsmanager::config::{BehaviorVersion, Credentials, Region};
 pub const ACCOUNT: &str = "123456789012";
 pub const READER_ROLE: &str = "arn:aws:iam::123456789012:role/secret-reader";
 pub const OTHER_ROLE: &str = "arn:aws:iam::123456789012:role/some-other-role";
-const SETUP_ACTIONS: usize = 8;
+const SETUP_ACTIONS: usize = 9;
+/// What the API function may ask of its user pool.
+pub const POOL_ACTIONS: &[&str] = &[
+    "cognito-idp:AdminCreateUser",
+    "cognito-idp:AdminAddUserToGroup",
+    "cognito-idp:AdminGetUser",
+    "cognito-idp:AdminDisableUser",
+    "cognito-idp:AdminDeleteUser",
+    "cognito-idp:ListUsers",
+];
+/// Password of every identity the tests sign in with.
+pub const PASSWORD: &str = "Corr3ct-Horse-Battery!";
 
 pub struct Moto {
     pub endpoint: String,
@@ -104,6 +124,17 @@ impl Moto {
                 "PolicyDocument",
                 &allow("secretsmanager:GetSecretValue", "*"),
             ),
+        ])
+        .await;
+        let pool_actions = format!(
+            r#"{{"Version":"2012-10-17","Statement":[{{"Effect":"Allow","Action":{},"Resource":"*"}}]}}"#,
+            serde_json::to_string(POOL_ACTIONS).unwrap()
+        );
+        self.iam(&[
+            ("Action", "PutUserPolicy"),
+            ("UserName", "function"),
+            ("PolicyName", "user-pool"),
+            ("PolicyDocument", &pool_actions),
         ])
         .await;
         self.iam(&[("Action", "CreateUser"), ("UserName", "admin")])
@@ -235,8 +266,246 @@ impl Moto {
             .count()
     }
 
+    /// A Cognito client with the admin's keys (the test's hand).
+    pub fn cognito(&self) -> aws_sdk_cognitoidentityprovider::Client {
+        let config = aws_sdk_cognitoidentityprovider::Config::builder()
+            .behavior_version(BehaviorVersion::latest())
+            .http_client(tenant_users::secret::http_client())
+            .region(Region::new("us-east-1"))
+            .endpoint_url(&self.endpoint)
+            .credentials_provider(Credentials::new(
+                &self.admin_key.0,
+                &self.admin_key.1,
+                None,
+                None,
+                "test",
+            ))
+            .build();
+        aws_sdk_cognitoidentityprovider::Client::from_conf(config)
+    }
+
+    /// A user pool as the stack makes one: a `custom:tenant_id` attribute
+    /// users cannot change, the `tenant-admin` group, an app client that
+    /// signs in with a password.
+    pub async fn user_pool(&self) -> UserPool {
+        use aws_sdk_cognitoidentityprovider::types::{
+            AttributeDataType, ExplicitAuthFlowsType, SchemaAttributeType,
+        };
+        let cognito = self.cognito();
+        let pool = cognito
+            .create_user_pool()
+            .pool_name(format!("tenant-users-{}", uuid::Uuid::new_v4().simple()))
+            .schema(
+                SchemaAttributeType::builder()
+                    .name("tenant_id")
+                    .attribute_data_type(AttributeDataType::String)
+                    .mutable(false)
+                    .build(),
+            )
+            .send()
+            .await
+            .expect("create user pool");
+        let id = pool.user_pool().and_then(|p| p.id()).unwrap().to_owned();
+        cognito
+            .create_group()
+            .user_pool_id(&id)
+            .group_name(tenant_users::tenant::ADMIN_GROUP)
+            .send()
+            .await
+            .expect("create group");
+        let client = cognito
+            .create_user_pool_client()
+            .user_pool_id(&id)
+            .client_name("api")
+            .explicit_auth_flows(ExplicitAuthFlowsType::AllowAdminUserPasswordAuth)
+            .explicit_auth_flows(ExplicitAuthFlowsType::AllowRefreshTokenAuth)
+            .send()
+            .await
+            .expect("create app client");
+        let client_id = client
+            .user_pool_client()
+            .and_then(|c| c.client_id())
+            .unwrap()
+            .to_owned();
+        UserPool {
+            issuer: format!("https://cognito-idp.us-east-1.amazonaws.com/{id}"),
+            jwks_url: format!("{}/{id}/.well-known/jwks.json", self.endpoint),
+            id,
+            client_id,
+            cognito,
+        }
+    }
+
     pub fn arn_of(name: &str) -> String {
         format!("arn:aws:secretsmanager:us-east-1:{ACCOUNT}:secret:{name}")
+    }
+}
+
+/// A user pool in moto, and the test's admin hand on it.
+pub struct UserPool {
+    pub id: String,
+    pub client_id: String,
+    /// The `iss` of its tokens (moto writes AWS's, whatever its endpoint).
+    pub issuer: String,
+    pub jwks_url: String,
+    pub cognito: aws_sdk_cognitoidentityprovider::Client,
+}
+
+impl UserPool {
+    /// The token settings of an API that takes this pool's ID tokens.
+    pub fn token_env(&self) -> Vec<(String, String)> {
+        vec![
+            ("JWT_JWKS_URL".into(), self.jwks_url.clone()),
+            ("JWT_ISSUER".into(), self.issuer.clone()),
+            ("JWT_AUDIENCE".into(), self.client_id.clone()),
+            ("JWT_ALGORITHMS".into(), "RS256".into()),
+            ("JWT_TOKEN_USE".into(), "id".into()),
+        ]
+    }
+
+    /// An identity as onboarding makes one (an admin) or as a test needs
+    /// one, with a permanent password.
+    pub async fn add(&self, username: &str, tenant: &str, admin: bool) {
+        use aws_sdk_cognitoidentityprovider::types::{AttributeType, MessageActionType};
+        let attribute =
+            |n: &str, v: &str| AttributeType::builder().name(n).value(v).build().unwrap();
+        self.cognito
+            .admin_create_user()
+            .user_pool_id(&self.id)
+            .username(username)
+            .user_attributes(attribute("email", username))
+            .user_attributes(attribute("custom:tenant_id", tenant))
+            .message_action(MessageActionType::Suppress)
+            .send()
+            .await
+            .expect("admin create user");
+        if admin {
+            self.cognito
+                .admin_add_user_to_group()
+                .user_pool_id(&self.id)
+                .username(username)
+                .group_name(tenant_users::tenant::ADMIN_GROUP)
+                .send()
+                .await
+                .expect("add to group");
+        }
+        self.set_password(username).await;
+    }
+
+    /// Gives `username` the test password, permanent (as the user would
+    /// after the invitation's temporary one).
+    pub async fn set_password(&self, username: &str) {
+        self.cognito
+            .admin_set_user_password()
+            .user_pool_id(&self.id)
+            .username(username)
+            .password(PASSWORD)
+            .permanent(true)
+            .send()
+            .await
+            .expect("set password");
+    }
+
+    /// Signs in with the test password: the ID token, or the pool's
+    /// refusal (its error code).
+    pub async fn sign_in(&self, username: &str) -> Result<String, String> {
+        use aws_sdk_cognitoidentityprovider::error::ProvideErrorMetadata;
+        use aws_sdk_cognitoidentityprovider::types::AuthFlowType;
+        let result = self
+            .cognito
+            .admin_initiate_auth()
+            .user_pool_id(&self.id)
+            .client_id(&self.client_id)
+            .auth_flow(AuthFlowType::AdminUserPasswordAuth)
+            .auth_parameters("USERNAME", username)
+            .auth_parameters("PASSWORD", PASSWORD)
+            .send()
+            .await
+            .map_err(|e| e.code().unwrap_or("no error code").to_owned())?;
+        Ok(result
+            .authentication_result()
+            .and_then(|r| r.id_token())
+            .expect("an ID token")
+            .to_owned())
+    }
+
+    /// The identity of `username`: its attributes and whether it is
+    /// enabled, or `None` when the pool has none.
+    pub async fn identity(&self, username: &str) -> Option<Identity> {
+        match self
+            .cognito
+            .admin_get_user()
+            .user_pool_id(&self.id)
+            .username(username)
+            .send()
+            .await
+        {
+            Ok(user) => {
+                let groups = self
+                    .cognito
+                    .admin_list_groups_for_user()
+                    .user_pool_id(&self.id)
+                    .username(username)
+                    .send()
+                    .await
+                    .expect("list groups")
+                    .groups()
+                    .iter()
+                    .filter_map(|g| g.group_name().map(str::to_owned))
+                    .collect();
+                Some(Identity {
+                    attributes: user
+                        .user_attributes()
+                        .iter()
+                        .map(|a| {
+                            (
+                                a.name().to_owned(),
+                                a.value().unwrap_or_default().to_owned(),
+                            )
+                        })
+                        .collect(),
+                    enabled: user.enabled(),
+                    groups,
+                })
+            }
+            Err(e)
+                if e.as_service_error()
+                    .is_some_and(|e| e.is_user_not_found_exception()) =>
+            {
+                None
+            }
+            Err(e) => panic!("admin get user: {e:?}"),
+        }
+    }
+
+    /// Every username in the pool, sorted.
+    pub async fn usernames(&self) -> Vec<String> {
+        let mut names: Vec<String> = self
+            .cognito
+            .list_users()
+            .user_pool_id(&self.id)
+            .send()
+            .await
+            .expect("list users")
+            .users()
+            .iter()
+            .filter_map(|u| u.username().map(str::to_owned))
+            .collect();
+        names.sort();
+        names
+    }
+}
+
+#[derive(Debug)]
+pub struct Identity {
+    pub attributes: std::collections::BTreeMap<String, String>,
+    pub enabled: bool,
+    pub groups: Vec<String>,
+}
+
+impl Identity {
+    pub fn tenant(&self) -> Option<&str> {
+        self.attributes.get("custom:tenant_id").map(String::as_str)
     }
 }
 

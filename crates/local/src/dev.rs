@@ -86,6 +86,8 @@ pub async fn run() -> Result<(), BoxError> {
     let config = Config {
         token: token.clone(),
         db: app_db_config(&admin, &role, tls),
+        // Unset locally: the dev server keeps no identities.
+        identity: tenant_users::identity::IdentityConfig::from_lookup(&env)?,
         metrics: tenant_users::telemetry::Metrics::from_lookup(env),
     };
     let app = App::build(config).await;
@@ -101,6 +103,7 @@ pub async fn run() -> Result<(), BoxError> {
             token.issuer.as_deref(),
             token.audience.first().map(String::as_str),
             tenant,
+            &[tenant_users::tenant::ADMIN_GROUP],
             12 * 3600,
         )?);
     }
@@ -145,13 +148,15 @@ pub async fn run() -> Result<(), BoxError> {
     Ok(())
 }
 
-/// Signs an HS256 token for `tenant`, valid for `ttl_seconds`.
+/// Signs an HS256 token for `tenant`, with `groups` as its
+/// `cognito:groups` (none: a member), valid for `ttl_seconds`.
 pub fn mint_token(
     secret: &[u8],
     tenant_claim: &str,
     issuer: Option<&str>,
     audience: Option<&str>,
     tenant: &str,
+    groups: &[&str],
     ttl_seconds: u64,
 ) -> Result<String, BoxError> {
     let now = SystemTime::now().duration_since(UNIX_EPOCH)?.as_secs();
@@ -164,6 +169,9 @@ pub fn mint_token(
         }
         if let Some(aud) = audience {
             map.insert("aud".into(), aud.into());
+        }
+        if !groups.is_empty() {
+            map.insert("cognito:groups".into(), json!(groups));
         }
     }
     Ok(jsonwebtoken::encode(

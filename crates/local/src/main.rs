@@ -11,14 +11,16 @@ use tenant_users::{app::App, app::Config, http};
 mod dev;
 
 const USAGE: &str =
-    "usage: tenant-users [serve | serve-control | dev | token --tenant ID [--ttl SECONDS]]
+    "usage: tenant-users [serve | serve-control | dev | token --tenant ID [--group NAME]... [--ttl SECONDS]]
   serve          serve the API on 127.0.0.1:$PORT (default 3000)
   serve-control  serve the control plane on 127.0.0.1:$PORT (default 3001): a request
                  with `Authorization: Operator $CONTROL_OPERATOR_KEY` acts as
                  operator local:$USER (in AWS, API Gateway's IAM authorization
                  decides who)
-  dev            migrate, seed demo tenants, print tokens, serve (see make dev)
-  token          print an HS256 token for a tenant, signed with JWT_HS256_SECRET
+  dev            migrate, seed demo tenants, print tokens (tenant admins), serve (see make dev)
+  token          print an HS256 token for a tenant, signed with JWT_HS256_SECRET;
+                 --group puts it in cognito:groups (--group tenant-admin: an admin,
+                 who may write users; without: a member, who may only read)
   (migrate and audit are the `migrate` binary's: cargo run -p tenant-users-migrate -- migrate)";
 
 fn main() -> ExitCode {
@@ -119,11 +121,12 @@ async fn serve_control() -> Result<(), BoxError> {
 }
 
 fn token(args: &[&str]) -> Result<(), BoxError> {
-    let (mut tenant, mut ttl) = (None, 3600u64);
+    let (mut tenant, mut ttl, mut groups) = (None, 3600u64, Vec::new());
     let mut it = args.iter();
     while let Some(arg) = it.next() {
         match (*arg, it.next()) {
             ("--tenant", Some(t)) => tenant = Some(*t),
+            ("--group", Some(g)) => groups.push(*g),
             ("--ttl", Some(s)) => ttl = s.parse().map_err(|_| "--ttl takes seconds")?,
             _ => return Err(USAGE.into()),
         }
@@ -142,6 +145,7 @@ fn token(args: &[&str]) -> Result<(), BoxError> {
         config.issuer.as_deref(),
         config.audience.first().map(String::as_str),
         tenant,
+        &groups,
         ttl,
     )?;
     println!("{jwt}");
