@@ -22,7 +22,7 @@ use tenant_users_control::{Config, Control, routes};
 use tenant_users_migrate::{self as migrate, AppRole};
 use tower::ServiceExt;
 
-use crate::common::moto::Moto;
+use crate::common::moto::{Moto, UserPool};
 use crate::common::{TestApp, TestResponse};
 
 const OPERATOR: &str = "arn:aws:sts::123456789012:assumed-role/operators/alice";
@@ -38,6 +38,7 @@ struct ControlPlane {
     export_key: String,
     receipt_key: String,
     control_role: String,
+    pool: Option<UserPool>,
     _moto: Moto,
 }
 
@@ -72,6 +73,12 @@ fn context(via: Via, request_id: &str) -> RequestContext {
 
 impl ControlPlane {
     async fn start() -> Self {
+        Self::start_with(false).await
+    }
+
+    /// With `pool`, a user pool on moto that both functions keep the
+    /// identities of (the API verifying the ID tokens moto issues).
+    async fn start_with(with_pool: bool) -> Self {
         let moto = Moto::start().await;
         let env = moto.own_role_env();
         let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
@@ -106,7 +113,26 @@ impl ControlPlane {
             .arn
             .unwrap();
 
-        let app = TestApp::spawn().await;
+        let pool = match with_pool {
+            true => Some(moto.user_pool().await),
+            false => None,
+        };
+        let app = match &pool {
+            None => TestApp::spawn().await,
+            Some(pool) => {
+                let mut env = pool.token_env();
+                env.extend([
+                    ("USER_POOL_ID".into(), pool.id.clone()),
+                    ("AWS_ENDPOINT_URL".into(), moto.endpoint.clone()),
+                    ("AWS_REGION".into(), "us-east-1".into()),
+                    ("AWS_ACCESS_KEY_ID".into(), moto.function_key.0.clone()),
+                    ("AWS_SECRET_ACCESS_KEY".into(), moto.function_key.1.clone()),
+                ]);
+                let vars: Vec<(&str, &str)> =
+                    env.iter().map(|(k, v)| (k.as_str(), v.as_str())).collect();
+                TestApp::spawn_with(&vars).await
+            }
+        };
         let control_role = format!("{}_control", app.db.app_user);
         let control = AppRole {
             name: control_role.clone(),
@@ -131,7 +157,7 @@ impl ControlPlane {
         let config = Config {
             db,
             aws,
-            user_pool_id: None,
+            user_pool_id: pool.as_ref().map(|p| p.id.clone()),
             bucket: Some((bucket.clone(), export_key.clone())),
             receipt_key_id: Some(receipt_key.clone()),
         };
@@ -146,6 +172,7 @@ impl ControlPlane {
             export_key,
             receipt_key,
             control_role,
+            pool,
             _moto: moto,
         }
     }
@@ -679,5 +706,224 @@ async fn an_offboarding_whose_receipt_cannot_be_signed_deletes_nothing_and_is_re
     assert_eq!(
         (trail[0].1.as_str(), trail[0].2.as_str()),
         ("offboard", "failed")
+    );
+}
+
+/// The identities of `tenant` left in the pool.
+async fn identities_of(pool: &UserPool, tenant: &str) -> Vec<String> {
+    let mut left = Vec::new();
+    for username in pool.usernames().await {
+        if pool
+            .identity(&username)
+            .await
+            .is_some_and(|i| i.tenant() == Some(tenant))
+        {
+            left.push(username);
+        }
+    }
+    left
+}
+
+#[tokio::test]
+async fn one_tenants_whole_life_through_both_functions_leaves_the_other_tenant_untouched() {
+    let cp = ControlPlane::start_with(true).await;
+    let pool = cp.pool.as_ref().unwrap();
+    let app = &cp.app;
+
+    // The other tenant, living alongside: its admin and a member it invited.
+    pool.add("boss@globex.test", "globex", true).await;
+    let globex_admin = pool.sign_in("boss@globex.test").await.unwrap();
+    let r = app
+        .post(
+            "/users",
+            &globex_admin,
+            json!({"email": "staff@globex.test", "name": "Staff"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let globex_rows = cp.rows_of("globex").await;
+    let globex_identities = identities_of(pool, "globex").await;
+    assert_eq!(globex_identities.len(), 2);
+
+    // Onboard: the registry row, the first admin's row and identity.
+    let tenant = "initrode";
+    let r = cp
+        .operator(
+            Method::POST,
+            "/tenants",
+            Some(json!({"tenant_id": tenant, "name": "Initrode", "tier": "premium", "admin_email": "peter@initrode.test"})),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let admin_identity = pool
+        .identity("peter@initrode.test")
+        .await
+        .expect("the first admin's identity");
+    assert_eq!(admin_identity.tenant(), Some(tenant));
+    assert_eq!(admin_identity.groups, [tenant_users::tenant::ADMIN_GROUP]);
+
+    // The admin signs in (after the invitation's temporary password).
+    pool.set_password("peter@initrode.test").await;
+    let admin = pool.sign_in("peter@initrode.test").await.unwrap();
+    // ... and invites a member, who reads and cannot write.
+    let r = app
+        .post(
+            "/users",
+            &admin,
+            json!({"email": "milton@initrode.test", "name": "Milton"}),
+        )
+        .await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    pool.set_password("milton@initrode.test").await;
+    let member = pool.sign_in("milton@initrode.test").await.unwrap();
+    let r = app.get("/users", &member).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let mut emails: Vec<String> = r.json()["users"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|u| u["email"].as_str().unwrap().to_owned())
+        .collect();
+    emails.sort();
+    assert_eq!(emails, ["milton@initrode.test", "peter@initrode.test"]);
+    app.post(
+        "/users",
+        &member,
+        json!({"email": "x@initrode.test", "name": "X"}),
+    )
+    .await
+    .assert_problem(StatusCode::FORBIDDEN);
+
+    // Suspend: 403 on the next request; resume: 200.
+    let path = format!("/tenants/{tenant}");
+    cp.operator(Method::PATCH, &path, Some(json!({"status": "suspended"})))
+        .await;
+    app.get("/users", &member)
+        .await
+        .assert_problem(StatusCode::FORBIDDEN);
+    app.get("/users", &admin)
+        .await
+        .assert_problem(StatusCode::FORBIDDEN);
+    cp.operator(Method::PATCH, &path, Some(json!({"status": "active"})))
+        .await;
+    assert_eq!(app.get("/users", &member).await.status, StatusCode::OK);
+
+    // Export, its manifest checked against the files.
+    let r = cp
+        .operator(Method::POST, &format!("{path}/export"), None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    for file in r.json()["manifest"]["files"].as_array().unwrap() {
+        let (body, ..) = cp.object(file["key"].as_str().unwrap()).await;
+        let digest: String = Sha256::digest(&body)
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect();
+        assert_eq!(file["sha256"], digest.as_str());
+        let lines = body
+            .split(|b| *b == b'\n')
+            .filter(|l| !l.is_empty())
+            .count();
+        assert_eq!(file["rows"], lines);
+    }
+
+    // Offboard: a verified receipt, zero rows, no identities.
+    let r = cp.operator(Method::DELETE, &path, None).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let answer = r.json();
+    assert_eq!(answer["receipt"]["identities_deleted"], 2);
+    let (receipt, ..) = cp.object(answer["receipt_key"].as_str().unwrap()).await;
+    let (signature, ..) = cp.object(answer["signature_key"].as_str().unwrap()).await;
+    verify(&cp, &receipt, &signature).await;
+    for (table, n) in cp.rows_of(tenant).await {
+        assert_eq!(n, i64::from(table == "public.tenants"), "{table}");
+    }
+    assert!(identities_of(pool, tenant).await.is_empty());
+    assert!(pool.sign_in("peter@initrode.test").await.is_err());
+    // Its old tokens are refused.
+    for token in [&admin, &member] {
+        let r = app.get("/users", token).await;
+        assert!(
+            [StatusCode::UNAUTHORIZED, StatusCode::FORBIDDEN].contains(&r.status),
+            "{}",
+            r.text()
+        );
+    }
+
+    // The other tenant: untouched throughout, and still served.
+    assert_eq!(cp.rows_of("globex").await, globex_rows);
+    assert_eq!(identities_of(pool, "globex").await, globex_identities);
+    assert_eq!(
+        app.get("/users", &globex_admin).await.status,
+        StatusCode::OK
+    );
+    let actions: Vec<String> = cp
+        .trail(tenant)
+        .await
+        .into_iter()
+        .map(|(_, a, _, _)| a)
+        .collect();
+    assert_eq!(
+        actions,
+        ["onboard", "suspend", "resume", "export", "offboard"]
+    );
+}
+
+#[tokio::test]
+async fn an_onboarding_whose_admin_the_pool_refuses_leaves_no_half_tenant() {
+    let mut cp = ControlPlane::start_with(true).await;
+    let pool = cp.pool.as_ref().unwrap();
+    // The address is taken in the pool by another tenant's user: 409, and
+    // neither the registry row nor the users row is kept.
+    pool.add("taken@globex.test", "globex", false).await;
+    let r = cp
+        .operator(
+            Method::POST,
+            "/tenants",
+            Some(
+                json!({"tenant_id": "hooli", "tier": "basic", "admin_email": "taken@globex.test"}),
+            ),
+        )
+        .await;
+    r.assert_problem(StatusCode::CONFLICT);
+    assert!(cp.rows_of("hooli").await.iter().all(|(_, n)| *n == 0));
+    assert_eq!(
+        pool.identity("taken@globex.test").await.unwrap().tenant(),
+        Some("globex"),
+        "the other tenant's identity is untouched"
+    );
+
+    // The pool unreachable between the two steps (a fault injected after
+    // the rows are written): 503, and nothing is kept.
+    let mut config = cp.config.clone();
+    config.aws.endpoint_url = Some(format!(
+        "http://127.0.0.1:{}",
+        crate::common::moto::free_port()
+    ));
+    cp.router = routes::router(Control::build(config).await);
+    let onboard = json!({"tenant_id": "hooli", "tier": "basic", "admin_email": "gavin@hooli.test"});
+    let r = cp
+        .operator(Method::POST, "/tenants", Some(onboard.clone()))
+        .await;
+    r.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
+    assert!(cp.rows_of("hooli").await.iter().all(|(_, n)| *n == 0));
+    let outcomes: Vec<(String, String)> = cp
+        .trail("hooli")
+        .await
+        .into_iter()
+        .map(|(_, a, o, _)| (a, o))
+        .collect();
+    assert_eq!(
+        outcomes.last(),
+        Some(&("onboard".to_owned(), "compensated".to_owned()))
+    );
+    // The pool back: the same request onboards the tenant whole.
+    cp.router = routes::router(Control::build(cp.config.clone()).await);
+    let r = cp.operator(Method::POST, "/tenants", Some(onboard)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    let pool = cp.pool.as_ref().unwrap();
+    assert_eq!(
+        pool.identity("gavin@hooli.test").await.unwrap().tenant(),
+        Some("hooli")
     );
 }

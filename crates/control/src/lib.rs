@@ -20,6 +20,7 @@ use tenant_users::audit;
 use tenant_users::config::ConfigError;
 use tenant_users::db::Database;
 use tenant_users::db::config::{DbConfig, db_config};
+use tenant_users::identity::Identities;
 use tenant_users::secret::config::AwsConfig;
 
 use crate::store::{Bucket, Signer};
@@ -62,7 +63,8 @@ impl Config {
         Ok(Self {
             db,
             aws: AwsConfig::from_lookup(&get),
-            user_pool_id: get("USER_POOL_ID"),
+            user_pool_id: tenant_users::identity::IdentityConfig::from_lookup(&get)?
+                .map(|c| c.pool_id),
             bucket,
             receipt_key_id: get("RECEIPT_KEY_ID"),
         })
@@ -72,6 +74,9 @@ impl Config {
 /// The control plane's state, built once per execution environment.
 pub struct Control {
     pub db: Database,
+    /// The tenant users' pool (`USER_POOL_ID`): onboarding makes the first
+    /// admin there, offboarding removes every identity of the tenant.
+    pub identities: Option<Identities>,
     pub bucket: Option<Bucket>,
     pub signer: Option<Signer>,
 }
@@ -85,6 +90,7 @@ impl Control {
         db.warm().await;
         Arc::new(Self {
             db,
+            identities: config.user_pool_id.map(|pool| Identities::new(&sdk, pool)),
             bucket: config
                 .bucket
                 .map(|(name, key)| Bucket::new(&sdk, name, key)),

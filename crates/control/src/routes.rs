@@ -20,6 +20,7 @@ use serde_json::{Map, Value, json};
 use tokio_postgres::Client;
 
 use tenant_users::db::{DbError, error_chain};
+use tenant_users::identity::IdentityError;
 use tenant_users::problem::ApiError;
 use tenant_users::resource::{InvalidInput, JsonObject, MAX_BODY_BYTES, invalid, text};
 use tenant_users::tenant::TenantId;
@@ -336,6 +337,67 @@ async fn onboard(
             "a tenant with this id exists with another name, tier or first admin (or is offboarded)",
         ));
     };
+    // The first admin's identity, after the rows: a failure undoes the
+    // rows (a new tenant), so there is never half a tenant; a repeated
+    // request finds the rows and makes the identity if it is missing.
+    if let Some(identities) = &control.identities {
+        let made = identities.create(tenant, admin_email, true).await;
+        let failure = match made {
+            Ok(()) => None,
+            // Already there: a repeated request (the rows were ours), or
+            // an address the pool holds for someone else (a new tenant).
+            Err(IdentityError::Exists) if !created => None,
+            Err(error) => Some(error),
+        };
+        if let Some(error) = failure {
+            if created {
+                let undone = in_tenant(client, tenant, READ_WRITE, async {
+                    for sql in [
+                        "DELETE FROM public.users WHERE tenant_id = $1",
+                        "DELETE FROM public.tenant_rate WHERE tenant_id = $1",
+                        "DELETE FROM public.tenants WHERE tenant_id = $1",
+                    ] {
+                        client.execute(sql, &[&tenant.as_str()]).await?;
+                    }
+                    record(
+                        client,
+                        operator,
+                        "onboard",
+                        tenant,
+                        "compensated",
+                        json!({"reason": error.to_string()}),
+                    )
+                    .await
+                })
+                .await;
+                if let Err(undo) = undone {
+                    // A repeated request converges: it finds the rows and
+                    // makes the identity.
+                    tracing::error!(
+                        inconsistent = true,
+                        %tenant,
+                        error = %error_chain(&undo),
+                        "onboarding: the first admin's identity failed and the tenant's rows could not be removed; repeat the request"
+                    );
+                }
+            }
+            return Err(match error {
+                IdentityError::Exists => ApiError::other(
+                    StatusCode::CONFLICT,
+                    "duplicate",
+                    "admin_email already signs in to the user pool (for this or another tenant); nothing was kept",
+                ),
+                other => {
+                    tracing::error!(error = %other, %tenant, "onboarding: the user pool refused the first admin");
+                    ApiError::unavailable(
+                        "identity-unavailable",
+                        "the user pool is unavailable; nothing was kept; repeat the request",
+                        5,
+                    )
+                }
+            });
+        }
+    }
     let status = if created {
         StatusCode::CREATED
     } else {
@@ -632,18 +694,28 @@ async fn offboard(
     } else {
         None
     };
-    let identities_deleted = 0;
     let receipt_id = uuid::Uuid::new_v4().to_string();
     let connection = control.db.connection().await.map_err(db_problem)?;
     let client = &*connection;
     let (tenant_ref, operator_ref) = (&tenant, &operator);
     let (receipt_id_ref, manifest_ref) = (&receipt_id, &export_manifest_key);
+    let identities = control.identities.as_ref();
     let signed = in_tenant(client, tenant_ref, READ_WRITE, async move {
                 let (tenant, operator, receipt_id, export_manifest_key) =
                     (tenant_ref, operator_ref, receipt_id_ref, manifest_ref);
                 let purged = lifecycle::purge_rows(client, tenant)
                     .await
                     .map_err(Offboard::Purge)?;
+                // The identities, while the deletes are uncommitted: a pool
+                // that fails rolls them back.
+                let identities_deleted = match identities {
+                    Some(identities) => identities
+                        .remove_tenant(tenant)
+                        .await
+                        .map_err(|e| Offboard::Identities(e.to_string()))?
+                        as u64,
+                    None => 0,
+                };
                 let at: String = client
                     .query_one(
                         "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
@@ -710,6 +782,14 @@ async fn offboard(
             ));
         }
         Err(Offboard::Purge(PurgeError::Db(e))) => return Err(db_problem(DbError::classify(e))),
+        Err(Offboard::Identities(reason)) => {
+            tracing::error!(%reason, "offboarding: the tenant's identities could not be removed; nothing was deleted");
+            return Err(ApiError::unavailable(
+                "identity-unavailable",
+                "the user pool is unavailable; nothing was deleted; retry",
+                5,
+            ));
+        }
         Err(Offboard::Sign(reason)) => {
             tracing::error!(%reason, "offboarding: the receipt could not be signed; nothing was deleted");
             return Err(ApiError::unavailable(
@@ -768,6 +848,8 @@ enum Offboard {
     Purge(PurgeError),
     #[error("{0}")]
     Sign(String),
+    #[error("user pool: {0}")]
+    Identities(String),
 }
 
 impl From<tokio_postgres::Error> for Offboard {
