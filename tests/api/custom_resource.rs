@@ -947,3 +947,59 @@ async fn an_invalid_tenant_entry_fails_naming_it_and_changes_nothing() {
     );
     assert_eq!(registry(&su).await, registered);
 }
+
+#[tokio::test]
+async fn with_a_control_secret_the_control_planes_role_is_made_and_audited() {
+    let mut d = Deployment::new().await;
+    let control_arn = d
+        .moto
+        .create_secret(
+            &format!("control-{}", uuid::Uuid::new_v4().simple()),
+            &json!({"engine": "postgres", "username": "tenant_control", "password": "ctl-pw-1"})
+                .to_string(),
+        )
+        .await;
+    d.redeploy(&[("DB_CONTROL_SECRET_ARN", Some(control_arn.as_str()))]);
+    let mut properties = d.properties("1");
+    properties["ControlSecretArn"] = json!(control_arn);
+
+    // An event naming another control secret is refused before anything.
+    let mut other = properties.clone();
+    other["ControlSecretArn"] = json!("arn:aws:secretsmanager:us-east-1:123456789012:secret:evil");
+    let answer = d.send(d.event("Create", None, other)).await;
+    assert_eq!(answer["Status"], "FAILED", "{answer}");
+    assert!(
+        answer["Reason"]
+            .as_str()
+            .unwrap()
+            .contains("ControlSecretArn"),
+        "{answer}"
+    );
+    assert!(!can_log_in(&d.login("tenant_control", "ctl-pw-1")).await);
+
+    let answer = d.send(d.event("Create", None, properties)).await;
+    assert_eq!(answer["Status"], "SUCCESS", "{answer}");
+    // Made by the RDS-shaped master (no superuser), without BYPASSRLS, and
+    // fit to serve by its own audit.
+    let control = connect(&d.login("tenant_control", "ctl-pw-1")).await;
+    let findings = tenant_users::audit::check_as(&control, tenant_users::audit::Profile::Control)
+        .await
+        .unwrap();
+    assert!(findings.is_empty(), "{findings:?}");
+    let bypass: bool = control
+        .query_one(
+            "SELECT rolbypassrls FROM pg_roles WHERE rolname = current_user",
+            &[],
+        )
+        .await
+        .unwrap()
+        .get(0);
+    assert!(!bypass);
+    // The application role still cannot reach the trail.
+    let app = connect(&d.login("tenant_app", "app-pw-1")).await;
+    assert!(
+        app.query("SELECT 1 FROM control.operator_trail", &[])
+            .await
+            .is_err()
+    );
+}
