@@ -79,6 +79,13 @@ impl ControlPlane {
     /// With `pool`, a user pool on moto that both functions keep the
     /// identities of (the API verifying the ID tokens moto issues).
     async fn start_with(with_pool: bool) -> Self {
+        Self::start_full(with_pool, false).await
+    }
+
+    /// With `projects`, the API also serves the test-only resource of the
+    /// resource kit, whose table (`projects`, a foreign key to `users`
+    /// with `tenant_id`) a test-only migration adds.
+    async fn start_full(with_pool: bool, projects: bool) -> Self {
         let moto = Moto::start().await;
         let env = moto.own_role_env();
         let get = |key: &str| env.iter().find(|(k, _)| k == key).map(|(_, v)| v.clone());
@@ -118,6 +125,7 @@ impl ControlPlane {
             false => None,
         };
         let app = match &pool {
+            None if projects => crate::resource_kit::with_projects().await,
             None => TestApp::spawn().await,
             Some(pool) => {
                 let mut env = pool.token_env();
@@ -926,4 +934,72 @@ async fn an_onboarding_whose_admin_the_pool_refuses_leaves_no_half_tenant() {
         pool.identity("gavin@hooli.test").await.unwrap().tenant(),
         Some("hooli")
     );
+}
+
+#[tokio::test]
+async fn a_tenant_table_a_later_migration_adds_is_exported_and_emptied_with_no_code_change() {
+    // `projects` (tests/api/resource_kit/projects.sql) is added after the
+    // control plane was written; its role's grants come from the catalog.
+    let cp = ControlPlane::start_full(false, true).await;
+    for tenant in ["acme", "globex"] {
+        let owner = cp
+            .app
+            .create_user(tenant, &format!("owner@{tenant}.test"), "Owner")
+            .await;
+        for name in ["Apollo", "Gemini"] {
+            crate::resource_kit::create(
+                &cp.app,
+                tenant,
+                "/projects",
+                json!({"name": name, "owner_user_id": owner}),
+            )
+            .await;
+        }
+    }
+    let r = cp
+        .operator(Method::DELETE, "/tenants/acme?export=true", None)
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let receipt = r.json()["receipt"].clone();
+    let projects = receipt["tables"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|t| t["table"] == "public.projects")
+        .cloned()
+        .expect("projects is in the receipt");
+    assert_eq!(projects["rows_deleted"], 2);
+    assert_eq!(projects["rows_left"], 0);
+    // Exported before: its file holds acme's two projects.
+    let manifest_key = receipt["export_manifest_key"].as_str().unwrap();
+    let (manifest, ..) = cp.object(manifest_key).await;
+    let manifest: Value = serde_json::from_slice(&manifest).unwrap();
+    let file = manifest["files"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|f| f["table"] == "public.projects")
+        .expect("projects is exported");
+    assert_eq!(file["rows"], 2);
+    let (body, ..) = cp.object(file["key"].as_str().unwrap()).await;
+    let names: Vec<String> = body
+        .split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .map(|l| {
+            serde_json::from_slice::<Value>(l).unwrap()["name"]
+                .as_str()
+                .unwrap()
+                .to_owned()
+        })
+        .collect();
+    assert_eq!(names.len(), 2);
+    assert!(names.contains(&"Apollo".to_owned()) && names.contains(&"Gemini".to_owned()));
+    // Emptied for acme, untouched for globex.
+    let counts: std::collections::BTreeMap<String, i64> =
+        cp.rows_of("acme").await.into_iter().collect();
+    assert_eq!(counts["public.projects"], 0);
+    assert_eq!(counts["public.users"], 0);
+    let globex: std::collections::BTreeMap<String, i64> =
+        cp.rows_of("globex").await.into_iter().collect();
+    assert_eq!(globex["public.projects"], 2);
 }
