@@ -39,26 +39,34 @@ wait_for_port "$port"
 
 passed=0
 failed=0
-limit=900
-while IFS=' ' read -r file expected; do
-  # A function that cannot start (e.g. it refused its configuration) makes
-  # invoke wait forever: bound it (the first invoke also builds the
-  # function), and stop at the first such case.
-  out=$(timeout "$limit" cargo lambda invoke api --invoke-address 127.0.0.1 --invoke-port "$port" \
-    --data-file "events/$file" --output-format json 2>&1) || true
-  limit=60
-  got=$(printf '%s' "$out" | python3 -c 'import json,sys
+# invoke_each FUNCTION PORT DIR: every fixture of DIR/manifest.json through
+# FUNCTION on the watch at PORT, each status checked; counts into passed
+# and failed (and this call's failures into each_failed).
+invoke_each() {
+  local function=$1 port=$2 dir=$3 limit=900 file expected out got
+  each_failed=0
+  while IFS=' ' read -r file expected; do
+    # A function that cannot start (e.g. it refused its configuration) makes
+    # invoke wait forever: bound it (the first invoke also builds the
+    # function), and stop at the first such case.
+    out=$(timeout "$limit" cargo lambda invoke "$function" --invoke-address 127.0.0.1 --invoke-port "$port" \
+      --data-file "$dir/$file" --output-format json 2>&1) || true
+    limit=60
+    got=$(printf '%s' "$out" | python3 -c 'import json,sys
 try: print(json.load(sys.stdin)["statusCode"])
 except Exception: print("no-response")')
-  if [ "$got" = "$expected" ]; then
-    passed=$((passed + 1))
-  else
-    failed=$((failed + 1))
-    echo "FAIL $file: expected $expected, got $got: $out" >&2
-    [ "$got" = no-response ] && break
-  fi
-done < <(python3 -c 'import json
-for f, s in json.load(open("events/manifest.json")).items(): print(f, s)')
+    if [ "$got" = "$expected" ]; then
+      passed=$((passed + 1))
+    else
+      failed=$((failed + 1))
+      each_failed=$((each_failed + 1))
+      echo "FAIL $dir/$file: expected $expected, got $got: $out" >&2
+      [ "$got" = no-response ] && break
+    fi
+  done < <(python3 -c 'import json, sys
+for f, s in json.load(open(sys.argv[1] + "/manifest.json")).items(): print(f, s)' "$dir")
+}
+invoke_each api "$port" events
 
 # The schema function: events it must refuse without acting (an untrusted
 # ResponseURL, not a CloudFormation event). Each answers an invocation
@@ -95,26 +103,8 @@ DATABASE_URL="$TESTDB_CONTROL_URL" RUST_LOG=warn \
 cwatch=$!
 testdb_cleanups+=("kill $cwatch 2>/dev/null; wait $cwatch 2>/dev/null")
 wait_for_port "$cport"
-cfailed=0
-limit=900
-while IFS=' ' read -r file expected; do
-  out=$(timeout "$limit" cargo lambda invoke control --invoke-address 127.0.0.1 --invoke-port "$cport" \
-    --data-file "events/control/$file" --output-format json 2>&1) || true
-  limit=60
-  got=$(printf '%s' "$out" | python3 -c 'import json,sys
-try: print(json.load(sys.stdin)["statusCode"])
-except Exception: print("no-response")')
-  if [ "$got" = "$expected" ]; then
-    passed=$((passed + 1))
-  else
-    failed=$((failed + 1))
-    cfailed=$((cfailed + 1))
-    echo "FAIL control/$file: expected $expected, got $got: $out" >&2
-    [ "$got" = no-response ] && break
-  fi
-done < <(python3 -c 'import json
-for f, s in json.load(open("events/control/manifest.json")).items(): print(f, s)')
-if [ "$cfailed" -ne 0 ]; then
+invoke_each control "$cport" events/control
+if [ "$each_failed" -ne 0 ]; then
   echo "--- cargo lambda watch log (control) ---" >&2
   cat "$clog" >&2
 fi

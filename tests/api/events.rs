@@ -36,37 +36,7 @@ async fn every_fixture_gives_its_status_through_the_lambda_adapter() {
     db.admin().await.batch_execute(SEED).await.unwrap();
     let app = TestApp::on(db, &token_vars).await;
 
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(events_dir().join("manifest.json")).unwrap())
-            .unwrap();
-    let cases = manifest.as_object().unwrap();
-    let on_disk = std::fs::read_dir(events_dir())
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".json") && n != "env.json" && n != "manifest.json")
-        .count();
-    assert_eq!(on_disk, cases.len(), "every fixture is in the manifest");
-
-    for (file, expected) in cases {
-        let raw = std::fs::read_to_string(events_dir().join(file)).unwrap();
-        let payload: LambdaRequest =
-            serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{file}: {e}"));
-        let mut adapter = lambda_http::Adapter::from(app.router.clone());
-        let response = adapter
-            .call(LambdaEvent::new(payload, Context::default()))
-            .await
-            .unwrap();
-        let response = serde_json::to_value(&response).unwrap();
-        assert_eq!(response["statusCode"], *expected, "{file}: {response}");
-        let content_type = response["headers"]["content-type"]
-            .as_str()
-            .unwrap_or_default();
-        if expected.as_u64().unwrap() >= 400 {
-            assert_eq!(content_type, "application/problem+json", "{file}");
-        } else if expected != 204 {
-            assert_eq!(content_type, "application/json", "{file}");
-        }
-    }
+    feed(&app.router, &events_dir()).await;
 }
 
 #[tokio::test]
@@ -102,35 +72,7 @@ async fn every_control_fixture_gives_its_status_through_the_lambda_adapter() {
     .await;
     let router = tenant_users_control::routes::router(control);
 
-    let manifest: Value =
-        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
-    let cases = manifest.as_object().unwrap();
-    let on_disk = std::fs::read_dir(&dir)
-        .unwrap()
-        .filter_map(|e| e.ok()?.file_name().into_string().ok())
-        .filter(|n| n.ends_with(".json") && n != "manifest.json")
-        .count();
-    assert_eq!(on_disk, cases.len(), "every fixture is in the manifest");
-    for (file, expected) in cases {
-        let raw = std::fs::read_to_string(dir.join(file)).unwrap();
-        let payload: LambdaRequest =
-            serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{file}: {e}"));
-        let mut adapter = lambda_http::Adapter::from(router.clone());
-        let response = adapter
-            .call(LambdaEvent::new(payload, Context::default()))
-            .await
-            .unwrap();
-        let response = serde_json::to_value(&response).unwrap();
-        assert_eq!(response["statusCode"], *expected, "{file}: {response}");
-        let content_type = response["headers"]["content-type"]
-            .as_str()
-            .unwrap_or_default();
-        if expected.as_u64().unwrap() >= 400 {
-            assert_eq!(content_type, "application/problem+json", "{file}");
-        } else {
-            assert_eq!(content_type, "application/json", "{file}");
-        }
-    }
+    feed(&router, &dir).await;
     // The fixtures' effects, as the owner sees them: hooli onboarded with
     // its first admin, vandelay re-tiered and (no signing key) not
     // offboarded, and the trail holds the two actions.
@@ -177,6 +119,41 @@ async fn every_control_fixture_gives_its_status_through_the_lambda_adapter() {
             )
         ]
     );
+}
+
+/// Feeds every fixture `dir/manifest.json` names to `router` through
+/// lambda_http's adapter; each must give its status, errors as
+/// problem+json, and every fixture of `dir` must be in the manifest.
+async fn feed(router: &axum::Router, dir: &std::path::Path) {
+    let manifest: Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("manifest.json")).unwrap()).unwrap();
+    let cases = manifest.as_object().unwrap();
+    let on_disk = std::fs::read_dir(dir)
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().into_string().ok())
+        .filter(|n| n.ends_with(".json") && n != "env.json" && n != "manifest.json")
+        .count();
+    assert_eq!(on_disk, cases.len(), "every fixture is in the manifest");
+    for (file, expected) in cases {
+        let raw = std::fs::read_to_string(dir.join(file)).unwrap();
+        let payload: LambdaRequest =
+            serde_json::from_str(&raw).unwrap_or_else(|e| panic!("{file}: {e}"));
+        let mut adapter = lambda_http::Adapter::from(router.clone());
+        let response = adapter
+            .call(LambdaEvent::new(payload, Context::default()))
+            .await
+            .unwrap();
+        let response = serde_json::to_value(&response).unwrap();
+        assert_eq!(response["statusCode"], *expected, "{file}: {response}");
+        let content_type = response["headers"]["content-type"]
+            .as_str()
+            .unwrap_or_default();
+        if expected.as_u64().unwrap() >= 400 {
+            assert_eq!(content_type, "application/problem+json", "{file}");
+        } else if expected != 204 {
+            assert_eq!(content_type, "application/json", "{file}");
+        }
+    }
 }
 
 fn read(path: &str) -> String {

@@ -468,64 +468,25 @@ pub async fn ensure_control_role(
     }
     let (client, task) = connect_admin(admin, tls).await?;
     let result = async {
-        let current: String = client
-            .query_one("SELECT current_user::text", &[])
-            .await
-            .map_err(MigrateError::Role)?
-            .get(0);
-        if control.name == current {
-            return Err(MigrateError::Refused(format!(
-                "the control plane's role must not be the admin/owner role ({current})"
-            )));
-        }
-        let exists = client
-            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&control.name])
-            .await
-            .map_err(MigrateError::Role)?
-            .is_some();
-        if exists {
-            verify_role(&client, &control.name).await?;
-        }
         let name = quote_ident(&control.name);
-        let password = match &control.password {
-            Some(password) => format!(" PASSWORD {}", scram_literal(password)?),
-            None => String::new(),
-        };
-        let database: String = client
-            .query_one("SELECT current_database()::text", &[])
-            .await
-            .map_err(MigrateError::Role)?
-            .get(0);
-        let mut statements = vec![if exists {
-            format!("ALTER ROLE {name} WITH LOGIN{password}")
-        } else {
-            format!(
-                "CREATE ROLE {name} WITH LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION{password}"
-            )
-        }];
-        statements.push(format!(
-            "GRANT CONNECT ON DATABASE {} TO {name}",
-            quote_ident(&database)
+        let mut grants = vec![format!("GRANT USAGE ON SCHEMA public, control TO {name}")];
+        grants.extend(table_grants(&client, &name, &[]).await?);
+        grants.push(format!(
+            "REVOKE ALL ON ALL TABLES IN SCHEMA control FROM {name}"
         ));
-        statements.push(format!("GRANT USAGE ON SCHEMA public, control TO {name}"));
-        statements.extend(table_grants(&client, &name, &[]).await?);
-        statements.push(format!("REVOKE ALL ON ALL TABLES IN SCHEMA control FROM {name}"));
-        statements.push(format!(
+        grants.push(format!(
             "GRANT INSERT ON TABLE {} TO {name}",
             tenant_users::audit::TRAIL
         ));
-        let mut script = String::from("BEGIN;\n");
-        for sql in &statements {
-            script.push_str(sql);
-            script.push_str(";\n");
-        }
-        script.push_str("COMMIT;");
-        if let Err(error) = client.batch_execute(&script).await {
-            let _ = client.batch_execute("ROLLBACK").await;
-            return Err(MigrateError::Role(error));
-        }
-        verify_role(&client, &control.name).await?;
-        tracing::info!(role = %control.name, created = !exists, "control plane role ready");
+        let created = ensure_login_role(
+            &client,
+            control,
+            "the control plane's role",
+            "CONTROL_DB_USER",
+            grants,
+        )
+        .await?;
+        tracing::info!(role = %control.name, created, "control plane role ready");
         Ok(())
     }
     .await;
@@ -576,6 +537,50 @@ async fn revoke_public_create(client: &Client) -> Result<(), MigrateError> {
 }
 
 async fn ensure_app_role(client: &Client, role: &AppRole) -> Result<(), MigrateError> {
+    let name = quote_ident(&role.name);
+    let mut grants = vec![
+        format!("GRANT USAGE ON SCHEMA public TO {name}"),
+        format!(
+            "GRANT EXECUTE ON FUNCTION public.app_enter_tenant(text, integer, integer) TO {name}"
+        ),
+        // The entry point of functions deployed before the registry (migrations/V3).
+        format!("GRANT EXECUTE ON FUNCTION public.app_set_tenant(text, integer) TO {name}"),
+    ];
+    grants.extend(table_grants(client, &name, NARROWER_GRANTS).await?);
+    let created =
+        ensure_login_role(client, role, "the application role", "APP_DB_USER", grants).await?;
+    // The multi-user rotation's alternate user inherits everything from the
+    // app role (GRANT app TO app_clone); it must be no stronger than it.
+    let clone = format!("{}{CLONE_SUFFIX}", role.name);
+    if clone.len() <= MAX_IDENTIFIER_BYTES
+        && client
+            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&clone])
+            .await
+            .map_err(MigrateError::Role)?
+            .is_some()
+    {
+        verify_role(client, &clone).await?;
+    }
+    tracing::info!(role = %role.name, created, "application role ready");
+    Ok(())
+}
+
+/// Makes `role` a login role fit for its `purpose`, with `grants`, and
+/// says whether it was created. Never the admin itself (`setting` names
+/// the variable to change). An existing role is checked before it is
+/// touched (a role that would weaken isolation gets no new password and
+/// no grants) and then gets only LOGIN and the password: naming
+/// SUPERUSER, BYPASSRLS or REPLICATION in ALTER ROLE is refused to a
+/// non-superuser admin, and the rest was verified; a new one gets every
+/// attribute spelled out. One transaction: a failed grant leaves the old
+/// password in place. Checked again after.
+async fn ensure_login_role(
+    client: &Client,
+    role: &AppRole,
+    purpose: &str,
+    setting: &str,
+    grants: Vec<String>,
+) -> Result<bool, MigrateError> {
     let admin: String = client
         .query_one("SELECT current_user::text", &[])
         .await
@@ -583,7 +588,7 @@ async fn ensure_app_role(client: &Client, role: &AppRole) -> Result<(), MigrateE
         .get(0);
     if role.name == admin {
         return Err(MigrateError::Refused(format!(
-            "the application role must not be the admin/owner role ({admin}); set APP_DB_USER to another name"
+            "{purpose} must not be the admin/owner role ({admin}); set {setting} to another name"
         )));
     }
     let exists = client
@@ -591,8 +596,6 @@ async fn ensure_app_role(client: &Client, role: &AppRole) -> Result<(), MigrateE
         .await
         .map_err(MigrateError::Role)?
         .is_some();
-    // An existing role is checked before it is touched: a role that would
-    // weaken isolation gets no new password and no grants.
     if exists {
         verify_role(client, &role.name).await?;
     }
@@ -606,33 +609,21 @@ async fn ensure_app_role(client: &Client, role: &AppRole) -> Result<(), MigrateE
         .await
         .map_err(MigrateError::Role)?
         .get(0);
-    // A new role gets every attribute spelled out. An existing one gets only
-    // LOGIN and the password: naming SUPERUSER, BYPASSRLS or REPLICATION in
-    // ALTER ROLE is refused to a non-superuser admin, and the rest was
-    // verified above.
-    let mut statements = vec![if exists {
-        format!("ALTER ROLE {name} WITH LOGIN{password}")
-    } else {
-        format!(
-            "CREATE ROLE {name} WITH LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION{password}"
-        )
-    }];
-    statements.push(format!(
-        "GRANT CONNECT ON DATABASE {} TO {name}",
-        quote_ident(&database)
-    ));
-    statements.push(format!("GRANT USAGE ON SCHEMA public TO {name}"));
-    statements.push(format!(
-        "GRANT EXECUTE ON FUNCTION public.app_enter_tenant(text, integer, integer) TO {name}"
-    ));
-    // The entry point of functions deployed before the registry (migrations/V3).
-    statements.push(format!(
-        "GRANT EXECUTE ON FUNCTION public.app_set_tenant(text, integer) TO {name}"
-    ));
-    statements.extend(table_grants(client, &name, NARROWER_GRANTS).await?);
-    // One transaction: a failed grant leaves the old password in place.
     let mut script = String::from("BEGIN;\n");
-    for sql in &statements {
+    let head = [
+        if exists {
+            format!("ALTER ROLE {name} WITH LOGIN{password}")
+        } else {
+            format!(
+                "CREATE ROLE {name} WITH LOGIN NOSUPERUSER NOBYPASSRLS NOCREATEDB NOCREATEROLE NOREPLICATION{password}"
+            )
+        },
+        format!(
+            "GRANT CONNECT ON DATABASE {} TO {name}",
+            quote_ident(&database)
+        ),
+    ];
+    for sql in head.iter().chain(&grants) {
         script.push_str(sql);
         script.push_str(";\n");
     }
@@ -642,20 +633,7 @@ async fn ensure_app_role(client: &Client, role: &AppRole) -> Result<(), MigrateE
         return Err(MigrateError::Role(error));
     }
     verify_role(client, &role.name).await?;
-    // The multi-user rotation's alternate user inherits everything from the
-    // app role (GRANT app TO app_clone); it must be no stronger than it.
-    let clone = format!("{}{CLONE_SUFFIX}", role.name);
-    if clone.len() <= MAX_IDENTIFIER_BYTES
-        && client
-            .query_opt("SELECT 1 FROM pg_roles WHERE rolname = $1", &[&clone])
-            .await
-            .map_err(MigrateError::Role)?
-            .is_some()
-    {
-        verify_role(client, &clone).await?;
-    }
-    tracing::info!(role = %role.name, created = !exists, "application role ready");
-    Ok(())
+    Ok(!exists)
 }
 
 /// Everything about `name` that the self-audit would hold against it, as
