@@ -12,7 +12,7 @@
 #   make check   formatting, lints, the SAM template lints, the policy scanner
 #                (checkov) and the checks over the expanded template
 #   make lambda  release arm64 bootstraps for provided.al2023, one per function
-#                (api, migrate; each refused if it
+#                (api, migrate, control; each refused if it
 #                would abort on panic)
 #   make bench   benchmarks against the pgbench floor -> BENCHMARKS.md
 #   make bench-fleet  200 environments through the pooler -> BENCHMARKS.md
@@ -95,8 +95,8 @@ bench-lambda: $(VENV)/.installed
 	PATH=$$PATH:/usr/sbin cargo bench --locked -p tenant-users --features vendored-openssl --bench lambda
 	python3 scripts/bench-summary.py
 
-# One binary per Lambda function: the users API, and the schema custom
-# resource (crates/migrate).
+# One binary per Lambda function: the users API, the schema custom
+# resource (crates/migrate) and the control plane (crates/control).
 FUNCTIONS := api migrate control
 
 # cargo lambda adds panic=abort unless Cargo.toml's [profile.release] sets
