@@ -96,5 +96,5 @@ if [ "$cstatus" -ne 0 ]; then
   status=$cstatus
 fi
 summary=$(grep -Eo '[0-9]+ generated.*' "$cout" | tail -n 1 || true)
-echo "schemathesis cases (control plane): ${summary:-no summary}"
+echo "schemathesis cases: ${summary:-no summary} (control plane)"
 exit "$status"
