@@ -22,6 +22,8 @@ import sys
 HEADER = re.compile(r"^\s*(.*?)\s+(\d+)/(\d+)\s+(\d+)\s*$")
 FRAME = re.compile(r"^\s+([0-9a-f]+)\s+(.*?)\s+\((.*)\)$")
 HASH = re.compile(r"::h[0-9a-f]{16}$")
+# Components under this share (%) on every path are summed in one row.
+MIN_PCT = 1.0
 # Frames that only drive others (the runtime's poll loop, the entry point):
 # every sample of the thread has them, so their "in" figure says nothing.
 DRIVERS = re.compile(
@@ -60,16 +62,30 @@ def samples(path):
         yield period, frames
 
 
-def crate(symbol):
-    """The crate a demangled Rust symbol's code belongs to (its path's first
-    segment; `<T as Trait>::f` counts as T's)."""
-    s = symbol
+PRIMITIVES = {"str", "bool", "char", "f32", "f64", "usize", "isize", "u8", "u16", "u32", "u64",
+              "u128", "i8", "i16", "i32", "i64", "i128"}
+
+
+def first_segment(s):
     while True:
-        s2 = re.sub(r"^(<|&|mut |dyn |\*const |\*mut |\[)", "", s)
+        s2 = re.sub(r"^(<|&|mut |dyn |\*const |\*mut |\[|\()", "", s)
         if s2 == s:
             break
         s = s2
-    return re.split(r"::|<| |>|\[|;|,", s, maxsplit=1)[0] or "?"
+    return re.split(r"::|<| |>|\[|;|,|\)", s, maxsplit=1)[0]
+
+
+def crate(symbol):
+    """The crate a demangled Rust symbol's code belongs to: its path's
+    first segment; for `<T as Trait>::f`, T's crate, or the trait's when T
+    is a generic parameter or a primitive type (core's)."""
+    c = first_segment(symbol)
+    if re.fullmatch(r"[A-Z][A-Za-z0-9]*", c or ""):
+        m = re.search(r" as ([^>]*)>", symbol)
+        c = first_segment(m.group(1)) if m else "?"
+    if c in PRIMITIVES:
+        c = "core"
+    return c or "?"
 
 
 def component(frames, binary):
@@ -114,6 +130,33 @@ def component(frames, binary):
     return base
 
 
+# Init phases (src/coldstart.rs's names) told from a sample's stack: the
+# first rule, in this order, with a frame matching it. A phase's figure
+# counts the kernel's work under it (page faults, system calls).
+PHASES = [
+    ("database TLS connector (OpenSSL)", r"^tenant_users::db::tls_connector"),
+    ("connect: TCP, TLS handshake, SCRAM", r"^tenant_users::db::connect::|^tokio_postgres::connect"),
+    ("isolation self-audit", r"^tenant_users::db::Database::audit|^tenant_users::audit::"),
+    ("AWS SDK: clients, STS, Secrets Manager", r"^tenant_users::secret::|^<tenant_users::https::Aws|^<?aws_"),
+    ("rustls roots from the system store (shared)", r"^tenant_users::https::system_tls|^rustls_native_certs::"),
+    ("token keys: JWKS client, fetch, parse", r"^tenant_users::token::"),
+    ("the runtime API and the first request", r"^lambda_runtime::|^<lambda_runtime::"),
+    ("log subscriber, configuration, runtime",
+     r"^tenant_users::telemetry::|^tenant_users::app::Config|^tenant_users::config::|^tokio::runtime::builder"),
+    ("exec and loader, to `main`",
+     r"^_dl_start$|^_dl_start_user$|^_dl_sysdep_start$|^dl_main$|^_dl_init$|^_init$|^load_elf_binary$|^begin_new_exec$|^__x64_sys_execve$|^__arm64_sys_execve$"),
+]
+
+
+def phase(frames):
+    for name, rule in PHASES:
+        if any(re.search(rule, s) for s, _ in frames):
+            return name
+    if all(d.startswith("[kernel") for _, d in frames):
+        return "kernel, no user stack (interrupts, exit of a thread)"
+    return "no phase on the stack: spawned tasks (the HTTP connections of the JWKS, AWS and runtime API clients), the runtime between polls, other threads"
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--runs", type=int, required=True)
@@ -122,9 +165,11 @@ def main():
     args = ap.parse_args()
 
     paths = []
+    phase_counts = []
     for spec in args.paths:
         label, files = spec.split("=", 1)
         comp = collections.Counter()
+        phases = collections.Counter()
         self_ = collections.Counter()
         incl = collections.Counter()
         total = 0
@@ -136,24 +181,42 @@ def main():
                                    if not d.startswith("[") and ".so" not in d), None)
                 total += period
                 comp[component(frames, binary)] += period
+                phases[phase(frames)] += period
                 if frames:
                     sym, dso = frames[0]
                     self_[(sym, os.path.basename(dso))] += period
                 for key in {(s, os.path.basename(d)) for s, d in frames}:
                     incl[key] += period
         paths.append((label, total, comp, self_, incl))
+        phase_counts.append(phases)
 
     ms = lambda ns: ns / 1e6 / args.runs
     pct = lambda x, total: 100.0 * x / total if total else 0.0
 
+    print("| init phase, told from the stack | " + " | ".join(f"{l}: % | {l}: ms" for l, *_ in paths) + " |")
+    print("| --- |" + " --- | --- |" * len(paths))
+    order = [n for n, _ in PHASES] + ["kernel, no user stack (interrupts, exit of a thread)",
+                                      "no phase on the stack: spawned tasks (the HTTP connections of the JWKS, AWS and runtime API clients), the runtime between polls, other threads"]
+    for name in order:
+        cells = " | ".join(f"{pct(ph[name], p[1]):.1f} | {ms(ph[name]):.2f}" for ph, p in zip(phase_counts, paths))
+        print(f"| {name} | {cells} |")
+    cells = " | ".join(f"100.0 | {ms(total):.2f}" for _, total, *_ in paths)
+    print(f"| **all samples** | {cells} |\n")
+
     names = sorted({c for _, _, comp, _, _ in paths for c in comp},
                    key=lambda c: -max(pct(p[2][c], p[1]) for p in paths))
+    shown = [c for c in names if max(pct(p[2][c], p[1]) for p in paths) >= MIN_PCT]
+    rest = [c for c in names if c not in shown]
     print("| component (self) | " + " | ".join(f"{l}: % | {l}: ms" for l, *_ in paths) + " |")
     print("| --- |" + " --- | --- |" * len(paths))
-    for c in names:
+    for c in shown:
         cells = " | ".join(f"{pct(comp[c], total):.1f} | {ms(comp[c]):.2f}"
                            for _, total, comp, _, _ in paths)
         print(f"| {c} | {cells} |")
+    if rest:
+        cells = " | ".join(f"{pct(sum(comp[c] for c in rest), total):.1f} | {ms(sum(comp[c] for c in rest)):.2f}"
+                           for _, total, comp, _, _ in paths)
+        print(f"| {len(rest)} others, each under {MIN_PCT} % | {cells} |")
     cells = " | ".join(f"100.0 | {ms(total):.2f}" for _, total, *_ in paths)
     print(f"| **all samples** | {cells} |\n")
 
