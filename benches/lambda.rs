@@ -1710,7 +1710,7 @@ async fn perf_init(
     let _ = writeln!(
         t,
         "Produced by `make bench-lambda-perf` (benches/lambda.rs with `BENCH_PERF_INIT={n}`, then scripts/perf-init.py) on commit {commit}, {now}. \
-         The service built with `--profile perf` (release with its symbols kept: the same code), {n} cold starts per path at 1769 MB in this section's harness, \
+         The service built with `--profile perf` (release's settings, its symbols kept; no debuginfo), {n} cold starts per path at 1769 MB in this section's harness, \
          each under `perf record -F {PERF_HZ} --call-graph dwarf` (the cpu-clock: one sample per {} µs of the process's CPU, user and kernel) from exec to the first answer, \
          so the samples cover what the per-phase table calls *init CPU to the first response*. \
          That CPU under perf, schedstat: {} ms (plain), {} ms (production), median (min–max) of the runs, against the per-phase table's figures without it: perf's sampling and stack copies inflate it, about evenly, so read the shares (%); the ms are the samples' own CPU per cold start (mean of the runs). \
