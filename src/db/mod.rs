@@ -31,11 +31,11 @@
 
 pub mod config;
 pub mod lease;
-mod roots;
 
 use std::time::{Duration, SystemTime};
 
 use openssl::ssl::{SslConnector, SslMethod, SslVerifyMode, SslVersion};
+use openssl::x509::X509;
 use openssl::x509::store::X509StoreBuilder;
 pub use postgres_openssl::MakeTlsConnector;
 use tokio::sync::Mutex;
@@ -883,27 +883,32 @@ pub fn tls_connector(config: &TlsConfig) -> Result<MakeTlsConnector, String> {
             }
         }
     }
-    // The roots below are parsed by OpenSSL only when a handshake asks
-    // for one (see `roots`): 1.1 ms of each cold start otherwise.
-    let mut lazy = Vec::new();
+    let mut add = |pem: &[u8]| -> Result<(), String> {
+        let certs = X509::stack_from_pem(pem).map_err(|e| e.to_string())?;
+        if certs.is_empty() {
+            return Err("no certificate found".into());
+        }
+        for cert in certs {
+            builder
+                .cert_store_mut()
+                .add_cert(cert)
+                .map_err(|e| e.to_string())?;
+        }
+        Ok(())
+    };
     if config.roots == Roots::RdsOnly && config.ca_file.is_none() {
         let region = std::env::var("AWS_REGION").ok();
-        lazy.extend(
-            roots::parse(rds_roots(RDS_CA_BUNDLE, region.as_deref()).as_bytes())
-                .map_err(|e| format!("the shipped RDS CA bundle: {e}"))?,
-        );
+        add(rds_roots(RDS_CA_BUNDLE, region.as_deref()).as_bytes())
+            .map_err(|e| format!("the shipped RDS CA bundle: {e}"))?;
     }
     if let Some(path) = &config.ca_file {
         let pem = std::fs::read(path).map_err(|e| format!("DB_CA_FILE {}: {e}", path.display()))?;
-        lazy.extend(roots::parse(&pem).map_err(|e| {
+        add(&pem).map_err(|e| {
             format!(
                 "DB_CA_FILE {}: not a PEM certificate bundle: {e}",
                 path.display()
             )
-        })?);
-    }
-    if !lazy.is_empty() {
-        roots::install(builder.as_ptr().cast(), lazy)?;
+        })?;
     }
     let require = config.mode == SslMode::Require;
     if require {
@@ -987,7 +992,6 @@ pub fn error_chain(error: &(dyn std::error::Error + 'static)) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use openssl::x509::X509;
 
     fn subjects(pem: &str) -> Vec<&str> {
         pem.lines()
