@@ -22,6 +22,8 @@
 #   make bench-lambda  the release binary under the Lambda runtime interface
 #                emulator, per memory size (cgroups: root), against a
 #                hello-world function -> BENCHMARKS.md + chart
+#   make bench-lambda-perf  where init CPU goes by function: cold starts
+#                under `perf record` -> BENCHMARKS.md (bench-lambda section)
 #   make sam-local   every event fixture through `sam local invoke` in an
 #                arm64 container (Docker; sets the machine up, see README)
 #   make newcomer-check  README's `make dev` and `make test` in a fresh
@@ -31,7 +33,7 @@
 # The Python tools (moto, cargo-lambda, schemathesis, cfn-lint, SAM CLI) come
 # from .venv, made here with the versions pinned in requirements-dev.txt.
 
-.PHONY: dev test check lambda sam-build sam-local newcomer-check bench bench-lambda bench-fleet bench-fair migrate serve .venv
+.PHONY: dev test check lambda sam-build sam-local newcomer-check bench bench-lambda bench-lambda-perf bench-fleet bench-fair migrate serve .venv
 
 VENV := $(CURDIR)/.venv
 export PATH := $(VENV)/bin:$(PATH)
@@ -94,6 +96,18 @@ bench-lambda: $(VENV)/.installed
 	cargo build --release --locked --features tenant-users/vendored-openssl --bin api --bin migrate --example hello
 	PATH=$$PATH:/usr/sbin cargo bench --locked -p tenant-users --features vendored-openssl --bench lambda
 	python3 scripts/bench-summary.py
+
+# Where init CPU goes by function: BENCH_PERF_INIT cold starts per path
+# (default 10) at 1769 MB, each under `perf record` (Debian: linux-perf),
+# of the service built with its symbols (the `perf` profile: release, not
+# stripped) -> the perf block of BENCHMARKS.md's bench-lambda section.
+BENCH_PERF_INIT ?= 10
+bench-lambda-perf: $(VENV)/.installed
+	@command -v perf >/dev/null || { echo "needs perf: apt-get install linux-perf (Debian)" >&2; exit 1; }
+	cargo build --profile perf --locked --features tenant-users/vendored-openssl --bin api
+	cargo build --release --locked --features tenant-users/vendored-openssl --bin api --bin migrate --example hello
+	BENCH_PERF_INIT=$(BENCH_PERF_INIT) BENCH_SERVICE_BIN=$${CARGO_TARGET_DIR:-$(CURDIR)/target}/perf/api \
+	  PATH=$$PATH:/usr/sbin cargo bench --locked -p tenant-users --features vendored-openssl --bench lambda
 
 # One binary per Lambda function: the users API, the schema custom
 # resource (crates/migrate) and the control plane (crates/control).

@@ -30,7 +30,10 @@
 //! BENCH_TLS (1: also the TLS + secret + JWKS init figure), BENCH_WRITE (1:
 //! write BENCHMARKS.md and the chart; 0: print only), BENCH_SERVICE_BIN
 //! (another build of the service to measure), BENCH_PERF (a directory:
-//! `perf record` the function over the back-to-back invocations).
+//! `perf record` the function over the back-to-back invocations),
+//! BENCH_PERF_INIT (N: instead of all the above, N cold starts per path
+//! under `perf record`, summed by scripts/perf-init.py into the section's
+//! perf block; `make bench-lambda-perf`).
 
 #[path = "../tests/common/mod.rs"]
 #[allow(unused_imports)]
@@ -424,20 +427,31 @@ impl Environment {
 
     /// The function's process: the emulator's child running our binary.
     fn function_pid(&self) -> Option<u32> {
-        let rie = self.rie.id();
-        let tasks = std::fs::read_dir(format!("/proc/{rie}/task")).ok()?;
-        tasks
-            .flatten()
-            .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
-            .flat_map(|c| {
-                c.split_whitespace()
-                    .filter_map(|p| p.parse::<u32>().ok())
-                    .collect::<Vec<_>>()
-            })
-            .find(|pid| {
-                std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|exe| exe == self.binary)
-            })
+        self.child_running(&self.binary)
     }
+
+    /// The emulator's child whose executable is `exe`.
+    fn child_running(&self, exe: &Path) -> Option<u32> {
+        children(self.rie.id())
+            .into_iter()
+            .find(|pid| std::fs::read_link(format!("/proc/{pid}/exe")).is_ok_and(|e| e == exe))
+    }
+}
+
+/// The child processes of `pid` (of any of its threads).
+fn children(pid: u32) -> Vec<u32> {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else {
+        return Vec::new();
+    };
+    tasks
+        .flatten()
+        .filter_map(|t| std::fs::read_to_string(t.path().join("children")).ok())
+        .flat_map(|c| {
+            c.split_whitespace()
+                .filter_map(|p| p.parse::<u32>().ok())
+                .collect::<Vec<_>>()
+        })
+        .collect()
 }
 
 impl Drop for Environment {
@@ -1287,6 +1301,32 @@ async fn run() {
     let hello_db_off_env = hello_db_env(db.app_url(), "pre-registry");
     let paired: usize = env_or("BENCH_PAIRED", 1000);
 
+    if let Some(n) = std::env::var("BENCH_PERF_INIT")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+    {
+        let production = ProductionPath::start(&signer, &logs).await;
+        let report = perf_init(
+            &rie,
+            &service_bin,
+            &[("plain", &service_env), ("production", &production.env)],
+            &template,
+            &reused[0],
+            n,
+            &logs,
+            &commit,
+        )
+        .await;
+        println!("\n{report}");
+        if write {
+            write_perf_block(&report);
+            println!("written to BENCHMARKS.md");
+        }
+        drop(production);
+        drop(db);
+        return;
+    }
+
     let mut results = Vec::new();
     for &mb in &sizes {
         let mut result = SizeResult {
@@ -1450,6 +1490,69 @@ struct TlsInit {
     phases: Vec<(InitPhases, f64)>,
 }
 
+/// What the production path needs running beside the function: its own
+/// database behind PgBouncer (TLS, SCRAM), moto holding the secret, the
+/// JWKS over HTTPS; and the function's environment for it.
+struct ProductionPath {
+    env: Vec<(String, String)>,
+    _bouncer: PgBouncer,
+    _moto: Moto,
+    _db: BenchDb,
+}
+
+impl ProductionPath {
+    async fn start(signer: &Signer, logs: &Path) -> Self {
+        let db = BenchDb::create().await;
+        let bouncer = PgBouncer::start(&[(&db.user, &db.password)], 2);
+        let (jwks_url, ca_bundle) = serve_jwks_https(&signer.jwks, &bouncer.certs, logs).await;
+        let jwks_url = jwks_url.as_str();
+        let moto = Moto::start().await;
+        let secret = json!({
+            "engine": "postgres", "host": "localhost", "port": bouncer.port,
+            "username": db.user, "password": db.password, "dbname": db.name,
+        })
+        .to_string();
+        let arn = moto.create_secret("bench/lambda-db", &secret).await;
+        let mut env: Vec<(String, String)> = moto
+            .function_env(&arn)
+            .into_iter()
+            .filter(|(k, _)| k != "JWT_ALLOW_HS256")
+            .collect();
+        env.extend(
+            [
+                ("AWS_LAMBDA_FUNCTION_NAME", "tenant-users-bench"),
+                ("AWS_LAMBDA_LOG_FORMAT", "JSON"),
+                ("DB_SSLMODE", "verify-full"),
+                ("JWT_ALGORITHMS", "RS256"),
+                ("JWT_ISSUER", ISSUER),
+                ("JWT_AUDIENCE", AUDIENCE),
+                ("JWT_JWKS_URL", jwks_url),
+            ]
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string())),
+        );
+        // As many roots as production parses: those of the shipped RDS bundle
+        // that a secret's database in the function's region is trusted by
+        // when DB_CA_FILE is unset (src/db/mod.rs, `rds_roots`), with the
+        // bench's CA appended.
+        let db_ca = logs.join("rds-roots-with-bench-ca.pem");
+        let mut pem =
+            tenant_users::db::rds_roots(tenant_users::db::RDS_CA_BUNDLE, Some("us-east-1"))
+                .into_bytes();
+        pem.extend_from_slice(b"\n");
+        pem.extend_from_slice(&std::fs::read(bouncer.certs.ca_file()).unwrap());
+        std::fs::write(&db_ca, pem).unwrap();
+        env.push(("DB_CA_FILE".into(), db_ca.display().to_string()));
+        env.push(("SSL_CERT_DIR".into(), ca_bundle.display().to_string()));
+        ProductionPath {
+            env,
+            _bouncer: bouncer,
+            _moto: moto,
+            _db: db,
+        }
+    }
+}
+
 async fn tls_init(
     rie: &Path,
     service: &Path,
@@ -1458,47 +1561,8 @@ async fn tls_init(
     runs: usize,
     logs: &Path,
 ) -> Vec<TlsInit> {
-    let db = BenchDb::create().await;
-    let bouncer = PgBouncer::start(&[(&db.user, &db.password)], 2);
-    let (jwks_url, ca_bundle) = serve_jwks_https(&signer.jwks, &bouncer.certs, logs).await;
-    let jwks_url = jwks_url.as_str();
-    let moto = Moto::start().await;
-    let secret = json!({
-        "engine": "postgres", "host": "localhost", "port": bouncer.port,
-        "username": db.user, "password": db.password, "dbname": db.name,
-    })
-    .to_string();
-    let arn = moto.create_secret("bench/lambda-db", &secret).await;
-    let mut env: Vec<(String, String)> = moto
-        .function_env(&arn)
-        .into_iter()
-        .filter(|(k, _)| k != "JWT_ALLOW_HS256")
-        .collect();
-    env.extend(
-        [
-            ("AWS_LAMBDA_FUNCTION_NAME", "tenant-users-bench"),
-            ("AWS_LAMBDA_LOG_FORMAT", "JSON"),
-            ("DB_SSLMODE", "verify-full"),
-            ("JWT_ALGORITHMS", "RS256"),
-            ("JWT_ISSUER", ISSUER),
-            ("JWT_AUDIENCE", AUDIENCE),
-            ("JWT_JWKS_URL", jwks_url),
-        ]
-        .iter()
-        .map(|(k, v)| (k.to_string(), v.to_string())),
-    );
-    // As many roots as production parses: those of the shipped RDS bundle
-    // that a secret's database in the function's region is trusted by
-    // when DB_CA_FILE is unset (src/db/mod.rs, `rds_roots`), with the
-    // bench's CA appended.
-    let db_ca = logs.join("rds-roots-with-bench-ca.pem");
-    let mut pem = tenant_users::db::rds_roots(tenant_users::db::RDS_CA_BUNDLE, Some("us-east-1"))
-        .into_bytes();
-    pem.extend_from_slice(b"\n");
-    pem.extend_from_slice(&std::fs::read(bouncer.certs.ca_file()).unwrap());
-    std::fs::write(&db_ca, pem).unwrap();
-    env.push(("DB_CA_FILE".into(), db_ca.display().to_string()));
-    env.push(("SSL_CERT_DIR".into(), ca_bundle.display().to_string()));
+    let production = ProductionPath::start(signer, logs).await;
+    let env = &production.env;
     let token = signer.token(1000, "tls");
     let mut out = Vec::new();
     for mb in [128u64, FULL_CPU_MB] {
@@ -1508,7 +1572,7 @@ async fn tls_init(
             let (c, t, s, p) = cold_only(
                 rie,
                 service,
-                &env,
+                env,
                 mb,
                 template,
                 &token,
@@ -1531,8 +1595,154 @@ async fn tls_init(
             phases,
         });
     }
-    drop(bouncer);
+    drop(production);
     out
+}
+
+// --- where init CPU goes, by function (perf) ---------------------------------------
+
+/// perf's sampling rate: one sample per 100 µs of CPU.
+const PERF_HZ: u32 = 10_000;
+
+/// `BENCH_PERF_INIT=N` (`make bench-lambda-perf`): N cold starts per path
+/// at 1769 MB, each under `perf record` from the function's exec to its
+/// first answer (the emulator starts a wrapper that execs perf, which
+/// starts the service; perf is stopped once the answer is in, before the
+/// process is torn down). Samples: the cpu-clock, stacks unwound from
+/// .eh_frame (the service built with its symbols: `--profile perf`).
+/// scripts/perf-init.py then sums them per component and per function.
+#[allow(clippy::too_many_arguments)]
+async fn perf_init(
+    rie: &Path,
+    service: &Path,
+    paths: &[(&str, &Vec<(String, String)>)],
+    template: &Value,
+    token: &str,
+    n: usize,
+    logs: &Path,
+    commit: &str,
+) -> String {
+    let perf = PathBuf::from(command_output("sh", &["-c", "command -v perf"]));
+    assert!(
+        perf.is_absolute(),
+        "perf is not installed (Debian: apt-get install linux-perf)"
+    );
+    let client = reqwest::Client::new();
+    let mut args: Vec<String> = vec!["--runs".into(), n.to_string()];
+    let mut under_perf = Vec::new();
+    for (label, env) in paths {
+        let mut files = Vec::new();
+        let mut sched = Vec::new();
+        // One cold start unrecorded first: the binary in the page cache, as
+        // in the runs of the section's other figures.
+        cold_only(
+            rie,
+            service,
+            env,
+            FULL_CPU_MB,
+            template,
+            token,
+            &logs.join(format!("perf-{label}-warm-up.log")),
+        )
+        .await;
+        for run in 0..n {
+            let data = logs.join(format!("perf-{label}-{run}.data"));
+            let wrapper = logs.join(format!("perf-{label}-{run}.sh"));
+            std::fs::write(
+                &wrapper,
+                format!(
+                    "#!/bin/sh\nexec {} record -q -F {PERF_HZ} --call-graph dwarf,16384 -o {} -- {}\n",
+                    perf.display(),
+                    data.display(),
+                    service.display()
+                ),
+            )
+            .unwrap();
+            use std::os::unix::fs::PermissionsExt as _;
+            std::fs::set_permissions(&wrapper, std::fs::Permissions::from_mode(0o755)).unwrap();
+            let log = logs.join(format!("perf-{label}-{run}.log"));
+            let environment = Environment::start(rie, &wrapper, env, FULL_CPU_MB, &log);
+            invoke(&client, &environment.url(), event(template, token, 1)).await;
+            let recorder = environment
+                .child_running(&perf)
+                .expect("the emulator started perf");
+            if let Some(&pid) = children(recorder).first() {
+                sched.push(cpu_ns(pid) as f64 / 1e6);
+            }
+            // SIGINT: perf stops sampling, ends the service, writes its file.
+            let _ = Command::new("kill")
+                .args(["-INT", &recorder.to_string()])
+                .status();
+            let deadline = Instant::now() + Duration::from_secs(20);
+            while Instant::now() < deadline {
+                let stat =
+                    std::fs::read_to_string(format!("/proc/{recorder}/stat")).unwrap_or_default();
+                let state = stat.rsplit_once(')').map(|(_, r)| r.trim_start());
+                if state.is_none_or(|r| r.starts_with('Z')) {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            drop(environment);
+            println!(
+                "perf {label} run {run}: init CPU to the first answer {:.1} ms (schedstat, under perf)",
+                sched.last().copied().unwrap_or(f64::NAN)
+            );
+            files.push(data.display().to_string());
+        }
+        args.push(format!("{label}={}", files.join(",")));
+        under_perf.push((label.to_string(), Spread::of(&sched)));
+    }
+    let out = Command::new("python3")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/scripts/perf-init.py"))
+        .args(&args)
+        .output()
+        .expect("python3 runs scripts/perf-init.py");
+    assert!(
+        out.status.success(),
+        "scripts/perf-init.py failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tables = String::from_utf8_lossy(&out.stdout);
+    let now = command_output("date", &["-u", "+%Y-%m-%d %H:%M UTC"]);
+    let mut t = String::new();
+    let _ = writeln!(t, "### Init CPU by function (perf)\n");
+    let _ = writeln!(
+        t,
+        "Produced by `make bench-lambda-perf` (benches/lambda.rs with `BENCH_PERF_INIT={n}`, then scripts/perf-init.py) on commit {commit}, {now}. \
+         The service built with `--profile perf` (release's settings, its symbols kept; no debuginfo), {n} cold starts per path at 1769 MB in this section's harness, \
+         each under `perf record -F {PERF_HZ} --call-graph dwarf` (the cpu-clock: one sample per {} µs of the process's CPU, user and kernel) from exec to the first answer, \
+         so the samples cover what the per-phase table calls *init CPU to the first response*. \
+         That CPU under perf, schedstat: {} ms (plain), {} ms (production), median (min–max) of the runs, against the per-phase table's figures without it: perf's sampling and stack copies inflate it, about evenly, so read the shares (%); the ms are the samples' own CPU per cold start (mean of the runs). \
+         *Self*: the function a sample was in; *in*: samples with the function anywhere on their stack (a caller's figure includes its callees).\n",
+        1_000_000 / PERF_HZ,
+        under_perf.first().map(|x| x.1.show(1)).unwrap_or_default(),
+        under_perf.get(1).map(|x| x.1.show(1)).unwrap_or_default(),
+    );
+    t.push_str(&tables);
+    t
+}
+
+const PERF_START: &str = "<!-- bench-lambda-perf:start -->";
+const PERF_END: &str = "<!-- bench-lambda-perf:end -->";
+
+/// Replaces the perf block inside this benchmark's section (or adds it at
+/// the section's end); a full run of the section keeps it.
+fn write_perf_block(report: &str) {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
+    let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
+    let block = format!("{PERF_START}\n{report}{PERF_END}\n");
+    let new = match (old.find(PERF_START), old.find(PERF_END)) {
+        (Some(a), Some(b)) if a < b => {
+            let after = old[b + PERF_END.len()..].trim_start_matches('\n');
+            format!("{}{block}{}", &old[..a], after)
+        }
+        _ => match old.find(MARK_END) {
+            Some(end) => format!("{}{block}{}", &old[..end], &old[end..]),
+            None => format!("{}\n{MARK_START}\n{block}{MARK_END}\n", old.trim_end()),
+        },
+    };
+    std::fs::write(path, new).unwrap();
 }
 
 // --- the report -----------------------------------------------------------------------
@@ -2054,7 +2264,14 @@ fn render(
 fn write_section(report: &str) {
     let path = concat!(env!("CARGO_MANIFEST_DIR"), "/BENCHMARKS.md");
     let old = std::fs::read_to_string(path).unwrap_or_else(|_| "# Benchmarks\n".into());
-    let block = format!("{MARK_START}\n{report}{MARK_END}");
+    // The perf block (`make bench-lambda-perf`) stays, at the section's end.
+    let perf = match (old.find(PERF_START), old.find(PERF_END)) {
+        (Some(a), Some(b)) if a < b => {
+            format!("{}\n", old[a..b + PERF_END.len()].trim_end())
+        }
+        _ => String::new(),
+    };
+    let block = format!("{MARK_START}\n{report}{perf}{MARK_END}");
     let new = match (old.find(MARK_START), old.find(MARK_END)) {
         (Some(a), Some(b)) if a < b => {
             format!("{}{block}{}", &old[..a], &old[b + MARK_END.len()..])
