@@ -705,7 +705,7 @@ async fn an_offboarding_whose_receipt_cannot_be_signed_deletes_nothing_and_is_re
     let before = cp.rows_of("acme").await;
     let r = cp.operator(Method::DELETE, "/tenants/acme", None).await;
     let detail = r.assert_problem(StatusCode::SERVICE_UNAVAILABLE);
-    assert!(detail.contains("nothing was deleted"), "{detail}");
+    assert!(detail.contains("no row was deleted"), "{detail}");
     assert_eq!(cp.rows_of("acme").await, before);
     let token = cp.app.token("acme");
     assert_eq!(cp.app.get("/users", &token).await.status, StatusCode::OK);

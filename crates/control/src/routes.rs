@@ -697,63 +697,28 @@ async fn offboard(
     let receipt_id = uuid::Uuid::new_v4().to_string();
     let connection = control.db.connection().await.map_err(db_problem)?;
     let client = &*connection;
-    let (tenant_ref, operator_ref) = (&tenant, &operator);
-    let (receipt_id_ref, manifest_ref) = (&receipt_id, &export_manifest_key);
-    let identities = control.identities.as_ref();
-    let signed = in_tenant(client, tenant_ref, READ_WRITE, async move {
-                let (tenant, operator, receipt_id, export_manifest_key) =
-                    (tenant_ref, operator_ref, receipt_id_ref, manifest_ref);
-                let purged = lifecycle::purge_rows(client, tenant)
-                    .await
-                    .map_err(Offboard::Purge)?;
-                // The identities, while the deletes are uncommitted: a pool
-                // that fails rolls them back.
-                let identities_deleted = match identities {
-                    Some(identities) => identities
-                        .remove_tenant(tenant)
-                        .await
-                        .map_err(|e| Offboard::Identities(e.to_string()))?
-                        as u64,
-                    None => 0,
-                };
-                let at: String = client
-                    .query_one(
-                        "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
-                        &[],
-                    )
-                    .await?
-                    .get(0);
-                let receipt = Receipt {
-                    receipt_id: receipt_id.clone(),
-                    tenant_id: tenant.to_string(),
-                    operator: operator.principal.clone(),
-                    request_id: operator.request_id.clone(),
-                    offboarded_at: at,
-                    tables: purged
-                        .into_iter()
-                        .map(|p| ReceiptTable {
-                            table: p.table,
-                            rows_deleted: p.deleted,
-                            rows_left: 0,
-                        })
-                        .collect(),
-                    identities_deleted,
-                    export_manifest_key: export_manifest_key.clone(),
-                };
-                let bytes = serde_json::to_vec(&receipt).unwrap_or_default();
-                let signature = signer.sign(&bytes).await.map_err(|e| Offboard::Sign(e.to_string()))?;
-                let encoded = base64::engine::general_purpose::STANDARD.encode(&signature);
-                record(
-                    client,
-                    operator,
-                    "offboard",
-                    tenant,
-                    "succeeded",
-                    json!({"receipt": receipt, "signature": encoded, "signing_key_id": signer.key_id}),
-                )
-                .await?;
-                Ok::<_, Offboard>((bytes, signature))
-    })
+    let signed = in_tenant(
+        client,
+        &tenant,
+        READ_WRITE,
+        purge_and_sign(
+            client,
+            &control,
+            signer,
+            &operator,
+            &tenant,
+            Receipt {
+                receipt_id: receipt_id.clone(),
+                tenant_id: tenant.to_string(),
+                operator: operator.principal.clone(),
+                request_id: operator.request_id.clone(),
+                offboarded_at: String::new(),
+                tables: Vec::new(),
+                identities_deleted: 0,
+                export_manifest_key,
+            },
+        ),
+    )
     .await;
     drop(connection);
     if let Err(error) = &signed {
@@ -777,24 +742,24 @@ async fn offboard(
                 StatusCode::CONFLICT,
                 "rows-left",
                 format!(
-                    "{table} still held {left} row(s) of the tenant after the deletes; nothing was deleted"
+                    "{table} still held {left} row(s) of the tenant after the deletes; no row was deleted"
                 ),
             ));
         }
         Err(Offboard::Purge(PurgeError::Db(e))) => return Err(db_problem(DbError::classify(e))),
         Err(Offboard::Identities(reason)) => {
-            tracing::error!(%reason, "offboarding: the tenant's identities could not be removed; nothing was deleted");
+            tracing::error!(%reason, "offboarding: the tenant's identities could not all be removed; no row was deleted");
             return Err(ApiError::unavailable(
                 "identity-unavailable",
-                "the user pool is unavailable; nothing was deleted; retry",
+                "the user pool is unavailable; no row was deleted (identities it already removed stay removed); retry",
                 5,
             ));
         }
         Err(Offboard::Sign(reason)) => {
-            tracing::error!(%reason, "offboarding: the receipt could not be signed; nothing was deleted");
+            tracing::error!(%reason, "offboarding: the receipt could not be signed; no row was deleted");
             return Err(ApiError::unavailable(
                 "signing-unavailable",
-                "the receipt could not be signed; nothing was deleted; retry",
+                "the receipt could not be signed; no row was deleted (the tenant's identities, if any, are already removed from the pool); retry",
                 5,
             ));
         }
@@ -838,6 +803,63 @@ async fn offboard(
         "stored": stored,
     }))
     .into_response())
+}
+
+/// The offboarding transaction's work, after its tenant scope: the rows
+/// deleted and counted again ([`lifecycle::purge_rows`]), the tenant's
+/// identities removed from the pool, the `receipt` completed and signed,
+/// and the trail's row written; the caller commits. Any failure rolls the
+/// rows back; identities the pool already removed stay removed (a repeated
+/// DELETE finds none and completes).
+async fn purge_and_sign(
+    client: &Client,
+    control: &Control,
+    signer: &crate::store::Signer,
+    operator: &Operator,
+    tenant: &TenantId,
+    mut receipt: Receipt,
+) -> Result<(Vec<u8>, Vec<u8>), Offboard> {
+    let purged = lifecycle::purge_rows(client, tenant)
+        .await
+        .map_err(Offboard::Purge)?;
+    receipt.identities_deleted = match &control.identities {
+        Some(identities) => identities
+            .remove_tenant(tenant)
+            .await
+            .map_err(|e| Offboard::Identities(e.to_string()))? as u64,
+        None => 0,
+    };
+    receipt.offboarded_at = client
+        .query_one(
+            "SELECT to_char(clock_timestamp() AT TIME ZONE 'UTC', 'YYYY-MM-DD\"T\"HH24:MI:SS.US\"Z\"')",
+            &[],
+        )
+        .await?
+        .get(0);
+    receipt.tables = purged
+        .into_iter()
+        .map(|p| ReceiptTable {
+            table: p.table,
+            rows_deleted: p.deleted,
+            rows_left: 0,
+        })
+        .collect();
+    let bytes = serde_json::to_vec(&receipt).unwrap_or_default();
+    let signature = signer
+        .sign(&bytes)
+        .await
+        .map_err(|e| Offboard::Sign(e.to_string()))?;
+    let encoded = base64::engine::general_purpose::STANDARD.encode(&signature);
+    record(
+        client,
+        operator,
+        "offboard",
+        tenant,
+        "succeeded",
+        json!({"receipt": receipt, "signature": encoded, "signing_key_id": signer.key_id}),
+    )
+    .await?;
+    Ok((bytes, signature))
 }
 
 #[derive(Debug, thiserror::Error)]
