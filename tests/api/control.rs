@@ -217,32 +217,7 @@ impl ControlPlane {
 
     /// Rows of `tenant` in every tenant table, as the owner sees them.
     async fn rows_of(&self, tenant: &str) -> Vec<(String, i64)> {
-        let admin = self.app.db.admin().await;
-        let tables: Vec<String> = admin
-            .query(
-                "SELECT format('%I.%I', table_schema, table_name) FROM information_schema.columns \
-                 WHERE column_name = 'tenant_id' AND table_schema NOT IN ('pg_catalog', 'information_schema') \
-                 ORDER BY 1",
-                &[],
-            )
-            .await
-            .unwrap()
-            .iter()
-            .map(|r| r.get(0))
-            .collect();
-        let mut out = Vec::new();
-        for table in tables {
-            let n: i64 = admin
-                .query_one(
-                    &format!("SELECT count(*) FROM {table} WHERE tenant_id = $1"),
-                    &[&tenant],
-                )
-                .await
-                .unwrap()
-                .get(0);
-            out.push((table, n));
-        }
-        out
+        self.app.db.rows_of(tenant).await
     }
 
     async fn trail(&self, tenant: &str) -> Vec<(String, String, String, String)> {

@@ -52,24 +52,6 @@ impl Drop for ControlRole {
     }
 }
 
-/// Rows of `tenant` per tenant table, as the owner sees them.
-async fn rows_of(app: &TestApp, tenant: &str) -> Vec<(String, i64)> {
-    let admin = app.db.admin().await;
-    let mut out = Vec::new();
-    for table in ["projects", "tenant_rate", "tenants", "users"] {
-        let n: i64 = admin
-            .query_one(
-                &format!("SELECT count(*) FROM {table} WHERE tenant_id = $1"),
-                &[&tenant],
-            )
-            .await
-            .unwrap()
-            .get(0);
-        out.push((format!("public.{table}"), n));
-    }
-    out
-}
-
 #[tokio::test]
 async fn a_tenant_is_exported_from_one_snapshot_and_purged_with_proof_sparing_the_others() {
     let app = with_projects().await;
@@ -103,7 +85,7 @@ async fn a_tenant_is_exported_from_one_snapshot_and_purged_with_proof_sparing_th
             "public.users"
         ]
     );
-    let truth = rows_of(&app, "acme").await;
+    let truth = app.db.rows_of("acme").await;
     for (file, (table, n)) in files.iter().zip(&truth) {
         assert_eq!((&file.table, file.rows as i64), (table, *n));
         let digest: String = Sha256::digest(&file.body)
@@ -127,7 +109,7 @@ async fn a_tenant_is_exported_from_one_snapshot_and_purged_with_proof_sparing_th
 
     // Purge: every table emptied of acme in one transaction, the registry
     // row left as the tombstone, globex untouched.
-    let globex_before = rows_of(&app, "globex").await;
+    let globex_before = app.db.rows_of("globex").await;
     let purged = lifecycle::purge(&ctl, &acme).await.unwrap();
     let deleted: Vec<(&str, u64)> = purged
         .iter()
@@ -142,7 +124,7 @@ async fn a_tenant_is_exported_from_one_snapshot_and_purged_with_proof_sparing_th
         ]
     );
     assert_eq!(
-        rows_of(&app, "acme").await,
+        app.db.rows_of("acme").await,
         [
             ("public.projects".to_owned(), 0),
             ("public.tenant_rate".to_owned(), 0),
@@ -159,7 +141,7 @@ async fn a_tenant_is_exported_from_one_snapshot_and_purged_with_proof_sparing_th
         .unwrap()
         .get(0);
     assert_eq!(status, "offboarded");
-    assert_eq!(rows_of(&app, "globex").await, globex_before);
+    assert_eq!(app.db.rows_of("globex").await, globex_before);
     // The tombstone refuses the old tenant's tokens; the other is served.
     app.get("/users", &app.token("acme"))
         .await

@@ -183,6 +183,38 @@ impl TestDb {
     pub async fn app_client(&self) -> Client {
         connect(&self.app_config()).await
     }
+
+    /// Rows of `tenant` in every table with a `tenant_id` column (found in
+    /// the catalog, as the audit finds tenant tables), as the owner sees
+    /// them: (`schema.table`, count), in name order.
+    pub async fn rows_of(&self, tenant: &str) -> Vec<(String, i64)> {
+        let admin = self.admin().await;
+        let tables: Vec<String> = admin
+            .query(
+                "SELECT format('%I.%I', table_schema, table_name) FROM information_schema.columns \
+                 WHERE column_name = 'tenant_id' AND table_schema NOT IN ('pg_catalog', 'information_schema') \
+                 ORDER BY 1",
+                &[],
+            )
+            .await
+            .unwrap()
+            .iter()
+            .map(|r| r.get(0))
+            .collect();
+        let mut out = Vec::new();
+        for table in tables {
+            let n: i64 = admin
+                .query_one(
+                    &format!("SELECT count(*) FROM {table} WHERE tenant_id = $1"),
+                    &[&tenant],
+                )
+                .await
+                .unwrap()
+                .get(0);
+            out.push((table, n));
+        }
+        out
+    }
 }
 
 impl Drop for TestDb {
